@@ -1,0 +1,47 @@
+"""The `flux` command line: typer app. Command groups live in sibling modules, each only parsing
+arguments and rendering results; the work happens in the core modules."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.markup import escape
+
+from flux_plan.errors import FluxError
+
+app = typer.Typer(
+    name="flux",
+    help="Plan, diff and deploy serverless TypeScript functions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    from flux_plan.cli import apply_cmds, misc_cmds, plan_cmds, runtime_cmds
+
+    for module in (misc_cmds, plan_cmds, apply_cmds, runtime_cmds):
+        module.register(app)
+
+
+@app.callback()
+def _root() -> None:
+    """Plan, diff and deploy serverless TypeScript functions."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes (FluxError) print a message and exit 1, never a traceback."""
+    from flux_plan.cli.output import err_console
+
+    _register()
+    try:
+        app(args=argv, prog_name="flux")
+    except FluxError as exc:
+        err_console().print(f"[bold red]Error:[/] {escape(exc.render())}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console().print("Interrupted.")
+        sys.exit(130)

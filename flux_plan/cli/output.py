@@ -1,0 +1,35 @@
+"""Consoles: rich on a terminal, plain lines when stdout is not a TTY (CI logs)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+
+@functools.cache
+def console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+@functools.cache
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def print_json(doc: Any) -> None:
+    """Machine output goes straight to stdout, unstyled."""
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_error(message: str) -> None:
+    err_console().print(f"[bold red]Error:[/] {escape(message)}")

@@ -1,0 +1,28 @@
+"""Where Flux keeps its files: one place, so no module invents its own layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+SCHEMAS_DIR = REPO_DIR / "schemas"
+SDK_DIR = PACKAGE_DIR / "sdk"
+
+
+def flux_dir(project_root: Path) -> Path:
+    """`.flux/` under the project: state, artifacts, daemon files. Never committed."""
+    return project_root / ".flux"
+
+
+def stage_dir(project_root: Path, stage: str) -> Path:
+    return flux_dir(project_root) / stage
+
+
+def artifacts_dir(project_root: Path) -> Path:
+    return flux_dir(project_root) / "artifacts"
+
+
+def schema_path(name: str) -> Path:
+    """`name` like "flux" -> schemas/flux.schema.json."""
+    return SCHEMAS_DIR / f"{name}.schema.json"

@@ -1,0 +1,1 @@
+"""Flux local provider."""
