@@ -1,0 +1,187 @@
+"""Bundling a function into the content-addressed artifact store `.flux/artifacts/<source_digest>/`.
+
+Same digest <=> same bundle (see digest.py), so a bundle is built once and reused by every plan, apply
+and provider. A bundle dir holds `index.mjs` (ESM, default export = the defineFunction result, the SDK
+and npm dependencies inlined) and `meta.json`. It is built in a temp dir and renamed into place under a
+per-digest file lock, so concurrent applies never see a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from flux_plan.digest import source_digest
+from flux_plan.errors import FluxError
+from flux_plan.model import FunctionSpec
+from flux_plan.paths import REPO_DIR, SDK_DIR, artifacts_dir
+
+ESBUILD_VERSION = "0.28.2"
+BUNDLE_FILE = "index.mjs"
+META_FILE = "meta.json"
+_ENTRY_NAMES = ("index.ts", "index.tsx", "index.js", "index.mjs")
+_SDK_ENTRY = SDK_DIR / "functions" / "index.ts"
+# CommonJS dependencies bundled into ESM still call require() for node built-ins: give them one.
+_NODE_BANNER = 'import { createRequire as __fluxCreateRequire } from "node:module"; ' \
+               "const require = __fluxCreateRequire(import.meta.url);"
+# esbuild diagnostics: "✘ [ERROR] message\n\n    file:line:col:"
+_ESBUILD_ERR = re.compile(r"\[ERROR\]\s+(?P<msg>.+?)\n(?:\s*\n)?\s+(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+):")
+
+
+def cache_dir() -> Path:
+    """Flux's per-user cache (tools, npm dependency installs); honours XDG_CACHE_HOME."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flux"
+
+
+def esbuild_bin() -> Path:
+    """The checkout's esbuild, else one installed once into the user cache with npm."""
+    local = REPO_DIR / "node_modules" / ".bin" / "esbuild"
+    if local.exists():
+        return local
+    tools = cache_dir() / "tools"
+    exe = tools / "node_modules" / ".bin" / "esbuild"
+    if exe.exists():
+        return exe
+    tools.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(tools / ".install.lock")):
+        if not exe.exists():
+            _npm(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(tools),
+                  f"esbuild@{ESBUILD_VERSION}"], cwd=tools, what=f"installing esbuild@{ESBUILD_VERSION}")
+    if not exe.exists():
+        raise FluxError(f"esbuild was not found after installing it into {tools}",
+                        hint="run ./scripts/setup.sh, or install esbuild with npm")
+    return exe
+
+
+def _npm(args: list[str], *, cwd: Path, what: str, source: str | None = None) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FluxError(f"{source or 'flux'}: npm is required for {what} but is not on PATH",
+                        hint="install Node.js 20+ (it ships npm)")
+    proc = subprocess.run([npm, *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise FluxError(f"{source or 'flux'}: npm failed while {what}:\n{tail}",
+                        hint="check the dependency names/versions and that the package registry is reachable")
+
+
+class ArtifactStore:
+    """`.flux/artifacts/<digest>/{index.mjs, meta.json}` of one project."""
+
+    def __init__(self, project_root: Path) -> None:
+        self.root = Path(project_root).resolve()
+        self.dir = artifacts_dir(self.root)
+
+    def path(self, digest: str) -> Path:
+        return self.dir / digest
+
+    def has(self, digest: str) -> bool:
+        d = self.path(digest)
+        return (d / BUNDLE_FILE).is_file() and (d / META_FILE).is_file()
+
+    def ensure(self, spec: FunctionSpec) -> Path:
+        """The bundle dir of `spec` (built now when missing). Raises FluxError naming the source file."""
+        digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
+        if self.has(digest):
+            return self.path(digest)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.dir / f".{digest}.lock")):
+            if self.has(digest):
+                return self.path(digest)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=self.dir))
+            try:
+                self._build(spec, digest, tmp)
+                final = self.path(digest)
+                if final.exists():  # a leftover without meta.json (crash mid-way before rename is impossible)
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return self.path(digest)
+
+    # -- building ---------------------------------------------------------------------------------------
+    def _entry(self, spec: FunctionSpec) -> Path:
+        fn_dir = self.root / spec.dir
+        for name in _ENTRY_NAMES:
+            if (fn_dir / name).is_file():
+                return fn_dir / name
+        raise FluxError(f"{spec.dir}/index.ts: file not found",
+                        hint="every function directory needs an index.ts exporting defineFunction(...)")
+
+    def _deps_dir(self, spec: FunctionSpec) -> Path | None:
+        """node_modules of the function's package.json, installed once per package.json(+lock) digest."""
+        fn_dir = self.root / spec.dir
+        pkg = fn_dir / "package.json"
+        if not pkg.is_file():
+            return None
+        files = [pkg] + [fn_dir / n for n in ("package-lock.json", "npm-shrinkwrap.json") if (fn_dir / n).is_file()]
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+        key = h.hexdigest()[:32]
+        target = cache_dir() / "npm" / key
+        done = target / ".flux-installed"
+        if done.exists():
+            return target / "node_modules"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target.parent / f".{key}.lock")):
+            if not done.exists():
+                if target.exists():
+                    shutil.rmtree(target)
+                target.mkdir()
+                for f in files:
+                    shutil.copyfile(f, target / f.name)
+                _npm(["install", "--no-audit", "--no-fund", "--loglevel=error", "--omit=dev"], cwd=target,
+                     what="installing its dependencies", source=f"{spec.dir}/package.json")
+                done.write_text(json.dumps({"package": pkg.relative_to(self.root).as_posix()}))
+        return target / "node_modules"
+
+    def _build(self, spec: FunctionSpec, digest: str, out: Path) -> None:
+        entry = self._entry(spec)
+        deps = self._deps_dir(spec)
+        args = [
+            str(esbuild_bin()), entry.relative_to(self.root).as_posix(), "--bundle", "--format=esm",
+            f"--outfile={out / BUNDLE_FILE}", "--log-level=error", "--color=false", "--legal-comments=none",
+            f"--alias:@flux/functions={_SDK_ENTRY}", "--charset=utf8",
+        ]
+        if spec.runtime == "node":
+            args += ["--platform=node", "--target=node20", f"--banner:js={_NODE_BANNER}"]
+        else:
+            # Deno: web platform + node: built-ins; no node resolution conditions, no npm:/jsr: fetching.
+            args += ["--platform=neutral", "--target=es2022", "--main-fields=module,main",
+                     "--conditions=deno,worker,browser", "--external:node:*"]
+        env = dict(os.environ)
+        if deps is not None:
+            env["NODE_PATH"] = str(deps)
+        proc = subprocess.run(args, cwd=self.root, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise self._bundle_error(spec, entry, proc.stderr or proc.stdout)
+        size = (out / BUNDLE_FILE).stat().st_size
+        meta = {"digest": digest, "runtime": spec.runtime, "function": spec.name,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bytes": size}
+        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    def _bundle_error(self, spec: FunctionSpec, entry: Path, output: str) -> FluxError:
+        m = _ESBUILD_ERR.search(output)
+        if not m:
+            first = output.strip().splitlines()[:6]
+            return FluxError(f"{entry.relative_to(self.root).as_posix()}: bundling failed: " + "\n".join(first),
+                             hint="fix the code of the function and run the command again")
+        msg = m.group("msg").strip()
+        hint = "fix the code of the function and run the command again"
+        if msg.startswith("Could not resolve"):
+            hint = (f"add the package to {spec.dir}/package.json \"dependencies\" "
+                    "(or fix the import path)")
+        loc = f"{m.group('file')}:{m.group('line')}:{m.group('col')}"
+        return FluxError(f"{loc}: {msg} (while bundling function {spec.name})", hint=hint)

@@ -1,0 +1,162 @@
+"""The desired-state graph: the resources a project + stage + secret store want, and who needs whom.
+
+Dependencies point from user to used (a route depends on its function); apply creates in that
+order and deletes in reverse. Ordering and cycle checks use stdlib `graphlib`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from graphlib import CycleError, TopologicalSorter
+from typing import Any
+
+from flux_plan.errors import FluxError
+from flux_plan.model import Address, FunctionSpec, Project, Resource, RouteSpec, StageConfig
+
+PROJECT_FILE = "flux.project.json"
+# Stage settings that are about where state lives, not about the deployed API.
+_NON_API_SETTINGS = {"state"}
+
+
+def function_attributes(spec: FunctionSpec) -> dict[str, Any]:
+    return {
+        "runtime": spec.runtime,
+        "digest": spec.source_digest,
+        "route": spec.route,
+        "method": spec.method,
+        "async": spec.async_,
+        "timeout": spec.timeout,
+        "memory": spec.memory,
+        "concurrency": spec.concurrency,
+        "env_keys": list(spec.env_keys),
+        "secrets": list(spec.secrets),
+    }
+
+
+def route_address(method: str, path: str) -> str:
+    return Address.of("route", RouteSpec(method=method, path=path, function="").key)
+
+
+class DesiredGraph:
+    """Resources by address plus dependency queries; built once per command, read-only after."""
+
+    def __init__(self, resources: dict[str, Resource]) -> None:
+        self.resources = resources
+        self._dependents: dict[str, list[str]] = {a: [] for a in resources}
+        for addr, res in resources.items():
+            for dep in res.depends_on:
+                if dep not in resources:
+                    raise FluxError(f"{res.source or addr}: {addr} depends on unknown resource {dep}")
+                self._dependents[dep].append(addr)
+        self._order = self._topo_order()
+
+    def _topo_order(self) -> list[str]:
+        ts: TopologicalSorter[str] = TopologicalSorter()
+        for addr in sorted(self.resources):
+            ts.add(addr, *self.resources[addr].depends_on)
+        try:
+            return list(ts.static_order())
+        except CycleError as exc:
+            cycle = " -> ".join(exc.args[1]) if len(exc.args) > 1 else "?"
+            raise FluxError(f"dependency cycle between resources: {cycle}",
+                            hint="a function cannot depend on itself through routes or secrets") from exc
+
+    def __contains__(self, addr: object) -> bool:
+        return addr in self.resources
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+    def order(self) -> list[str]:
+        """Every address, dependencies before dependents (creation order)."""
+        return list(self._order)
+
+    def dependencies(self, addr: str) -> list[str]:
+        return list(self.resources[addr].depends_on)
+
+    def dependents(self, addr: str) -> list[str]:
+        return list(self._dependents.get(addr, []))
+
+    def closure(self, addrs: Iterable[str]) -> set[str]:
+        """`addrs` plus everything they depend on, transitively (what a targeted apply needs)."""
+        out: set[str] = set()
+        stack = [a for a in addrs if a in self.resources]
+        while stack:
+            a = stack.pop()
+            if a in out:
+                continue
+            out.add(a)
+            stack.extend(self.resources[a].depends_on)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "resources": [
+                {
+                    "address": a,
+                    "type": self.resources[a].type,
+                    "name": self.resources[a].name,
+                    "attributes": self.resources[a].attributes,
+                    "depends_on": self.resources[a].depends_on,
+                    "source": self.resources[a].source,
+                }
+                for a in self._order
+            ]
+        }
+
+    def to_dot(self) -> str:
+        lines = ["digraph flux {", "  rankdir=LR;", "  node [shape=box];"]
+        for a in self._order:
+            lines.append(f"  {json.dumps(a)} [label={json.dumps(a)}];")
+        for a in self._order:
+            for dep in self.resources[a].depends_on:
+                lines.append(f"  {json.dumps(a)} -> {json.dumps(dep)};")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def build_graph(project: Project, stage: StageConfig, secret_fingerprints: dict[str, str] | None = None) -> DesiredGraph:
+    """Resources per DESIGN §3 for one stage. `secret_fingerprints` maps every key set in the store to
+    its fingerprint (HMAC, never the value)."""
+    fingerprints = secret_fingerprints or {}
+    res: dict[str, Resource] = {}
+
+    api = Address.of("api", stage.name)
+    api_attrs = {"stage": stage.name}
+    api_attrs.update({k: v for k, v in sorted(stage.settings.items()) if k not in _NON_API_SETTINGS})
+    has_project_file = (project.root / PROJECT_FILE).is_file()
+    res[api] = Resource(address=api, type="api", name=stage.name, attributes=api_attrs,
+                        source=PROJECT_FILE if has_project_file else None)
+
+    migration_addrs: list[str] = []
+    for mig in project.migrations:
+        addr = Address.of("migration", mig.file)
+        deps = [migration_addrs[-1]] if migration_addrs else []
+        res[addr] = Resource(address=addr, type="migration", name=mig.file,
+                             attributes={"file": mig.file, "version": mig.version, "checksum": mig.checksum},
+                             depends_on=deps, source=mig.path)
+        migration_addrs.append(addr)
+
+    for key in sorted(fingerprints):
+        addr = Address.of("secret", key)
+        res[addr] = Resource(address=addr, type="secret", name=key,
+                             attributes={"fingerprint": fingerprints[key]},
+                             source=f".flux/{stage.name}/secrets.enc")
+
+    for spec in project.functions:
+        addr = Address.of("function", spec.name)
+        secret_deps = [Address.of("secret", k) for k in sorted({*spec.secrets, *spec.env_keys}) if k in fingerprints]
+        res[addr] = Resource(address=addr, type="function", name=spec.name, attributes=function_attributes(spec),
+                             depends_on=[*secret_deps, *migration_addrs], source=f"{spec.dir}/flux.json")
+        route = RouteSpec(method=spec.method, path=spec.route, function=spec.name)
+        raddr = Address.of("route", route.key)
+        if raddr in res:
+            other = res[raddr].attributes["function"]
+            raise FluxError(f"{spec.dir}/flux.json: route {spec.method} {spec.route} is also served by {other!r}",
+                            hint="give one of them another route or method")
+        res[raddr] = Resource(address=raddr, type="route", name=route.key,
+                              attributes={"method": spec.method, "path": spec.route, "function": spec.name,
+                                          "async": spec.async_},
+                              depends_on=[api, addr], source=f"{spec.dir}/flux.json")
+    return DesiredGraph(res)

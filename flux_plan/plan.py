@@ -1,0 +1,288 @@
+"""The Plan: what apply will do, pinned to the state it was computed against.
+
+`make_plan` is read-only (no lock): load state, refresh it through the provider, build the desired
+graph, diff, then order the changes the way apply must run them. A saved plan records the state's
+lineage + serial so `apply plan.json` can refuse it once the state moved on (`check_fresh`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from graphlib import TopologicalSorter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from flux_plan.diff import AttrDiff, ResourceChange, diff, drift
+from flux_plan.errors import FluxError, ProviderError, StateError
+from flux_plan.graph import DesiredGraph, build_graph, route_address
+from flux_plan.model import Address, ResourceState
+from flux_plan.project import ENV_EXAMPLE_WARNING, read_keys, scan_warnings
+
+if TYPE_CHECKING:
+    from flux_plan.providers import Provider
+    from flux_plan.state import State
+    from flux_plan.workspace import Workspace
+
+__all__ = ["AttrDiff", "Plan", "ResourceChange", "check_fresh", "make_plan", "refresh"]
+
+FORMAT_VERSION = 1
+REFRESH_THREADS = 10
+
+
+class Plan(BaseModel):
+    format_version: int = FORMAT_VERSION
+    created_at: str
+    stage: str
+    provider: str
+    project: str
+    lineage: str | None = None
+    serial: int = 0
+    changes: list[ResourceChange] = []
+    unchanged: int = 0
+    warnings: list[str] = []
+    drift: list[ResourceChange] = []
+    artifacts: dict[str, str] = {}
+    destroy: bool = False
+    refresh_only: bool = False
+
+    def summary(self) -> dict[str, int]:
+        """Counts like Terraform's: a replace is one add plus one destroy."""
+        out = {"add": 0, "change": 0, "destroy": 0}
+        for c in self.changes:
+            if c.action in ("create", "replace"):
+                out["add"] += 1
+            if c.action in ("delete", "replace"):
+                out["destroy"] += 1
+            if c.action == "update":
+                out["change"] += 1
+        return out
+
+    def has_changes(self) -> bool:
+        return bool(self.changes) or (self.refresh_only and bool(self.drift))
+
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON document (plan file and `--json`), valid against schemas/plan.schema.json."""
+        doc = self.model_dump(mode="json")
+        doc["summary"] = self.summary()
+        return doc
+
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_doc(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> Plan:
+        from flux_plan.project import validator
+
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise FluxError(f"{path}: plan file not found", hint="create one with `flux plan -o FILE`") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FluxError(f"{path}: not a readable plan file ({exc})",
+                            hint="create a new one with `flux plan -o FILE`") from exc
+        errors = sorted(validator("plan").iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+        if errors:
+            where = "/".join(map(str, errors[0].absolute_path)) or "(root)"
+            raise FluxError(f"{path}: not a valid Flux plan file at {where}: {errors[0].message}",
+                            hint="create a new one with `flux plan -o FILE`")
+        doc.pop("summary", None)
+        try:
+            return cls.model_validate(doc)
+        except ValidationError as exc:
+            raise FluxError(f"{path}: not a valid Flux plan file ({exc.error_count()} problem(s))",
+                            hint="create a new one with `flux plan -o FILE`") from exc
+
+
+def check_fresh(plan: Plan, state: State) -> None:
+    """Refuse a saved plan once its state moved on: applying it would act on stale knowledge."""
+    if plan.lineage is not None and state.lineage != plan.lineage:
+        raise StateError(
+            f"saved plan is for another state (lineage {plan.lineage}, the stage's state is {state.lineage})",
+            hint="run `flux plan -o FILE` again",
+        )
+    if state.serial != plan.serial or (plan.lineage is None and state.resources):
+        raise StateError(
+            f"saved plan is stale: made against state serial {plan.serial}, the state is now at {state.serial}",
+            hint="the stage changed since the plan was made: run `flux plan -o FILE` again and review it",
+        )
+
+
+def refresh(provider: Provider, current: dict[str, ResourceState]) -> dict[str, dict[str, Any] | None]:
+    """Live attributes of every state resource: one `read_many` call when the provider has it, else
+    `read` per resource on a bounded thread pool (providers are thread-safe by contract)."""
+    if not current:
+        return {}
+    read_many = getattr(provider, "read_many", None)
+    try:
+        if callable(read_many):
+            return dict(read_many(dict(current)))
+
+        def one(item: tuple[str, ResourceState]) -> tuple[str, dict[str, Any] | None]:
+            addr, prior = item
+            try:
+                return addr, provider.read(addr, prior)
+            except ProviderError as exc:
+                raise ProviderError(str(exc), address=exc.address or addr) from exc
+
+        with ThreadPoolExecutor(max_workers=min(REFRESH_THREADS, len(current))) as pool:
+            return dict(pool.map(one, current.items()))
+    except ProviderError as exc:
+        where = f" of {exc.address}" if exc.address else ""
+        raise FluxError(f"refresh{where} failed: {exc}",
+                        hint="check that the provider is reachable, then run the plan again") from exc
+
+
+def _delete_order(addrs: Iterable[str], current: dict[str, ResourceState]) -> list[str]:
+    """Reverse dependency order over the state's recorded dependencies: users before what they use."""
+    wanted = set(addrs)
+    ts: TopologicalSorter[str] = TopologicalSorter()
+    for a in sorted(wanted):
+        ts.add(a, *(d for d in current[a].dependencies if d in wanted))
+    return list(reversed(list(ts.static_order())))
+
+
+def _state_dependents(addrs: set[str], current: dict[str, ResourceState]) -> set[str]:
+    users: dict[str, list[str]] = {}
+    for a, rs in current.items():
+        for d in rs.dependencies:
+            users.setdefault(d, []).append(a)
+    out, stack = set(), list(addrs)
+    while stack:
+        a = stack.pop()
+        if a in out:
+            continue
+        out.add(a)
+        stack.extend(users.get(a, []))
+    return out
+
+
+def _unknown_address(addr: str, known: Iterable[str]) -> FluxError:
+    match = difflib.get_close_matches(addr, list(known), n=1, cutoff=0.6)
+    hint = f"did you mean {match[0]!r}?" if match else "list addresses with `flux graph` or `flux state list`"
+    return FluxError(f"--target/--replace: no resource {addr!r} in the project or the state", hint=hint)
+
+
+def _wanted(ws: Workspace, graph: DesiredGraph, current: dict[str, ResourceState], targets: Iterable[str],
+            function_dir: str | None) -> list[str] | None:
+    """The addresses asked for (--target, or the function a command runs inside), checked to exist."""
+    wanted = list(targets)
+    if function_dir is not None:
+        spec = next((f for f in ws.project.functions if f.dir == function_dir), None)
+        if spec is None:
+            raise FluxError(f"{function_dir}: not a function of this project (no valid flux.json + index.ts)",
+                            hint="run `flux validate` to see why, or run the command from the project root")
+        wanted += [Address.of("function", spec.name), route_address(spec.method, spec.route)]
+        # The function's previous route(s) from state move with it (a method or path change).
+        wanted += [a for a, rs in current.items()
+                   if rs.type == "route" and rs.attributes.get("function") == spec.name]
+    if not wanted:
+        return None
+    for a in wanted:
+        if a not in graph and a not in current:
+            raise _unknown_address(a, [*graph.resources, *current])
+    return wanted
+
+
+def _selection(graph: DesiredGraph, current: dict[str, ResourceState], wanted: list[str]) -> set[str]:
+    """What a targeted plan may touch: targets + what they need (+ state users of removed ones)."""
+    selected = graph.closure(a for a in wanted if a in graph)
+    gone = {a for a in wanted if a in current and a not in graph}
+    return selected | (_state_dependents(gone, current) if gone else set())
+
+
+def _secret_warnings(ws: Workspace, fingerprints: dict[str, str], strict: bool) -> list[str]:
+    documented = set(ws.project.env_example_keys)
+    out: list[str] = []
+    dirs = {f.name: f.dir for f in ws.project.functions}
+    for key, fns in sorted(read_keys(ws.project).items()):
+        if key in fingerprints or key in documented:
+            continue
+        users = ", ".join(f"{dirs[f]}/index.ts" for f in fns)
+        out.append(f"{users}: reads {key!r}, which is neither set for stage {ws.stage.name!r} nor listed in "
+                   f".env.example (set it with `flux secrets set {key}=...` and add `{key}=` to .env.example)")
+    if strict and out:
+        raise FluxError("\n".join(out), hint="--strict treats keys that nobody set as errors")
+    return out
+
+
+def make_plan(
+    ws: Workspace,
+    *,
+    targets: Iterable[str] = (),
+    replace: Iterable[str] = (),
+    refresh_only: bool = False,
+    destroy: bool = False,
+    function_dir: str | None = None,
+    strict: bool = False,
+) -> Plan:
+    state = ws.state.load()
+    current: dict[str, ResourceState] = dict(state.resources)
+    fingerprints = {k: ws.secrets.fingerprint(k) for k in ws.secrets.keys()}  # noqa: SIM118 (SecretStore API)
+    graph = build_graph(ws.project, ws.stage, fingerprints)
+    warnings = [f"{p.location()}: {p.message}" + (f" ({p.hint})" if p.hint else "")
+                for p in scan_warnings(ws.project) if ENV_EXAMPLE_WARNING not in p.message]
+    warnings += _secret_warnings(ws, fingerprints, strict)
+    replace = list(replace)
+    for a in replace:
+        if a not in graph:
+            if a in current:
+                raise FluxError(f"--replace {a}: it is being removed from the project, nothing to replace")
+            raise _unknown_address(a, graph.resources)
+    wanted = _wanted(ws, graph, current, targets, function_dir)
+    live = refresh(ws.provider, current)
+
+    drifted = drift(current, live)
+    plan = Plan(created_at=datetime.now(UTC).isoformat(timespec="seconds"), stage=ws.stage.name,
+                provider=ws.stage.provider, project=ws.project.name, serial=state.serial,
+                # A state never written has a random lineage per load: pin "none yet" instead.
+                lineage=state.lineage if (state.serial or state.resources) else None,
+                destroy=destroy, refresh_only=refresh_only, drift=drifted)
+    if refresh_only:
+        plan.unchanged = len(current)
+        plan.warnings = warnings
+        return plan
+
+    if destroy:
+        scope = list(current) if wanted is None else sorted(_state_dependents(set(wanted) & set(current), current))
+        changes = [
+            ResourceChange(address=a, type=current[a].type, action="delete", prior=current[a],
+                           depends_on=current[a].dependencies, reasons=["destroy requested"])
+            for a in _delete_order(scope, current)
+        ]
+        plan.changes = changes
+        plan.unchanged = len(current) - len(changes)
+        plan.warnings = warnings
+        return plan
+
+    all_changes = diff(graph.resources, current, live, ws.provider.force_replace, replace=set(replace))
+    for c in all_changes:
+        if c.action == "noop" and c.resource is None and c.reasons:
+            warnings.append(c.reasons[0])
+    if wanted is not None:
+        selected = _selection(graph, current, wanted)
+        all_changes = [c for c in all_changes if c.address in selected]
+    by_addr = {c.address: c for c in all_changes}
+    order = graph.order()
+    changes = [by_addr[a] for a in order if a in by_addr and by_addr[a].action != "noop"]
+    deletes = [c.address for c in all_changes if c.action == "delete"]
+    changes += [by_addr[a] for a in _delete_order(deletes, current)]
+    plan.changes = changes
+    plan.unchanged = sum(1 for c in all_changes if c.action == "noop")
+    plan.warnings = warnings
+    specs = {f.name: f for f in ws.project.functions}
+    plan.artifacts = {
+        c.address.split(".", 1)[1]: specs[c.address.split(".", 1)[1]].source_digest
+        for c in changes
+        if c.type == "function" and c.action in ("create", "update", "replace")
+    }
+    return plan

@@ -1,0 +1,497 @@
+"""Scanning and validating a project tree into a `Project`.
+
+Every problem is collected (never stop at the first) and located by file + line or JSON path, so a
+user fixes a broken project in one round. Cost is linear in the number of functions: one compiled
+JSON-schema validator, no subprocess, each source file read once here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from flux_plan.digest import source_digest
+from flux_plan.errors import Problem, ValidationFailed
+from flux_plan.model import DEFAULT_PROVIDER, DEFAULT_STAGE, FunctionSpec, Migration, Project, StageConfig
+from flux_plan.paths import schema_path
+
+FUNCTIONS_DIR = "functions"
+SCHEMA_DIR = "schema"
+ENTRY_FILE = "index.ts"
+CONFIG_FILE = "flux.json"
+PROJECT_FILE = "flux.project.json"
+ENV_EXAMPLE = ".env.example"
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+MIGRATION_RE = re.compile(r"^(\d+)_([A-Za-z0-9][A-Za-z0-9_-]*)\.sql$")
+_DEFINE_RE = re.compile(r"export\s+default\s+defineFunction\s*\(")
+_NAME_LITERAL_RE = re.compile(r"""\bname\s*:\s*(["'`])([^"'`\n]*)\1""")
+_SECRET_GET_RE = re.compile(r"""ctx\s*\.\s*secrets\s*\.\s*get\s*\(\s*(["'`])([A-Za-z_][A-Za-z0-9_]*)\1\s*\)""")
+_ENV_DOT_RE = re.compile(r"ctx\s*\.\s*env\s*\??\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+_ENV_INDEX_RE = re.compile(r"""ctx\s*\.\s*env\s*(?:\?\.)?\[\s*(["'`])([A-Za-z_][A-Za-z0-9_]*)\1\s*\]""")
+_ENV_DESTRUCTURE_RE = re.compile(r"\{([^{}]*)\}\s*=\s*ctx\s*\.\s*env\b")
+_ENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+ENV_EXAMPLE_WARNING = ".env.example does not list it"
+_CODE_SUFFIXES = {".ts", ".tsx", ".js", ".mjs", ".jsx"}
+_SKIP_DIRS = {"node_modules", ".flux", ".git"}
+
+
+@dataclass
+class CodeScan:
+    """What the regex scan of a function's code found: keys it reads and where (for messages)."""
+
+    defines: bool = False
+    name_literal: str | None = None
+    name_line: int | None = None
+    secrets: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (file, line)
+    env_keys: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON helpers: schema validators compiled once per process, JSON paths mapped back to lines.
+
+
+@functools.cache
+def validator(name: str) -> Draft202012Validator:
+    """The compiled validator of schemas/<name>.schema.json (compiled once: scans call it N times)."""
+    schema = json.loads(schema_path(name).read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def json_path(parts: Iterable[Any]) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def locate(text: str, parts: Sequence[Any]) -> int:
+    """Best-effort line of the JSON value at `parts`: follow each key's first occurrence after the
+    previous one. Good enough for hand-written config files; falls back to the enclosing key."""
+    pos = 0
+    for p in parts:
+        if isinstance(p, int):
+            continue
+        m = re.compile(r'"' + re.escape(str(p)) + r'"\s*:').search(text, pos)
+        if not m:
+            break
+        pos = m.start()
+    return line_of(text, pos) if pos else 1
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {match[0]!r}?" if match else None
+
+
+def schema_problems(name: str, data: Any, text: str, file: str) -> list[Problem]:
+    """Every schema violation of `data` as a Problem with JSON path, line and a hint."""
+    problems: list[Problem] = []
+    errors = sorted(validator(name).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    for err in errors:
+        problems.extend(_explain(err, text, file))
+    return problems
+
+
+def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = list(err.schema.get("properties", {}))
+        out = []
+        for key in err.instance:
+            if key in known:
+                continue
+            hint = _did_you_mean(key, known) or f"allowed keys: {', '.join(k for k in known if k != '$schema')}"
+            out.append(
+                Problem(file, f"unknown key {key!r}", line=locate(text, [*path, key]),
+                        json_path=json_path([*path, key]), hint=hint)
+            )
+        return out
+    hint: str | None = None
+    message = err.message
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else ""
+        hint = f'add "{missing}"' if missing else None
+        if missing == "name":
+            hint = 'add "name": "<function name>" (lowercase letters, digits, _ or -)'
+    elif err.validator == "enum":
+        allowed = list(err.validator_value)
+        value = err.instance
+        message = f"{value!r} is not one of {', '.join(map(str, allowed))}"
+        if isinstance(value, str) and value.upper() in allowed:
+            hint = f'HTTP methods are upper case: use "{value.upper()}"'
+        elif isinstance(value, str):
+            hint = _did_you_mean(value, allowed) or f"use one of: {', '.join(map(str, allowed))}"
+    elif err.validator == "pattern" and path and path[-1] == "name":
+        hint = "names are lowercase letters, digits, _ or -, start with a letter, at most 64 characters"
+    elif err.validator == "pattern" and path and path[-1] == "route":
+        hint = 'a route is a URL path starting with "/", e.g. "/todos"'
+    elif err.validator in ("minimum", "maximum"):
+        lo = err.schema.get("minimum")
+        hi = err.schema.get("maximum")
+        hint = f"use a whole number from {lo} to {hi}"
+    elif err.validator == "type":
+        hint = f"expected {err.validator_value}"
+    return [Problem(file, message, line=locate(text, path), json_path=json_path(path), hint=hint)]
+
+
+def read_json(path: Path, rel: str, problems: list[Problem]) -> tuple[Any, str] | None:
+    """(data, text) or None after recording why the file could not be read or parsed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(rel, f"cannot read file: {exc}", hint="make it a readable UTF-8 file"))
+        return None
+    try:
+        return json.loads(text), text
+    except json.JSONDecodeError as exc:
+        problems.append(
+            Problem(rel, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno,
+                    hint="fix the JSON syntax (a trailing comma or a missing quote is the usual cause)")
+        )
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Code scan (regex only: no TypeScript runtime on the plan path).
+
+
+def scan_code(files: list[tuple[str, str]], entry: str) -> CodeScan:
+    """Find defineFunction, its `name:` literal and the secret/env keys the code reads."""
+    found = CodeScan()
+    for rel, text in files:
+        if rel == entry:
+            m = _DEFINE_RE.search(text)
+            if m:
+                found.defines = True
+                nm = _NAME_LITERAL_RE.search(text, m.end())
+                if nm:
+                    found.name_literal = nm.group(2)
+                    found.name_line = line_of(text, nm.start())
+        if "ctx" not in text:
+            continue
+        for m in _SECRET_GET_RE.finditer(text):
+            found.secrets.setdefault(m.group(2), (rel, line_of(text, m.start())))
+        for m in _ENV_DOT_RE.finditer(text):
+            found.env_keys.setdefault(m.group(1), (rel, line_of(text, m.start())))
+        for m in _ENV_INDEX_RE.finditer(text):
+            found.env_keys.setdefault(m.group(2), (rel, line_of(text, m.start())))
+        for m in _ENV_DESTRUCTURE_RE.finditer(text):
+            for part in m.group(1).split(","):
+                key = part.split(":")[0].split("=")[0].strip()
+                if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                    found.env_keys.setdefault(key, (rel, line_of(text, m.start())))
+    return found
+
+
+def _code_files(root: Path, fn_dir: Path) -> list[tuple[str, str]]:
+    """(project-relative path, text) of the function's own code files, node_modules excluded."""
+    out: list[tuple[str, str]] = []
+    prefix = fn_dir.relative_to(root).as_posix()
+    stack = [(fn_dir, prefix)]
+    while stack:
+        d, rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if e.name not in _SKIP_DIRS:
+                    stack.append((Path(e.path), f"{rel}/{e.name}"))
+            elif os.path.splitext(e.name)[1] in _CODE_SUFFIXES and e.is_file():
+                try:
+                    with open(e.path, encoding="utf-8", errors="replace") as fh:
+                        out.append((f"{rel}/{e.name}", fh.read()))
+                except OSError:
+                    continue
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Parts of the scan.
+
+
+def _scan_project_file(root: Path, problems: list[Problem]) -> tuple[str, dict[str, StageConfig]]:
+    name = root.name
+    path = root / PROJECT_FILE
+    if not path.exists():
+        return name, {DEFAULT_STAGE: StageConfig(name=DEFAULT_STAGE, provider=DEFAULT_PROVIDER)}
+    loaded = read_json(path, PROJECT_FILE, problems)
+    if loaded is None:
+        return name, {}
+    data, text = loaded
+    found = schema_problems("project", data, text, PROJECT_FILE)
+    problems.extend(found)
+    if found or not isinstance(data, dict):
+        return name, {}
+    stages_raw = data.get("stages") or {DEFAULT_STAGE: {"provider": DEFAULT_PROVIDER}}
+    stages = {s: StageConfig(name=s, **cfg) for s, cfg in stages_raw.items()}
+    return data.get("name", name), stages
+
+
+def _read_env_example(root: Path, problems: list[Problem]) -> list[str]:
+    path = root / ENV_EXAMPLE
+    if not path.is_file():
+        return []
+    keys: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(ENV_EXAMPLE, f"cannot read file: {exc}", severity="warning"))
+        return []
+    for i, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        m = _ENV_LINE_RE.match(line)
+        if not m:
+            problems.append(
+                Problem(ENV_EXAMPLE, f"not a KEY=VALUE line: {stripped[:60]!r}", line=i,
+                        hint="write one KEY=VALUE per line (# starts a comment)", severity="warning")
+            )
+            continue
+        if m.group(1) not in keys:
+            keys.append(m.group(1))
+    return keys
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path` stays inside `root`. Only links can leave it (names come from a listing), so
+    only links pay for a resolve: 5000 functions must scan in seconds."""
+    if not path.is_symlink():
+        return True
+    try:
+        path.resolve().relative_to(root)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _scan_function(root: Path, d: Path, problems: list[Problem]) -> tuple[FunctionSpec, CodeScan] | None:
+    rel_dir = f"{FUNCTIONS_DIR}/{d.name}"
+    cfg_rel, entry_rel = f"{rel_dir}/{CONFIG_FILE}", f"{rel_dir}/{ENTRY_FILE}"
+    cfg_path, entry_path = d / CONFIG_FILE, d / ENTRY_FILE
+    if not _inside(d, root):
+        problems.append(
+            Problem(rel_dir, f"function directory points outside the project ({d.resolve()})",
+                    hint="functions must live inside the project: copy the directory instead of linking it")
+        )
+        return None
+    has_cfg, has_entry = cfg_path.is_file(), entry_path.is_file()
+    if not has_cfg and not has_entry:
+        problems.append(
+            Problem(rel_dir, "no flux.json and no index.ts: not a function, ignored", severity="warning",
+                    hint="add flux.json + index.ts, or prefix shared code directories with '_'")
+        )
+        return None
+    ok = True
+    for path, rel in ((cfg_path, cfg_rel), (entry_path, entry_rel)):
+        if path.exists() and not _inside(path, root):
+            problems.append(Problem(rel, "file is a link to outside the project",
+                                    hint="replace the link with a regular file"))
+            ok = False
+    if not has_cfg:
+        problems.append(Problem(cfg_rel, "missing flux.json",
+                                hint=f'create it with at least {{"name": "{d.name}"}}'))
+        ok = False
+    if not has_entry:
+        problems.append(Problem(entry_rel, "missing index.ts (the function's handler)",
+                                hint='export default defineFunction({ name, handler }) from "@flux/functions"'))
+        ok = False
+    data: Any = None
+    if has_cfg and ok:
+        loaded = read_json(cfg_path, cfg_rel, problems)
+        if loaded is None:
+            ok = False
+        else:
+            data, text = loaded
+            found = schema_problems("flux", data, text, cfg_rel)
+            problems.extend(found)
+            ok = not found
+    if not ok:
+        return None
+    files = _code_files(root, d)
+    code = scan_code(files, entry_rel)
+    if not code.defines:
+        problems.append(
+            Problem(entry_rel, "no `export default defineFunction(` found",
+                    hint='export the handler: export default defineFunction({ name: "...", handler })')
+        )
+        return None
+    name = data["name"]
+    if code.name_literal is not None and code.name_literal != name:
+        problems.append(
+            Problem(entry_rel, f"defineFunction name {code.name_literal!r} differs from flux.json name {name!r}",
+                    line=code.name_line, severity="warning",
+                    hint=f"flux.json's name is used; rename one so they match ({name!r})")
+        )
+    runtime = data.get("runtime", "deno")
+    secrets = sorted(set(data.get("secrets", [])) | set(code.secrets))
+    spec = FunctionSpec.model_validate(
+        {
+            "name": name,
+            "dir": rel_dir,
+            "runtime": runtime,
+            "route": data.get("route", f"/{name}"),
+            "method": data.get("method", "POST"),
+            "async": data.get("async", False),
+            "timeout": data.get("timeout", 30),
+            "memory": data.get("memory", 256),
+            "concurrency": data.get("concurrency", 10),
+            "secrets": tuple(secrets),
+            "env_keys": tuple(sorted(code.env_keys)),
+            "source_digest": source_digest(root, rel_dir, runtime),
+        }
+    )
+    return spec, code
+
+
+def _scan_migrations(root: Path, problems: list[Problem]) -> list[Migration]:
+    import pglast
+
+    schema_dir = root / SCHEMA_DIR
+    if not schema_dir.is_dir():
+        return []
+    by_version: dict[int, Migration] = {}
+    for p in sorted(schema_dir.iterdir()):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        rel = f"{SCHEMA_DIR}/{p.name}"
+        m = MIGRATION_RE.match(p.name)
+        if not m:
+            if p.suffix == ".sql":
+                problems.append(Problem(rel, "migration file name is not NNN_name.sql",
+                                        hint="rename it like 003_add_users.sql (version number, _, name)"))
+            else:
+                problems.append(Problem(rel, "not a migration (only NNN_name.sql files are applied); ignored",
+                                        severity="warning"))
+            continue
+        raw = p.read_bytes()
+        try:
+            sql = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(Problem(rel, "not UTF-8 text", hint="save the file as UTF-8"))
+            continue
+        try:
+            pglast.parse_sql(sql)
+        except pglast.parser.ParseError as exc:
+            pos = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+            problems.append(Problem(rel, f"SQL does not parse: {exc.args[0]}", line=line_of(sql, pos),
+                                    hint="fix the statement (PostgreSQL syntax)"))
+        version = int(m.group(1))
+        mig = Migration(file=p.name, version=version, name=m.group(2),
+                        checksum=hashlib.sha256(raw).hexdigest(), path=rel)
+        if version in by_version:
+            problems.append(
+                Problem(rel, f"duplicate migration version {version}: also {by_version[version].path}",
+                        hint="give each migration its own version number")
+            )
+            continue
+        by_version[version] = mig
+    return [by_version[v] for v in sorted(by_version)]
+
+
+def scan(root: Path) -> tuple[Project, list[Problem]]:
+    """Scan the project at `root`: the Project (built from everything valid) and every problem found."""
+    root = Path(root).resolve()
+    problems: list[Problem] = []
+    name, stages = _scan_project_file(root, problems)
+    env_keys = _read_env_example(root, problems)
+    functions: list[FunctionSpec] = []
+    fn_dir = root / FUNCTIONS_DIR
+    if not fn_dir.is_dir():
+        problems.append(Problem(f"{FUNCTIONS_DIR}/", "no functions/ directory",
+                                hint="create functions/<name>/index.ts + flux.json, or run `flux init`",
+                                severity="warning"))
+    codes: dict[str, CodeScan] = {}
+    by_name: dict[str, FunctionSpec] = {}
+    by_route: dict[tuple[str, str], FunctionSpec] = {}
+    if fn_dir.is_dir():
+        for d in sorted(fn_dir.iterdir()):
+            if d.name.startswith((".", "_")) or not d.is_dir():
+                continue
+            found = _scan_function(root, d, problems)
+            if found is None:
+                continue
+            spec, code = found
+            cfg = f"{spec.dir}/{CONFIG_FILE}"
+            if spec.name in by_name:
+                other = by_name[spec.name]
+                problems.append(Problem(cfg, f"duplicate function name {spec.name!r}: also {other.dir}/{CONFIG_FILE}",
+                                        line=1, json_path="$.name", hint="function names must be unique"))
+                continue
+            key = (spec.method, spec.route)
+            if key in by_route:
+                other = by_route[key]
+                problems.append(
+                    Problem(cfg, f"route {spec.method} {spec.route} is also served by {other.name!r} "
+                                 f"({other.dir}/{CONFIG_FILE})",
+                            json_path="$.route", hint="give one of them another route or method")
+                )
+                continue
+            by_name[spec.name] = spec
+            by_route[key] = spec
+            codes[spec.name] = code
+            functions.append(spec)
+    documented = set(env_keys)
+    for spec in functions:
+        code = codes[spec.name]
+        for key, (file, line) in sorted({**code.env_keys, **code.secrets}.items()):
+            if key not in documented:
+                problems.append(
+                    Problem(file, f"reads {key!r} but {ENV_EXAMPLE_WARNING}", line=line, severity="warning",
+                            hint=f"add {key}= to .env.example and set it with `flux secrets set {key}=...`")
+                )
+    migrations = _scan_migrations(root, problems)
+    project = Project(root=root, name=name, functions=functions, migrations=migrations,
+                      env_example_keys=env_keys, stages=stages)
+    return project, problems
+
+
+def errors_of(problems: Iterable[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == "error"]
+
+
+_WARNINGS: dict[Path, list[Problem]] = {}
+
+
+def load_project(root: Path) -> Project:
+    """The project, or ValidationFailed carrying every problem when any is an error.
+
+    Warnings are kept (see `scan_warnings`) so plan can show them without scanning twice."""
+    project, problems = scan(root)
+    if errors_of(problems):
+        raise ValidationFailed(problems=problems)
+    _WARNINGS[project.root] = problems
+    return project
+
+
+def scan_warnings(project: Project) -> list[Problem]:
+    """The warnings of the last `load_project` of this project's root (empty if never loaded)."""
+    return list(_WARNINGS.get(project.root, []))
+
+
+def read_keys(project: Project) -> dict[str, list[str]]:
+    """KEY -> functions that read it (as ctx.env or ctx.secrets), for plan-time warnings."""
+    out: dict[str, list[str]] = {}
+    for spec in project.functions:
+        for key in sorted({*spec.secrets, *spec.env_keys}):
+            out.setdefault(key, []).append(spec.name)
+    return out

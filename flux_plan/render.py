@@ -1,0 +1,153 @@
+"""Plan renderers: Terraform-like text (rich on a terminal, plain lines in CI logs), the JSON document
+and a Markdown summary sized for a pull-request comment."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from rich.markup import escape
+
+from flux_plan.diff import ResourceChange
+from flux_plan.plan import Plan
+
+SYMBOL = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "noop": " ", "read": "<="}
+VERB = {"create": "created", "update": "updated in place", "replace": "replaced (deleted, then created)",
+        "delete": "destroyed", "noop": "unchanged", "read": "read"}
+STYLE = {"create": "green", "update": "yellow", "replace": "magenta", "delete": "red", "noop": "dim", "read": "cyan"}
+NO_CHANGES = "No changes. Your infrastructure matches the configuration."
+MARKDOWN_CAP = 60_000
+
+
+def summary_line(plan: Plan) -> str:
+    s = plan.summary()
+    return f"Plan: {s['add']} to add, {s['change']} to change, {s['destroy']} to destroy."
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _value(v: Any) -> str:
+    """Display form of a value: JSON, digests shortened (the JSON output keeps them whole)."""
+    if isinstance(v, str) and _HEX64.match(v):
+        return json.dumps(v[:12] + "…", ensure_ascii=False)
+    text = json.dumps(v, default=str, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _change_lines(c: ResourceChange) -> list[str]:
+    """Rich-markup lines of one change (user text escaped)."""
+    style = STYLE.get(c.action, "")
+    head = f"  [{style}]{escape(SYMBOL[c.action])} {escape(c.address)}[/] [dim]will be {VERB[c.action]}[/]"
+    lines = [head]
+    for reason in c.reasons:
+        lines.append(f"      [dim]# {escape(reason)}[/]")
+    for d in c.diffs:
+        if c.action == "create" or (d.before is None and d.after is not None):
+            lines.append(f"      [green]+[/] {escape(d.path)} = {escape(_value(d.after))}")
+        elif c.action == "delete" or d.after is None:
+            lines.append(f"      [red]-[/] {escape(d.path)} = {escape(_value(d.before))}")
+        else:
+            lines.append(f"      [yellow]~[/] {escape(d.path)}: {escape(_value(d.before))} → {escape(_value(d.after))}")
+    return lines
+
+
+def text_lines(plan: Plan) -> list[str]:
+    """The human plan as rich-markup lines; a non-terminal console prints them without styles."""
+    out: list[str] = []
+    for w in plan.warnings:
+        out.append(f"[bold yellow]Warning:[/] {escape(w)}")
+    if plan.warnings:
+        out.append("")
+    if plan.drift:
+        out.append("[bold]Objects have changed outside of Flux:[/]")
+        for c in plan.drift:
+            out.extend(_change_lines(c))
+        out.append("")
+    if plan.refresh_only:
+        if plan.drift:
+            out.append(f"Refresh-only plan: {len(plan.drift)} drifted resource(s); applying it records them in state.")
+        else:
+            out.append(NO_CHANGES)
+        return out
+    if not plan.changes:
+        out.append(NO_CHANGES)
+        return out
+    what = "destroy" if plan.destroy else "perform the following actions"
+    out.append(f"Flux will {what} (project {escape(plan.project)}, stage {escape(plan.stage)}, "
+               f"provider {escape(plan.provider)}):")
+    out.append("")
+    for c in plan.changes:
+        out.extend(_change_lines(c))
+        out.append("")
+    out.append(f"[bold]{summary_line(plan)}[/]")
+    return out
+
+
+def render_text(plan: Plan) -> None:
+    from flux_plan.cli.output import console
+
+    con = console()
+    for line in text_lines(plan):
+        con.print(line)
+
+
+def to_json(plan: Plan) -> dict[str, Any]:
+    return plan.to_doc()
+
+
+def _md_cell(v: Any) -> str:
+    text = _value(v).replace("|", "\\|").replace("`", "'")
+    return f"`{text}`"
+
+
+def _md_block(c: ResourceChange) -> str:
+    rows = [f"<details><summary><code>{SYMBOL[c.action]} {c.address}</code> — {VERB[c.action]}</summary>", ""]
+    for r in c.reasons:
+        rows.append(f"- {r}")
+    if c.diffs:
+        rows += ["", "| attribute | before | after |", "|---|---|---|"]
+        for d in c.diffs:
+            rows.append(f"| `{d.path}` | {_md_cell(d.before)} | {_md_cell(d.after)} |")
+    rows += ["", "</details>", ""]
+    return "\n".join(rows) + "\n"
+
+
+def render_markdown(plan: Plan, cap: int = MARKDOWN_CAP) -> str:
+    """A PR comment: counts, a visible warning when anything is destroyed or replaced, one collapsed
+    block per resource; never longer than `cap` characters (GitHub refuses bigger comments)."""
+    head = [f"### Flux plan: `{plan.project}` / stage `{plan.stage}` (provider `{plan.provider}`)", ""]
+    if plan.refresh_only:
+        head.append(f"**Refresh-only: {len(plan.drift)} resource(s) drifted.**" if plan.drift else f"**{NO_CHANGES}**")
+    elif plan.changes:
+        head.append(f"**{summary_line(plan)}**")
+    else:
+        head.append(f"**{NO_CHANGES}**")
+    head.append("")
+    risky = [c.address for c in plan.changes if c.action in ("delete", "replace")]
+    if risky:
+        shown = ", ".join(f"`{a}`" for a in risky[:20]) + (f" and {len(risky) - 20} more" if len(risky) > 20 else "")
+        head += [f"> ⚠️ **This plan destroys or replaces {len(risky)} resource(s):** {shown}", ""]
+    for w in plan.warnings[:20]:
+        head.append(f"> ⚠️ {w}")
+    if plan.warnings:
+        head.append("")
+    text = "\n".join(head) + "\n"
+    blocks: list[str] = []
+    if plan.drift:
+        blocks.append("#### Changed outside of Flux\n\n")
+        blocks += [_md_block(c) for c in plan.drift]
+    if plan.changes and not plan.refresh_only:
+        blocks.append("#### Changes\n\n")
+        blocks += [_md_block(c) for c in plan.changes]
+    total = len(blocks)
+    reserve = 300
+    for i, block in enumerate(blocks):
+        if len(text) + len(block) > cap - reserve:
+            left = total - i
+            text += (f"\n_… {left} more block(s) not shown: the comment is capped at {cap:,} characters. "
+                     "Run `flux plan` for the full plan._\n")
+            break
+        text += block
+    return text[:cap]

@@ -1,0 +1,158 @@
+"""API Gateway v2: one HTTP API per stage with an auto-deployed `$default` stage; per route an
+AWS_PROXY (payload 2.0) integration to the function's `live` alias, the route itself, and a Lambda
+permission that lets exactly this API invoke it on exactly this method + path."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from flux_aws.retry import aws_call, error_code
+
+STAGE = "$default"
+
+
+def find_api(gw: Any, name: str, tags: dict[str, str]) -> dict[str, Any] | None:
+    for page in gw.get_paginator("get_apis").paginate():
+        for api in page.get("Items", []):
+            api_tags = api.get("Tags") or {}
+            if api["Name"] == name and all(api_tags.get(k) == v for k, v in tags.items() if k != "flux:address"):
+                return dict(api)
+    return None
+
+
+def ensure_api(gw: Any, name: str, tags: dict[str, str]) -> dict[str, str]:
+    api = find_api(gw, name, tags)
+    if api is None:
+        api = aws_call(gw.create_api, Name=name, ProtocolType="HTTP", Tags=tags)
+    api_id = api["ApiId"]
+    try:
+        aws_call(gw.get_stage, ApiId=api_id, StageName=STAGE)
+    except ClientError as exc:
+        if error_code(exc) != "NotFoundException":
+            raise
+        aws_call(gw.create_stage, ApiId=api_id, StageName=STAGE, AutoDeploy=True, Tags=tags)
+    endpoint = str(api["ApiEndpoint"])
+    return {"api_id": api_id, "api_endpoint": endpoint, "url": endpoint.rstrip("/") + "/"}
+
+
+def api_exists(gw: Any, api_id: str) -> bool:
+    try:
+        aws_call(gw.get_api, ApiId=api_id)
+        return True
+    except ClientError as exc:
+        if error_code(exc) == "NotFoundException":
+            return False
+        raise
+
+
+def delete_api(gw: Any, api_id: str) -> None:
+    try:
+        aws_call(gw.delete_api, ApiId=api_id)
+    except ClientError as exc:
+        if error_code(exc) != "NotFoundException":
+            raise
+
+
+def route_key(method: str, path: str) -> str:
+    return f"{method.upper()} {path}"
+
+
+def permission_id(method: str, path: str) -> str:
+    return "flux-apigw-" + hashlib.sha256(route_key(method, path).encode()).hexdigest()[:16]
+
+
+def find_route(gw: Any, api_id: str, key: str) -> dict[str, Any] | None:
+    for page in gw.get_paginator("get_routes").paginate(ApiId=api_id):
+        for r in page.get("Items", []):
+            if r["RouteKey"] == key:
+                return dict(r)
+    return None
+
+
+def find_integration(gw: Any, api_id: str, uri: str) -> dict[str, Any] | None:
+    for page in gw.get_paginator("get_integrations").paginate(ApiId=api_id):
+        for i in page.get("Items", []):
+            if i.get("IntegrationUri") == uri:
+                return dict(i)
+    return None
+
+
+def ensure_route(
+    gw: Any,
+    lam: Any,
+    *,
+    api_id: str,
+    method: str,
+    path: str,
+    function_name: str,
+    alias_arn: str,
+    source_arn: str,
+) -> dict[str, str]:
+    """Integration + route + permission, each looked up first (idempotent after a crash)."""
+    integ = find_integration(gw, api_id, alias_arn)
+    if integ is None:
+        integ = aws_call(
+            gw.create_integration,
+            ApiId=api_id,
+            IntegrationType="AWS_PROXY",
+            IntegrationUri=alias_arn,
+            IntegrationMethod="POST",
+            PayloadFormatVersion="2.0",
+            TimeoutInMillis=30000,
+        )
+    target = f"integrations/{integ['IntegrationId']}"
+    key = route_key(method, path)
+    route = find_route(gw, api_id, key)
+    if route is None:
+        route = aws_call(gw.create_route, ApiId=api_id, RouteKey=key, Target=target)
+    elif route.get("Target") != target:
+        aws_call(gw.update_route, ApiId=api_id, RouteId=route["RouteId"], Target=target)
+    sid = permission_id(method, path)
+    try:
+        aws_call(lam.remove_permission, FunctionName=function_name, Qualifier="live", StatementId=sid)
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+    aws_call(
+        lam.add_permission,
+        FunctionName=function_name,
+        Qualifier="live",
+        StatementId=sid,
+        Action="lambda:InvokeFunction",
+        Principal="apigateway.amazonaws.com",
+        SourceArn=source_arn,
+    )
+    return {"route_id": route["RouteId"], "integration_id": integ["IntegrationId"], "permission_sid": sid}
+
+
+def route_target(gw: Any, api_id: str, route_id: str) -> str | None:
+    try:
+        return str(aws_call(gw.get_route, ApiId=api_id, RouteId=route_id).get("Target", ""))
+    except ClientError as exc:
+        if error_code(exc) == "NotFoundException":
+            return None
+        raise
+
+
+def delete_route(gw: Any, lam: Any, *, api_id: str, outputs: dict[str, Any], function_name: str | None) -> None:
+    if outputs.get("route_id"):
+        try:
+            aws_call(gw.delete_route, ApiId=api_id, RouteId=outputs["route_id"])
+        except ClientError as exc:
+            if error_code(exc) != "NotFoundException":
+                raise
+    if outputs.get("integration_id"):
+        try:
+            aws_call(gw.delete_integration, ApiId=api_id, IntegrationId=outputs["integration_id"])
+        except ClientError as exc:
+            if error_code(exc) != "NotFoundException":
+                raise
+    if function_name and outputs.get("permission_sid"):
+        try:
+            aws_call(lam.remove_permission, FunctionName=function_name, Qualifier="live", StatementId=outputs["permission_sid"])
+        except ClientError as exc:
+            if error_code(exc) != "ResourceNotFoundException":
+                raise

@@ -1,0 +1,167 @@
+"""Lambda functions: create-or-update from a package, wait on LastUpdateStatus with botocore's
+waiters (never sleeps), publish a version per deploy and move the `live` alias to it atomically;
+rollback moves `live` back to the previous published version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from flux_aws.retry import aws_call, error_code
+from flux_plan.errors import ProviderError
+
+ALIAS = "live"
+_WAIT = {"Delay": 1, "MaxAttempts": 600}
+
+
+@dataclass
+class FunctionConfig:
+    name: str
+    runtime: str  # nodejs20.x | provided.al2023
+    handler: str
+    role_arn: str
+    timeout: int
+    memory: int
+    env: dict[str, str]
+    layers: list[str]
+    tags: dict[str, str]
+
+
+def get(lam: Any, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(aws_call(lam.get_function, FunctionName=name))
+    except ClientError as exc:
+        if error_code(exc) == "ResourceNotFoundException":
+            return None
+        raise
+
+
+def _wait_updated(lam: Any, name: str) -> None:
+    aws_call(lam.get_waiter("function_updated_v2").wait, FunctionName=name, WaiterConfig=_WAIT)
+
+
+def _config_kwargs(cfg: FunctionConfig) -> dict[str, Any]:
+    return {
+        "Runtime": cfg.runtime,
+        "Handler": cfg.handler,
+        "Role": cfg.role_arn,
+        "Timeout": cfg.timeout,
+        "MemorySize": cfg.memory,
+        "Environment": {"Variables": cfg.env},
+        "Layers": cfg.layers,
+    }
+
+
+def deploy(lam: Any, cfg: FunctionConfig, package: bytes, code_sha: str) -> dict[str, Any]:
+    """Create or update the function, publish a version, point `live` at it. Returns outputs."""
+    current = get(lam, cfg.name)
+    if current is None:
+        try:
+            aws_call(
+                lam.create_function,
+                FunctionName=cfg.name,
+                Code={"ZipFile": package},
+                Publish=False,
+                Architectures=["x86_64"],
+                PackageType="Zip",
+                Tags=cfg.tags,
+                **_config_kwargs(cfg),
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ResourceConflictException":  # created by a retried call
+                raise
+        aws_call(lam.get_waiter("function_active_v2").wait, FunctionName=cfg.name, WaiterConfig=_WAIT)
+        current = get(lam, cfg.name) or {}
+    live_cfg = current.get("Configuration", {})
+    if live_cfg.get("CodeSha256") != code_sha:
+        _wait_updated(lam, cfg.name)
+        aws_call(lam.update_function_code, FunctionName=cfg.name, ZipFile=package, Publish=False)
+    _wait_updated(lam, cfg.name)
+    aws_call(lam.update_function_configuration, FunctionName=cfg.name, **_config_kwargs(cfg))
+    _wait_updated(lam, cfg.name)
+    version = str(aws_call(lam.publish_version, FunctionName=cfg.name, CodeSha256=code_sha)["Version"])
+    alias_arn = set_alias(lam, cfg.name, version)
+    fn = aws_call(lam.get_function_configuration, FunctionName=cfg.name)
+    return {"function_arn": fn["FunctionArn"], "alias_arn": alias_arn, "version": version, "code_sha256": code_sha}
+
+
+def set_alias(lam: Any, name: str, version: str) -> str:
+    try:
+        resp = aws_call(lam.update_alias, FunctionName=name, Name=ALIAS, FunctionVersion=version)
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+        resp = aws_call(lam.create_alias, FunctionName=name, Name=ALIAS, FunctionVersion=version)
+    return str(resp["AliasArn"])
+
+
+def alias_version(lam: Any, name: str) -> str | None:
+    try:
+        return str(aws_call(lam.get_alias, FunctionName=name, Name=ALIAS)["FunctionVersion"])
+    except ClientError as exc:
+        if error_code(exc) == "ResourceNotFoundException":
+            return None
+        raise
+
+
+def published_versions(lam: Any, name: str) -> list[int]:
+    out: list[int] = []
+    for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=name):
+        out += [int(v["Version"]) for v in page.get("Versions", []) if v["Version"] != "$LATEST"]
+    return sorted(out)
+
+
+def rollback(lam: Any, name: str, to_version: str | None = None) -> tuple[str, str]:
+    """Move `live` to `to_version` or to the newest published version older than the current one."""
+    current = alias_version(lam, name)
+    if current is None:
+        raise ProviderError(f"function {name} has no `{ALIAS}` alias: deploy it first")
+    versions = published_versions(lam, name)
+    if to_version is None:
+        older = [v for v in versions if v < int(current)]
+        if not older:
+            raise ProviderError(f"function {name}: version {current} is the first deployed version, nothing to roll back to")
+        to_version = str(older[-1])
+    elif int(to_version) not in versions:
+        raise ProviderError(f"function {name}: no published version {to_version} (have {versions})")
+    set_alias(lam, name, to_version)
+    return current, to_version
+
+
+def set_async_config(lam: Any, name: str, failure_queue_arn: str, retries: int, max_age: int) -> None:
+    aws_call(
+        lam.put_function_event_invoke_config,
+        FunctionName=name,
+        Qualifier=ALIAS,
+        MaximumRetryAttempts=retries,
+        MaximumEventAgeInSeconds=max_age,
+        DestinationConfig={"OnFailure": {"Destination": failure_queue_arn}},
+    )
+
+
+def delete(lam: Any, name: str) -> None:
+    try:
+        aws_call(lam.delete_function, FunctionName=name)
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+
+
+def ensure_queue(sqs: Any, name: str, tags: dict[str, str]) -> tuple[str, str]:
+    """The async on-failure destination queue: (url, arn); create is idempotent in SQS itself."""
+    url = aws_call(sqs.create_queue, QueueName=name, tags=tags, Attributes={"MessageRetentionPeriod": "1209600"})[
+        "QueueUrl"
+    ]
+    arn = aws_call(sqs.get_queue_attributes, QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return str(url), str(arn)
+
+
+def delete_queue(sqs: Any, name: str) -> None:
+    try:
+        url = aws_call(sqs.get_queue_url, QueueName=name)["QueueUrl"]
+        aws_call(sqs.delete_queue, QueueUrl=url)
+    except ClientError as exc:
+        if "NonExistentQueue" not in error_code(exc) and error_code(exc) != "QueueDoesNotExist":
+            raise

@@ -1,0 +1,124 @@
+// The Flux function contract (DESIGN §7) on AWS Lambda: API Gateway v2 (payload 2.0) event ->
+// input, handler result -> JSON 200, thrown error -> 500 with the request id (stack only in logs),
+// invalid JSON -> 400, body over the limit -> 413; async functions answer 202 and re-invoke
+// their own alias with InvocationType=Event (Lambda then retries and reports to the on-failure
+// destination). ctx.log writes one JSON record per call to stdout, which Lambda ships to CloudWatch.
+import { env, getSecretValue, invokeEvent } from "./aws.mjs";
+
+const MARK = Symbol.for("flux.function");
+const list = (v) => (v || "").split(",").map((s) => s.trim()).filter(Boolean);
+
+function decodeBody(event) {
+  const raw = event.body ?? "";
+  if (!event.isBase64Encoded) return raw;
+  if (globalThis.Buffer) return globalThis.Buffer.from(raw, "base64").toString("utf8");
+  return new TextDecoder().decode(Uint8Array.from(atob(raw), (c) => c.charCodeAt(0)));
+}
+
+function json(status, body, requestId, extra = {}) {
+  return {
+    statusCode: status,
+    headers: { "content-type": "application/json", "x-flux-request-id": requestId, ...extra },
+    body: JSON.stringify(body),
+  };
+}
+
+export function makeHandler(def, { runtime } = {}) {
+  if (!def || !def[MARK] || typeof def.handler !== "function") {
+    throw new Error("the function module's default export must be defineFunction({...}) from @flux/functions");
+  }
+  const fnName = env("FLUX_FUNCTION") || def.name;
+  const prefix = env("FLUX_SECRET_PREFIX") || "";
+  const secretKeys = new Set([...list(env("FLUX_SECRET_KEYS")), ...list(env("FLUX_ENV_KEYS"))]);
+  const envKeys = list(env("FLUX_ENV_KEYS"));
+  const isAsync = env("FLUX_ASYNC") === "1";
+  const maxBody = Number(env("FLUX_MAX_BODY_BYTES") || 1048576);
+  const cache = new Map();
+  let masks = [];
+  let frozenEnv = null;
+
+  const secret = async (key) => {
+    if (!secretKeys.has(key)) throw new Error(`unknown secret ${JSON.stringify(key)} (not set for this stage, or not read by this function)`);
+    if (!cache.has(key)) {
+      const value = await getSecretValue(prefix + key);
+      cache.set(key, value);
+      if (value && value.length >= 4) masks = [...masks, value];
+    }
+    return cache.get(key);
+  };
+  const mask = (text) => masks.reduce((t, m) => t.split(m).join("***"), text);
+
+  const write = (level, requestId, msg, data) => {
+    const rec = { ts: new Date().toISOString(), level, function: fnName, request_id: requestId, msg, data };
+    const line = mask(JSON.stringify(rec));
+    if (level === "error") console.error(line); else console.log(line);
+  };
+
+  const loadEnv = async () => {
+    if (frozenEnv) return frozenEnv;
+    const out = {};
+    for (const k of envKeys) {
+      try { out[k] = await secret(k); } catch (e) { if (e.code !== "ResourceNotFoundException") throw e; }
+    }
+    frozenEnv = Object.freeze(out);
+    return frozenEnv;
+  };
+
+  const run = async (input, requestId) => {
+    const ctx = Object.freeze({
+      log: (...args) => {
+        const msg = typeof args[0] === "string" ? args.shift() : "";
+        write("info", requestId, msg, args.length === 0 ? null : args.length === 1 ? args[0] : args);
+      },
+      env: await loadEnv(),
+      secrets: Object.freeze({ get: secret }),
+      db: Object.freeze({
+        query: async () => { throw new Error("ctx.db.query is not available on this AWS stage (no database configured)"); },
+      }),
+      requestId,
+    });
+    return def.handler({ input, ctx });
+  };
+
+  return async function handler(event, context = {}) {
+    const requestId = (event && event.flux_async && event.request_id) || context.awsRequestId || crypto.randomUUID();
+    if (event && event.flux_async === true) {
+      // Event invocation of an async function: errors propagate so Lambda retries / dead-letters.
+      try {
+        await run(event.input ?? {}, requestId);
+        write("info", requestId, "async invocation done", null);
+        return { ok: true, request_id: requestId };
+      } catch (e) {
+        write("error", requestId, "async handler failed", { error: String(e?.message ?? e), stack: String(e?.stack ?? "") });
+        throw e;
+      }
+    }
+    const raw = decodeBody(event || {});
+    if (new TextEncoder().encode(raw).length > maxBody) {
+      return json(413, { error: `request body over ${maxBody} bytes`, request_id: requestId }, requestId);
+    }
+    let input = {};
+    if (raw.trim() !== "") {
+      try { input = JSON.parse(raw); } catch {
+        return json(400, { error: "request body is not valid JSON", request_id: requestId }, requestId);
+      }
+    } else if (event?.queryStringParameters) {
+      input = { ...event.queryStringParameters };
+    }
+    if (input === null || typeof input !== "object" || Array.isArray(input)) {
+      return json(400, { error: "request body must be a JSON object", request_id: requestId }, requestId);
+    }
+    if (isAsync) {
+      await invokeEvent(context.invokedFunctionArn, { flux_async: true, input, request_id: requestId });
+      write("info", requestId, "queued", null);
+      return json(202, { request_id: requestId, status: "accepted" }, requestId);
+    }
+    try {
+      const result = await run(input, requestId);
+      return json(200, result ?? null, requestId);
+    } catch (e) {
+      write("error", requestId, "handler failed", { error: String(e?.message ?? e), stack: String(e?.stack ?? "") });
+      return json(500, { error: "internal error", request_id: requestId }, requestId);
+    }
+  };
+}

@@ -1,0 +1,157 @@
+"""Talking to a stage's daemon from the CLI process: find it (daemon.json, stale-pid aware), start it
+detached, call its admin API, stop it and make sure nothing it started is left running."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from flux_local.daemon import DAEMON_FILE
+from flux_plan.errors import ProviderError, TransientProviderError
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _is_daemon(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid_alive(pid)
+    return b"flux_local.daemon" in cmdline
+
+
+class DaemonClient:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+
+    def info(self) -> dict[str, Any] | None:
+        """daemon.json of a live daemon; None (and the stale file removed) when it is not running."""
+        path = self.dir / DAEMON_FILE
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        pid = doc.get("pid")
+        if pid and pid_alive(pid) and _is_daemon(pid):
+            return doc
+        path.unlink(missing_ok=True)  # stale: the daemon died without cleaning up
+        return None
+
+    def running(self) -> bool:
+        return self.info() is not None
+
+    def call(self, method: str, path: str, body: Any = None, *, timeout: float = 120) -> tuple[int, Any]:
+        info = self.info()
+        if info is None:
+            raise TransientProviderError(f"the local runtime of {self.dir} is not running")
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{info['control_port']}{path}", data=data, method=method,
+            headers={"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                return exc.code, json.loads(exc.read() or b"null")
+            except ValueError:
+                return exc.code, {"error": f"HTTP {exc.code}"}
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise TransientProviderError(f"local runtime unreachable: {exc}") from None
+
+    def ok(self, method: str, path: str, body: Any = None) -> Any:
+        status, doc = self.call(method, path, body)
+        if status >= 500:
+            raise TransientProviderError(f"local runtime: {doc.get('error') if isinstance(doc, dict) else doc}")
+        if status >= 400:
+            raise ProviderError(f"local runtime: {doc.get('error') if isinstance(doc, dict) else doc}")
+        return doc
+
+    def start(self, root: Path, stage: str, project: str, settings: dict[str, Any], *,
+              port: int | None = None, timeout: float = 90) -> dict[str, Any]:
+        """Start the daemon detached (own session, survives this command) unless it runs already."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.dir / "daemon.start.lock"), timeout=timeout):
+            info = self.info()
+            if info:
+                return info
+            (self.dir / "daemon.error").unlink(missing_ok=True)
+            cmd = [sys.executable, "-m", "flux_local.daemon", "--root", str(root), "--stage", stage,
+                   "--project", project, "--state-dir", str(self.dir), "--settings", json.dumps(settings)]
+            if port is not None:
+                cmd += ["--port", str(port)]
+            log = open(self.dir / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
+            try:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, cwd=str(root), close_fds=True)
+            finally:
+                log.close()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                info = self.info()
+                if info and info.get("pid") == proc.pid:
+                    return info
+                if proc.poll() is not None:
+                    err = self.dir / "daemon.error"
+                    why = err.read_text(encoding="utf-8").strip() if err.exists() else f"exit code {proc.returncode}"
+                    raise ProviderError(f"the local runtime failed to start: {why} (see {self.dir / 'daemon.log'})")
+                time.sleep(0.1)
+            self._terminate(proc.pid)
+            raise ProviderError(f"the local runtime did not start within {timeout:.0f}s (see {self.dir / 'daemon.log'})")
+
+    def stop(self, timeout: float = 30) -> None:
+        """Graceful shutdown; then SIGTERM/SIGKILL of the daemon's process group; no process is left."""
+        info = self.info()
+        if info is None:
+            return
+        pid = int(info["pid"])
+        with contextlib.suppress(ProviderError):
+            self.call("POST", "/admin/shutdown", {}, timeout=10)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.1)
+        if pid_alive(pid):
+            self._terminate(pid)
+        for key in ("host_pid",):
+            child = info.get(key)
+            if child and pid_alive(child):
+                os.kill(child, signal.SIGKILL)
+        (self.dir / DAEMON_FILE).unlink(missing_ok=True)
+
+    @staticmethod
+    def _terminate(pid: int) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            for _ in range(50):
+                if not pid_alive(pid):
+                    return
+                time.sleep(0.1)

@@ -1,0 +1,576 @@
+"""The local stage's supervisor: `python -m flux_local.daemon --root R --stage S --project P`.
+
+Owns, for one stage: the database (embedded PostgreSQL unless DATABASE_URL is set), the Deno host
+(started with flux_local.runtime.host_command, restarted when it dies), the runtime table (functions +
+routes + loaded secrets, persisted in runtime.json so a restart restores it), the log store, the durable
+async queue, and an HTTP server on 127.0.0.1 with the control API (for the host) and the admin API (for
+the provider and the CLI). It never sits on the request path: the gateway is inside the Deno host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import secrets as pysecrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from flux_local.asyncqueue import AsyncQueue
+from flux_local.logstore import LogStore, Masker
+from flux_local.pg import ConnectionPool, EmbeddedPostgres, external_url
+
+DAEMON_FILE = "daemon.json"
+RUNTIME_FILE = "runtime.json"
+LOCK_FILE = "daemon.lock"
+MAX_BODY_BYTES = 6 * 1024 * 1024
+DEFAULT_PORT = 8787
+
+
+def _write_json_atomic(path: Path, doc: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _diag(msg: str) -> None:
+    sys.stderr.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} flux-daemon: {msg}\n")
+    sys.stderr.flush()
+
+
+class HostDown(Exception):
+    """The Deno host is not (yet) running."""
+
+
+class Daemon:
+    def __init__(self, root: Path, stage: str, project: str, *, state_dir: Path, port: int | None,
+                 settings: dict[str, Any] | None = None, dotenv: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.stage = stage
+        self.project = project
+        self.dir = state_dir
+        self.settings = settings or {}
+        self.requested_port = port
+        self.dotenv = dotenv or {}
+        self.token = pysecrets.token_urlsafe(32)
+        self.admin_token = pysecrets.token_urlsafe(32)
+        self.masker = Masker()
+        self.logs = LogStore(self.dir / "logs", mask=self.masker)
+        self.table_lock = threading.RLock()
+        self.table: dict[str, Any] = {"functions": {}, "routes": {}, "secrets": {}}
+        self.secret_values: dict[str, str] = {}
+        self.schema: dict[str, dict[str, str]] | None = None
+        self.pg: EmbeddedPostgres | None = None
+        self.db_uri: str | None = None
+        self.pool: ConnectionPool | None = None
+        self.host: subprocess.Popen[bytes] | None = None
+        self.host_ready = threading.Event()
+        self.gateway_port: int | None = None
+        self.admin_port: int | None = None
+        self.stopping = threading.Event()
+        self.server: ThreadingHTTPServer | None = None
+        self.queue: AsyncQueue | None = None
+        self._lock_fh: Any = None
+        self.on_log: Any = None  # flux dev prints records live
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def acquire_lock(self) -> bool:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(self.dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def start(self) -> None:
+        self._load_table()
+        self._start_db()
+        self._start_server()
+        self.queue = AsyncQueue(self.dir / "queue", self._invoke_now, self._record)
+        self._start_host()
+        self.queue.start()
+        threading.Thread(target=self._supervise, name="flux-supervise", daemon=True).start()
+        self._write_daemon_file()
+
+    def stop(self) -> None:
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        if self.queue:
+            self.queue.stop()
+        self._stop_host()
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.pool:
+            self.pool.close()
+        if self.pg:
+            self.pg.stop()
+        (self.dir / DAEMON_FILE).unlink(missing_ok=True)
+
+    def _write_daemon_file(self) -> None:
+        doc = {
+            "pid": os.getpid(),
+            "stage": self.stage,
+            "control_port": self.server.server_address[1] if self.server else None,
+            "gateway_port": self.gateway_port,
+            "token": self.token,
+            "host_pid": self.host.pid if self.host else None,
+            "pg_pid": self.pg.pid if self.pg else None,
+            "db_uri": self.db_uri if self.pg else None,  # embedded only: a socket URI, nothing secret
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        path = self.dir / DAEMON_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=2)
+        os.replace(tmp, path)
+
+    # -- runtime table ------------------------------------------------------------------------------
+    def _load_table(self) -> None:
+        path = self.dir / RUNTIME_FILE
+        if path.exists():
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for key in ("functions", "routes", "secrets"):
+                self.table[key] = doc.get(key, {})
+        for key in list(self.table["secrets"]):
+            self._load_secret(key)
+        self._refresh_mask()
+
+    def _save_table(self) -> None:
+        _write_json_atomic(self.dir / RUNTIME_FILE, {"project": self.project, "stage": self.stage, **self.table})
+
+    def _secret_store(self) -> Any:
+        from flux_plan.secrets import SecretStore
+
+        return SecretStore(self.root, self.project, self.stage)
+
+    def _load_secret(self, key: str) -> bool:
+        store = self._secret_store()
+        if store.has(key):
+            self.secret_values[key] = store.get(key)
+            return True
+        self.secret_values.pop(key, None)
+        return False
+
+    def _refresh_mask(self) -> None:
+        self.masker.set_values([*self.secret_values.values(), *self.dotenv.values()])
+
+    def env_for(self, fn: dict[str, Any]) -> dict[str, str]:
+        """Values of the function's keys that are set: loaded secrets first, then .env (flux dev)."""
+        env: dict[str, str] = {}
+        for key in fn.get("env_keys", []):
+            if key in self.secret_values:
+                env[key] = self.secret_values[key]
+            elif key in self.dotenv:
+                env[key] = self.dotenv[key]
+        return env
+
+    def host_config(self) -> dict[str, Any]:
+        fns = self.table["functions"]
+        functions = {
+            name: {
+                "runtime": fn["runtime"], "bundle": fn["bundle"], "digest": fn["digest"],
+                "env": self.env_for(fn), "timeout_ms": fn.get("timeout_ms", 30000),
+                "concurrency": fn.get("concurrency", 10), "queue_limit": fn.get("queue_limit", 100),
+                "idle_ms": fn.get("idle_ms", 300000), "async": bool(fn.get("async")),
+            }
+            for name, fn in sorted(fns.items())
+        }
+        routes = [{"method": r["method"], "path": r["path"], "function": r["function"]}
+                  for _, r in sorted(self.table["routes"].items()) if r["function"] in fns]
+        return {"functions": functions, "routes": routes}
+
+    def push(self) -> None:
+        """Send the whole table to the host (atomic switch there); waits for its OK."""
+        with self.table_lock:
+            self._save_table()
+            if not self.host_ready.wait(timeout=30):
+                raise HostDown("the Deno host is not running (see daemon.log)")
+            self._host_call("PUT", "/config", self.host_config(), timeout=60)
+
+    # -- database -----------------------------------------------------------------------------------
+    def _start_db(self) -> None:
+        url = external_url(self.settings)
+        if url:
+            self.db_uri = url
+        else:
+            self.pg = EmbeddedPostgres(self.dir / "pg")
+            self.db_uri = self.pg.start()
+        self.pool = ConnectionPool(self.db_uri)
+
+    def db_query(self, params: Any) -> tuple[int, dict[str, Any]]:
+        import psycopg
+
+        from flux_plan.query import QueryError, read_schema, run_query
+
+        assert self.pool is not None
+        with self.pool.connection() as conn:
+            for attempt in (1, 2):
+                if self.schema is None:
+                    self.schema = read_schema(conn)
+                try:
+                    return 200, {"rows": run_query(conn, params, self.schema)}
+                except QueryError as exc:
+                    if attempt == 1 and "unknown " in str(exc):
+                        self.schema = None  # a migration may have run since: look again once
+                        continue
+                    return 400, {"error": str(exc)}
+                except psycopg.Error as exc:
+                    msg = exc.diag.message_primary or type(exc).__name__
+                    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+                        self.schema = None
+                    return 500, {"error": f"database error: {msg}"}
+        return 500, {"error": "database error"}
+
+    # -- host ---------------------------------------------------------------------------------------
+    def _gateway_port(self) -> int:
+        if self.gateway_port:
+            return self.gateway_port
+        port = self.requested_port
+        if port is None:
+            port = int(self.settings.get("port", DEFAULT_PORT) or 0)
+        return port
+
+    def _start_host(self) -> None:
+        import deno
+
+        from flux_local.runtime import host_command
+        from flux_plan.paths import artifacts_dir
+
+        assert self.server is not None
+        config = {
+            "stage": self.stage, "gateway_host": "127.0.0.1", "gateway_port": self._gateway_port(),
+            "admin_port": 0, "admin_token": self.admin_token,
+            "control_url": f"http://127.0.0.1:{self.server.server_address[1]}", "control_token": self.token,
+            "node_bin": shutil.which("node") or "/usr/bin/node", "max_body_bytes": MAX_BODY_BYTES,
+        }
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "DENO_DIR")}
+        env["FLUX_HOST_CONFIG"] = json.dumps(config)
+        cmd = host_command(deno.find_deno_bin(), artifacts_dir(self.root))
+        self.host_ready.clear()
+        self.host = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, stdin=subprocess.DEVNULL,
+                                     env=env, cwd=str(self.dir))
+        assert self.host.stdout is not None
+        deadline = time.monotonic() + 60
+        line = b""
+        while time.monotonic() < deadline:
+            line = self.host.stdout.readline()
+            if not line:
+                break
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError:
+                _diag(f"host: {line.decode(errors='replace').rstrip()}")
+                continue
+            if doc.get("event") == "ready":
+                self.gateway_port = int(doc["gateway_port"])
+                self.admin_port = int(doc["admin_port"])
+                break
+        else:
+            line = b""
+        if not self.admin_port or not line:
+            code = self.host.poll()
+            self._kill_host()
+            raise RuntimeError(f"the Deno host did not start (exit code {code}); see {self.dir / 'daemon.log'}")
+        threading.Thread(target=self._pump_logs, args=(self.host,), name="flux-host-logs", daemon=True).start()
+        self._host_call("PUT", "/config", self.host_config(), timeout=60)
+        self.host_ready.set()
+        self._record({"level": "info", "function": None, "msg": "runtime started",
+                      "data": {"gateway_port": self.gateway_port, "functions": len(self.table["functions"])}})
+
+    def _pump_logs(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict):
+                    raise ValueError
+            except ValueError:
+                rec = {"level": "info", "function": None, "msg": raw.decode(errors="replace").rstrip()}
+            self._record(rec)
+
+    def _record(self, rec: dict[str, Any]) -> None:
+        rec.setdefault("stage", self.stage)
+        for key in ("function", "request_id", "data"):
+            rec.setdefault(key, None)
+        self.logs.append(rec)
+        if self.on_log:
+            with contextlib.suppress(Exception):
+                self.on_log(rec)
+
+    def _host_call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+        if not self.admin_port:
+            raise HostDown("the Deno host is not running")
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", data=data, method=method,
+                                     headers={"Authorization": f"Bearer {self.admin_token}",
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                detail = json.loads(raw).get("error", raw.decode(errors="replace"))
+            except (ValueError, AttributeError):
+                detail = raw.decode(errors="replace")
+            raise RuntimeError(f"host {method} {path}: HTTP {exc.code}: {detail}") from None
+
+    def _invoke_now(self, function: str, request_id: str, payload: Any, attempt: int) -> tuple[int, Any]:
+        if not self.host_ready.wait(timeout=30):
+            raise HostDown("runtime not ready")
+        fn = self.table["functions"].get(function)
+        timeout = (fn or {}).get("timeout_ms", 30000) / 1000 + 10
+        res = self._host_call("POST", f"/invoke/{function}",
+                              {"request_id": request_id, "input": payload, "attempt": attempt}, timeout=timeout)
+        return int(res.get("status", 500)), res.get("body")
+
+    def _kill_host(self) -> None:
+        proc = self.host
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def _stop_host(self) -> None:
+        proc = self.host
+        self.host_ready.clear()
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(Exception):
+            self._host_call("POST", "/shutdown", {}, timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._kill_host()
+
+    def _supervise(self) -> None:
+        """Restart the host when it dies (with backoff), restoring the table."""
+        delay = 0.2
+        while not self.stopping.is_set():
+            proc = self.host
+            if proc is None:
+                time.sleep(0.2)
+                continue
+            code = proc.wait()
+            if self.stopping.is_set():
+                return
+            self.host_ready.clear()
+            self.admin_port = None
+            self._record({"level": "error", "function": None,
+                          "msg": f"runtime host exited with code {code}; restarting"})
+            time.sleep(delay)
+            try:
+                self._start_host()
+                self._write_daemon_file()
+                delay = 0.2
+            except Exception as exc:
+                _diag(f"host restart failed: {exc}")
+                delay = min(delay * 2, 10)
+
+    # -- HTTP: control API (host) + admin API (provider / CLI) --------------------------------------
+    def _start_server(self) -> None:
+        daemon = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, doc: Any) -> None:
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                if self.headers.get("Authorization") != f"Bearer {daemon.token}":
+                    self._reply(401, {"error": "unauthorized"})
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    self._reply(413, {"error": "body too large"})
+                    return
+                try:
+                    body = json.loads(self.rfile.read(length) or b"null") if length else None
+                except ValueError:
+                    self._reply(400, {"error": "invalid JSON body"})
+                    return
+                try:
+                    status, doc = daemon.route(method, self.path, body)
+                except HostDown as exc:
+                    status, doc = 503, {"error": str(exc)}
+                except Exception as exc:
+                    _diag(f"{method} {self.path} failed: {type(exc).__name__}: {exc}")
+                    status, doc = 500, {"error": f"{type(exc).__name__}: {exc}"}
+                self._reply(status, doc)
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+            def do_PUT(self) -> None:
+                self._handle("PUT")
+
+            def do_DELETE(self) -> None:
+                self._handle("DELETE")
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, name="flux-control", daemon=True).start()
+
+    def route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        body = body if isinstance(body, dict) else {}
+        match method, parts:
+            case "POST", ["v1", "secrets", "get"]:
+                return self._api_secret(body)
+            case "POST", ["v1", "db", "query"]:
+                return self.db_query(body.get("params"))
+            case "POST", ["v1", "async", "enqueue"]:
+                assert self.queue is not None
+                rid = str(body.get("request_id") or pysecrets.token_hex(8))
+                self.queue.enqueue(str(body.get("function")), rid, body.get("input"))
+                return 202, {"request_id": rid}
+            case "GET", ["admin", "status"]:
+                return 200, self.status()
+            case "PUT", ["admin", "functions", name]:
+                with self.table_lock:
+                    self.table["functions"][name] = body
+                    self.push()
+                return 200, {"ok": True}
+            case "DELETE", ["admin", "functions", name]:
+                with self.table_lock:
+                    self.table["functions"].pop(name, None)
+                    self.push()
+                return 200, {"ok": True}
+            case "PUT", ["admin", "routes", key]:
+                with self.table_lock:
+                    self.table["routes"][key] = body
+                    self.push()
+                return 200, {"ok": True}
+            case "DELETE", ["admin", "routes", key]:
+                with self.table_lock:
+                    self.table["routes"].pop(key, None)
+                    self.push()
+                return 200, {"ok": True}
+            case "PUT", ["admin", "secrets", key]:
+                with self.table_lock:
+                    if not self._load_secret(key):
+                        return 404, {"error": f"secret {key} is not set (flux secrets set {key}=...)"}
+                    self.table["secrets"][key] = body.get("fingerprint")
+                    self._refresh_mask()
+                    self.push()
+                return 200, {"ok": True}
+            case "DELETE", ["admin", "secrets", key]:
+                with self.table_lock:
+                    self.table["secrets"].pop(key, None)
+                    self.secret_values.pop(key, None)
+                    self.push()
+                return 200, {"ok": True}
+            case "POST", ["admin", "schema-changed"]:
+                self.schema = None
+                return 200, {"ok": True}
+            case "POST", ["admin", "shutdown"]:
+                threading.Thread(target=self._shutdown_soon, daemon=True).start()
+                return 200, {"ok": True}
+        return 404, {"error": f"no such endpoint: {method} {path}"}
+
+    def _shutdown_soon(self) -> None:
+        time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _api_secret(self, body: dict[str, Any]) -> tuple[int, Any]:
+        key = str(body.get("key"))
+        fn = self.table["functions"].get(str(body.get("function")), {})
+        allowed = key in fn.get("env_keys", [])
+        value = self.secret_values.get(key, self.dotenv.get(key))
+        if not allowed or value is None:
+            return 404, {"error": f"secret {key} is not set (flux secrets set {key}=...)"}
+        return 200, {"value": value}
+
+    def status(self) -> dict[str, Any]:
+        health: Any = None
+        if self.host_ready.is_set():
+            with contextlib.suppress(Exception):
+                health = self._host_call("GET", "/health", timeout=5)
+        return {
+            "pid": os.getpid(), "stage": self.stage, "gateway_port": self.gateway_port,
+            "host_pid": self.host.pid if self.host else None, "host_ready": self.host_ready.is_set(),
+            "pg_pid": self.pg.pid if self.pg else None, "db_uri": self.db_uri if self.pg else None,
+            "functions": self.table["functions"], "routes": self.table["routes"],
+            "secrets": self.table["secrets"], "health": health,
+            "queue_pending": self.queue.pending_count() if self.queue else 0,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="flux_local.daemon")
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--stage", required=True)
+    ap.add_argument("--project", required=True)
+    ap.add_argument("--state-dir", required=True)
+    ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--settings", default="{}", help="the stage's provider settings as JSON")
+    args = ap.parse_args(argv)
+    d = Daemon(Path(args.root), args.stage, args.project, state_dir=Path(args.state_dir), port=args.port,
+               settings=json.loads(args.settings))
+    if not d.acquire_lock():
+        _diag(f"another daemon already serves {d.dir}")
+        return 3
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        d.start()
+        _diag(f"ready: pid {os.getpid()}, gateway 127.0.0.1:{d.gateway_port}")
+        while not stop.wait(0.5):
+            pass
+    except Exception as exc:
+        _diag(f"failed: {type(exc).__name__}: {exc}")
+        (d.dir / "daemon.error").write_text(f"{exc}\n", encoding="utf-8")
+        d.stop()
+        return 1
+    d.stop()
+    _diag("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

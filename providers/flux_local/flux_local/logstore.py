@@ -1,0 +1,164 @@
+"""The stage's log store: JSON-lines records from the Deno host under .flux/<stage>/logs/, masked
+before they touch the disk, rotated by size, queried and followed by `flux logs` without the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
+CURRENT = "flux.jsonl"
+MASK = "********"
+
+
+class Masker:
+    """Replaces every known secret value in a text; values are swapped atomically on rotation."""
+
+    def __init__(self) -> None:
+        self._values: tuple[str, ...] = ()
+
+    def set_values(self, values: Any) -> None:
+        # Longest first so a value containing another is masked whole; very short values would mask
+        # ordinary words, so they are left alone (they are not secrets anybody can keep anyway).
+        self._values = tuple(sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for v in self._values:
+            if v in text:
+                text = text.replace(v, MASK)
+        return text
+
+
+def parse_ts(ts: Any) -> float:
+    if isinstance(ts, int | float):
+        return float(ts) / (1000.0 if ts > 1e11 else 1.0)
+    try:
+        return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class LogStore:
+    def __init__(self, directory: Path, *, mask: Callable[[str], str] | None = None,
+                 max_bytes: int = 5 * 1024 * 1024, keep: int = 5) -> None:
+        self.dir = directory
+        self.mask = mask or (lambda s: s)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Path:
+        return self.dir / CURRENT
+
+    def files(self) -> list[Path]:
+        """Oldest first: flux.<keep>.jsonl ... flux.1.jsonl, flux.jsonl."""
+        rotated = [self.dir / f"flux.{i}.jsonl" for i in range(self.keep, 0, -1)]
+        return [p for p in [*rotated, self.current] if p.exists()]
+
+    def append(self, record: dict[str, Any]) -> None:
+        record.setdefault("ts", now_iso())
+        record.setdefault("level", "info")
+        line = self.mask(json.dumps(record, ensure_ascii=False, default=str)) + "\n"
+        with self._lock:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                if self.current.stat().st_size + len(line) > self.max_bytes:
+                    self._rotate()
+            except FileNotFoundError:
+                pass
+            with open(self.current, "a", encoding="utf-8") as fh:
+                fh.write(line)
+
+    def _rotate(self) -> None:
+        oldest = self.dir / f"flux.{self.keep}.jsonl"
+        oldest.unlink(missing_ok=True)
+        for i in range(self.keep - 1, 0, -1):
+            src = self.dir / f"flux.{i}.jsonl"
+            if src.exists():
+                src.rename(self.dir / f"flux.{i + 1}.jsonl")
+        self.current.rename(self.dir / "flux.1.jsonl")
+
+
+def matches(rec: dict[str, Any], *, function: str | None, since_ts: float | None, request_id: str | None,
+            level: str | None) -> bool:
+    if function and rec.get("function") != function:
+        return False
+    if request_id and rec.get("request_id") != request_id:
+        return False
+    if level and LEVELS.get(str(rec.get("level")), 20) < LEVELS.get(level, 0):
+        return False
+    return not (since_ts and parse_ts(rec.get("ts")) < since_ts)
+
+
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if line:
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+    except FileNotFoundError:
+        return
+
+
+def query(directory: Path, *, function: str | None = None, since_s: float | None = None,
+          request_id: str | None = None, level: str | None = None, follow: bool = False,
+          poll_s: float = 0.2) -> Iterator[dict[str, Any]]:
+    """Records matching the filters, oldest first; with `follow`, then every new one (handles rotation)."""
+    since_ts = time.time() - since_s if since_s else None
+    store = LogStore(directory)
+    flt = {"function": function, "since_ts": since_ts, "request_id": request_id, "level": level}
+    files = store.files()
+    for path in files[:-1]:
+        yield from (r for r in _records(path) if matches(r, **flt))
+    current = store.current
+    fh = None
+    inode = None
+    buf = ""
+    try:
+        while True:
+            if fh is None and current.exists():
+                fh = open(current, encoding="utf-8")  # noqa: SIM115 - kept open while following
+                inode = os.fstat(fh.fileno()).st_ino
+            if fh is not None:
+                chunk = fh.read()
+                if chunk:
+                    buf += chunk
+                    *lines, buf = buf.split("\n")
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        try:
+                            rec = json.loads(line)
+                        except json.JSONDecodeError:
+                            continue
+                        if matches(rec, **flt):
+                            yield rec
+                    continue
+            if not follow:
+                return
+            try:
+                if fh is not None and os.stat(current).st_ino != inode:
+                    fh.close()  # rotated: the rest of the old file was read above; reopen the new one
+                    fh, buf = None, ""
+                    continue
+            except FileNotFoundError:
+                pass
+            time.sleep(poll_s)
+    finally:
+        if fh is not None:
+            fh.close()

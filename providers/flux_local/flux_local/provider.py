@@ -1,0 +1,280 @@
+"""LocalProvider: the `local` entry of `flux.providers`.
+
+Every resource lands in the stage's daemon (flux_local.daemon), which the first operation starts:
+functions and routes go into its runtime table (pushed atomically to the Deno host), secrets are
+(re)loaded from the SecretStore by the daemon (values never pass through here), migrations are applied
+from this process straight to the stage database with flux_plan.migrations.
+
+Function environment (decided here, documented in docs): `ctx.env` holds, of the keys the function
+reads (`ctx.env.K`, `ctx.secrets.get("K")`) plus every key of `.env.example`, those that are set with
+`flux secrets set`; `ctx.secrets.get(K)` answers the same keys. `.env.example` values are examples, not
+defaults. `flux dev` additionally reads `.env`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from flux_local.client import DaemonClient
+from flux_local.pg import external_url
+from flux_plan.errors import FluxError, ProviderError
+from flux_plan.model import FunctionSpec, ProviderResult, Resource, ResourceState
+from flux_plan.providers import InvokeResult, ProviderContext
+
+
+def function_config(spec: FunctionSpec, bundle: str, env_example_keys: list[str]) -> dict[str, Any]:
+    """The daemon's runtime-table entry of a function (no secret values: only key names)."""
+    keys = sorted({*spec.env_keys, *spec.secrets, *env_example_keys})
+    return {
+        "runtime": spec.runtime, "bundle": bundle, "digest": spec.source_digest, "env_keys": keys,
+        "timeout_ms": spec.timeout * 1000, "concurrency": spec.concurrency, "queue_limit": 100,
+        "idle_ms": 300_000, "async": spec.async_, "route": spec.route, "method": spec.method,
+    }
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self) -> None:
+        self.ctx: ProviderContext | None = None
+        self._start_lock = threading.Lock()
+
+    # -- wiring -------------------------------------------------------------------------------------
+    def configure(self, ctx: ProviderContext) -> None:
+        self.ctx = ctx
+        self.client = DaemonClient(ctx.state_dir)
+
+    def force_replace(self, resource_type: str) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def _ctx(self) -> ProviderContext:
+        if self.ctx is None:
+            raise ProviderError("local provider used before configure()")
+        return self.ctx
+
+    def ensure_daemon(self) -> dict[str, Any]:
+        with self._start_lock:
+            info = self.client.info()
+            if info:
+                return info
+            ctx = self._ctx
+            self._ctx.log(f"starting the local runtime of stage {ctx.stage.name} ...")
+            return self.client.start(ctx.project.root, ctx.stage.name, ctx.project.name, ctx.stage.settings)
+
+    def _spec(self, name: str) -> FunctionSpec:
+        for spec in self._ctx.project.functions:
+            if spec.name == name:
+                return spec
+        raise ProviderError(f"function {name} is not in the project", address=f"function.{name}")
+
+    def _db_uri(self) -> str | None:
+        url = external_url(self._ctx.stage.settings)
+        if url:
+            return url
+        info = self.client.info()
+        return info.get("db_uri") if info else None
+
+    # -- refresh ------------------------------------------------------------------------------------
+    def read(self, address: str, prior: ResourceState) -> dict[str, Any] | None:
+        return self.read_many({address: prior})[address]
+
+    def read_many(self, items: dict[str, ResourceState]) -> dict[str, dict[str, Any] | None]:
+        """One status call + one DB query for the whole state. A stopped daemon shows runtime.json."""
+        table = self._table()
+        applied = self.applied_migrations() if any(a.startswith("migration.") for a in items) else None
+        out: dict[str, dict[str, Any] | None] = {}
+        for addr, prior in items.items():
+            kind, name = addr.split(".", 1)
+            attrs = dict(prior.attributes)
+            if kind == "function":
+                fn = table["functions"].get(name)
+                if fn is None:
+                    out[addr] = None
+                    continue
+                attrs.update({"runtime": fn["runtime"], "digest": fn["digest"], "async": fn["async"],
+                              "timeout": fn["timeout_ms"] // 1000, "concurrency": fn["concurrency"]})
+                out[addr] = attrs
+            elif kind == "route":
+                r = table["routes"].get(name)
+                out[addr] = None if r is None else {**attrs, "method": r["method"], "path": r["path"],
+                                                      "function": r["function"]}
+            elif kind == "secret":
+                fp = table["secrets"].get(name)
+                out[addr] = None if fp is None else {**attrs, "fingerprint": fp}
+            elif kind == "migration":
+                if applied is None:  # database not reachable: nothing to compare against
+                    out[addr] = attrs
+                    continue
+                row = applied.get(int(attrs.get("version", -1)))
+                out[addr] = None if row is None else {**attrs, "file": row.file, "version": row.version,
+                                                      "checksum": row.checksum}
+            else:  # api: exists while the runtime table does (the daemon is started by apply)
+                out[addr] = attrs if table["exists"] else None
+        return out
+
+    def _table(self) -> dict[str, Any]:
+        if self.client.running():
+            try:
+                status = self.client.ok("GET", "/admin/status")
+                return {**status, "exists": True}
+            except ProviderError:
+                pass
+        path = self._ctx.state_dir / "runtime.json"
+        if path.exists():
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return {"functions": doc.get("functions", {}), "routes": doc.get("routes", {}),
+                    "secrets": doc.get("secrets", {}), "exists": True}
+        return {"functions": {}, "routes": {}, "secrets": {}, "exists": False}
+
+    def applied_migrations(self) -> dict[int, Any] | None:
+        import psycopg
+
+        from flux_plan import migrations
+
+        uri = self._db_uri()
+        if not uri:
+            return None
+        try:
+            with psycopg.connect(uri, autocommit=True, connect_timeout=5) as conn:
+                return {m.version: m for m in migrations.applied(conn)}
+        except psycopg.Error:
+            return None
+
+    # -- changes ------------------------------------------------------------------------------------
+    def before_apply(self, changes: list[tuple[str, str]]) -> None:
+        if any(action not in ("noop", "read", "delete") for _, action in changes):
+            self.ensure_daemon()
+
+    def create(self, resource: Resource) -> ProviderResult:
+        return self._put(resource)
+
+    def update(self, resource: Resource, prior: ResourceState) -> ProviderResult:
+        return self._put(resource)
+
+    def _put(self, resource: Resource) -> ProviderResult:
+        kind, name = resource.type, resource.name
+        info = self.ensure_daemon()
+        if kind == "api":
+            return ProviderResult(outputs={"url": f"http://127.0.0.1:{info['gateway_port']}"})
+        if kind == "function":
+            spec = self._spec(name)
+            bundle = self._ctx.artifacts.ensure(spec) / "index.mjs"
+            cfg = function_config(spec, str(bundle), self._ctx.project.env_example_keys)
+            self.client.ok("PUT", f"/admin/functions/{name}", cfg)
+            return ProviderResult(outputs={"bundle": str(bundle)})
+        if kind == "route":
+            a = resource.attributes
+            self.client.ok("PUT", f"/admin/routes/{name}",
+                           {"method": a["method"], "path": a["path"], "function": a["function"]})
+            return ProviderResult()
+        if kind == "secret":
+            self.client.ok("PUT", f"/admin/secrets/{name}", {"fingerprint": resource.attributes.get("fingerprint")})
+            return ProviderResult()
+        if kind == "migration":
+            self._migrate(resource)
+            return ProviderResult()
+        raise ProviderError(f"the local provider does not know resources of type {kind}", address=resource.address)
+
+    def _migrate(self, resource: Resource) -> None:
+        import psycopg
+
+        from flux_plan import migrations
+
+        mig = next((m for m in self._ctx.project.migrations if m.file == resource.name), None)
+        if mig is None:
+            raise ProviderError(f"schema/{resource.name} is not in the project", address=resource.address)
+        uri = self._db_uri()
+        if not uri:
+            raise ProviderError("the stage database is not running", address=resource.address)
+        sql = (self._ctx.project.root / mig.path).read_text(encoding="utf-8")
+        with psycopg.connect(uri, autocommit=True, connect_timeout=10) as conn:
+            migrations.apply(conn, mig, sql)
+        if self.client.running():
+            self.client.ok("POST", "/admin/schema-changed", {})
+
+    def delete(self, address: str, prior: ResourceState) -> None:
+        kind, name = address.split(".", 1)
+        if kind in ("api", "migration") or not self.client.running():
+            # migrations never drop anything; the api goes with destroy_stage; a stopped daemon has
+            # nothing to serve, and its runtime.json is removed by destroy_stage.
+            if kind in ("function", "route", "secret"):
+                self._edit_offline(kind, name)
+            return
+        path = {"function": "functions", "route": "routes", "secret": "secrets"}[kind]
+        self.client.ok("DELETE", f"/admin/{path}/{name}")
+
+    def _edit_offline(self, kind: str, name: str) -> None:
+        path = self._ctx.state_dir / "runtime.json"
+        if not path.exists():
+            return
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc.get({"function": "functions", "route": "routes", "secret": "secrets"}[kind], {}).pop(name, None)
+        tmp = path.with_name(".runtime.json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+
+    def after_apply(self, resources: dict[str, ResourceState]) -> dict[str, Any]:
+        info = self.client.info()
+        return {"url": f"http://127.0.0.1:{info['gateway_port']}"} if info else {}
+
+    def destroy_stage(self) -> None:
+        """Stop the daemon (host, workers, database); keep the data dir so nothing is lost by accident."""
+        self.client.stop()
+        (self._ctx.state_dir / "runtime.json").unlink(missing_ok=True)
+
+    # -- runtime commands ---------------------------------------------------------------------------
+    def invoke(self, function: str, payload: Any, *, method: str | None = None) -> InvokeResult:
+        """Call the function through its gateway route, exactly like an HTTP client would."""
+        spec = self._spec_or_error(function)
+        info = self.client.info()
+        if info is None:
+            raise FluxError(f"stage {self._ctx.stage.name} is not running", hint="run `flux deploy` first")
+        method = (method or spec.method).upper()
+        url = f"http://127.0.0.1:{info['gateway_port']}{spec.route}"
+        data = None
+        if method in ("GET", "DELETE", "HEAD"):
+            if isinstance(payload, dict) and payload:
+                url += "?" + urllib.parse.urlencode({k: v if isinstance(v, str) else json.dumps(v)
+                                                     for k, v in payload.items()})
+        else:
+            data = json.dumps(payload if payload is not None else {}).encode()
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=spec.timeout + 30) as resp:
+                status, raw, headers = resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            status, raw, headers = exc.code, exc.read(), dict(exc.headers)
+        except urllib.error.URLError as exc:
+            raise FluxError(f"could not reach the gateway at {url}: {exc.reason}",
+                            hint="is the stage running? `flux deploy` starts it") from None
+        duration = (time.perf_counter() - started) * 1000
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        lower = {k.lower(): v for k, v in headers.items()}
+        return InvokeResult(status=status, body=body, request_id=lower.get("x-flux-request-id"),
+                            duration_ms=duration, headers=lower)
+
+    def _spec_or_error(self, function: str) -> FunctionSpec:
+        for spec in self._ctx.project.functions:
+            if spec.name == function:
+                return spec
+        known = ", ".join(sorted(s.name for s in self._ctx.project.functions))
+        raise FluxError(f"unknown function {function!r}", hint=f"functions of this project: {known}")
+
+    def logs(self, function: str | None, *, since_s: float | None, request_id: str | None,
+             level: str | None, follow: bool) -> Iterator[dict[str, Any]]:
+        from flux_local import logstore
+
+        return logstore.query(self._ctx.state_dir / "logs", function=function, since_s=since_s,
+                              request_id=request_id, level=level, follow=follow)

@@ -1,0 +1,789 @@
+// Flux local runtime host: the HTTP gateway, the admin API for the Python daemon, and one pool of workers per
+// function (sandboxed Deno Workers in this process; `node` processes for runtime "node").
+//
+// Python is never on the request path: a request is routed here and handed to a worker over an in-process
+// channel (DESIGN §9). The raw body text is posted to the worker, which parses it: that keeps JSON work off this
+// thread and a string is the cheapest thing to structured-clone (measured: see bench/gateway.py).
+//
+// stdout carries exactly one {"event":"ready",...} line, then JSON log records only; diagnostics go to stderr.
+
+type Runtime = "deno" | "node";
+
+interface HostConfig {
+  stage: string;
+  gateway_host: string;
+  gateway_port: number;
+  admin_port: number;
+  admin_token: string;
+  control_url?: string;
+  control_token?: string;
+  node_bin?: string;
+  max_body_bytes?: number;
+}
+
+interface FnConfig {
+  runtime: Runtime;
+  bundle: string; // absolute path of the bundle's index.mjs
+  digest: string;
+  env: Record<string, string>;
+  timeout_ms?: number;
+  concurrency?: number;
+  queue_limit?: number;
+  idle_ms?: number;
+  async?: boolean;
+  max_workers?: number; // workers of one function (default: min(concurrency, cores))
+  per_worker?: number; // in-flight invocations on every worker before another worker is started
+}
+
+interface RouteConfig {
+  method: string;
+  path: string;
+  function: string;
+}
+
+/** What a request ends with: HTTP status + JSON body text. */
+interface Outcome {
+  status: number;
+  json: string;
+}
+
+interface Job {
+  id: number;
+  rid: string;
+  body: string; // JSON text of the input object (raw request body on the fast path)
+  deadline: number;
+  resolve: (o: Outcome) => void;
+  worker: WorkerHandle | null;
+  done: boolean;
+}
+
+// deno-lint-ignore no-explicit-any
+type Msg = any;
+
+const CFG: HostConfig = JSON.parse(Deno.env.get("FLUX_HOST_CONFIG") ?? "{}");
+const STAGE = CFG.stage ?? "dev";
+const MAX_BODY = CFG.max_body_bytes ?? 6 * 1024 * 1024;
+const WORKER_URL = new URL("./worker.ts", import.meta.url);
+const NODE_HOST = decodeURIComponent(new URL("./node_host.mjs", import.meta.url).pathname);
+const RUNTIME_DIR = decodeURIComponent(new URL(".", import.meta.url).pathname).replace(/\/$/, "");
+const CORES = Math.max(1, navigator.hardwareConcurrency || 1);
+const JSON_TYPE = "application/json";
+const SWEEP_MS = 20;
+
+// ---------------------------------------------------------------------------------------------- logging
+const encoder = new TextEncoder();
+let logLines: string[] = [];
+let logTimer: ReturnType<typeof setTimeout> | 0 = 0;
+
+function writeStdout(text: string): void {
+  const data = encoder.encode(text);
+  let off = 0;
+  while (off < data.length) off += Deno.stdout.writeSync(data.subarray(off));
+}
+
+function flushLogs(): void {
+  logTimer = 0;
+  if (logLines.length === 0) return;
+  const text = logLines.join("\n") + "\n";
+  logLines = [];
+  try {
+    writeStdout(text);
+  } catch (err) {
+    diag(`cannot write logs: ${err}`);
+  }
+}
+
+/** One JSON log record; records are written in batches (one write per event-loop turn). */
+function log(level: string, fn: string | null, rid: string | null, msg: string, data: unknown = null): void {
+  logLines.push(JSON.stringify({
+    ts: new Date().toISOString(), level, stage: STAGE, function: fn, request_id: rid, msg, data,
+  }));
+  if (logLines.length >= 512) flushLogs();
+  else if (!logTimer) logTimer = setTimeout(flushLogs, 0);
+}
+
+function diag(msg: string): void {
+  console.error(`flux-host: ${msg}`);
+}
+
+// ---------------------------------------------------------------------------------------------- request ids
+const RID_PREFIX = Date.now().toString(36) + Array.from(crypto.getRandomValues(new Uint8Array(4)))
+  .map((b) => b.toString(16).padStart(2, "0")).join("") + "-";
+let ridSeq = 0;
+/** Unique per host run (random prefix) and cheap: no UUID per request on the hot path. */
+function newRequestId(): string {
+  return RID_PREFIX + (++ridSeq).toString(36);
+}
+
+function errorOutcome(status: number, rid: string, error: string): Outcome {
+  return { status, json: JSON.stringify({ error, request_id: rid }) };
+}
+
+// ---------------------------------------------------------------------------------------------- workers
+let workerSeq = 0;
+
+/** One worker (Deno Worker or node process) of a pool; it may run several invocations concurrently. */
+abstract class WorkerHandle {
+  readonly seq = ++workerSeq;
+  readonly inflight = new Map<number, Job>();
+  state: "starting" | "ready" | "retired" | "dead" = "starting";
+  readonly startedAt = performance.now();
+  lastUsed = Date.now();
+
+  constructor(readonly pool: Pool) {}
+
+  abstract send(m: Msg): void;
+  protected abstract kill(): void;
+
+  protected init(): void {
+    this.send({
+      t: "init", function: this.pool.name, env: this.pool.fc.env ?? {}, stage: STAGE, bundle: this.pool.fc.bundle,
+    });
+  }
+
+  onMessage(m: Msg): void {
+    switch (m.t) {
+      case "result": {
+        const job = this.inflight.get(m.id);
+        if (!job) return;
+        this.inflight.delete(m.id);
+        let outcome: Outcome;
+        if (m.ok) outcome = { status: 200, json: m.json ?? JSON.stringify(m.value ?? null) };
+        else if (m.bad_input) outcome = errorOutcome(400, job.rid, m.error);
+        else {
+          log("error", this.pool.name, job.rid, "handler failed", { error: m.error, stack: m.stack ?? null });
+          outcome = errorOutcome(500, job.rid, m.error);
+        }
+        this.pool.finish(job, outcome);
+        this.afterJob();
+        break;
+      }
+      case "log":
+        log(m.level ?? "info", this.pool.name, m.request_id ?? null, String(m.msg ?? ""), m.data ?? null);
+        break;
+      case "call":
+        controlCall(this, m);
+        break;
+      case "ready":
+        this.pool.onReady(this, m);
+        break;
+    }
+  }
+
+  /** Bookkeeping after a job left this worker: retire/idle handling. */
+  afterJob(): void {
+    this.lastUsed = Date.now();
+    if (this.inflight.size === 0 && this.state === "retired") this.stop();
+  }
+
+  /** Ends the worker on purpose (idle, drained, timed out): no crash report. */
+  stop(): void {
+    if (this.state === "dead") return;
+    this.state = "dead";
+    retired.delete(this);
+    this.pool.detach(this);
+    this.kill();
+  }
+
+  /** The worker died under us: its in-flight requests get 502, the pool replaces it on demand. */
+  crashed(reason: string): void {
+    if (this.state === "dead") return;
+    const wasStarting = this.state === "starting";
+    this.state = "dead";
+    retired.delete(this);
+    this.pool.detach(this);
+    this.kill();
+    const rids = [...this.inflight.values()].map((j) => j.rid);
+    log("error", this.pool.name, rids[0] ?? null, "worker crashed", { reason, worker: this.seq, requests: rids });
+    for (const job of this.inflight.values()) {
+      this.pool.finish(job, errorOutcome(502, job.rid, `function ${this.pool.name} crashed while handling the request`));
+    }
+    this.inflight.clear();
+    if (wasStarting) this.pool.startFailed(this, 502, `function ${this.pool.name} crashed while starting: ${reason}`);
+  }
+}
+
+class DenoWorker extends WorkerHandle {
+  private readonly w: Worker;
+
+  constructor(pool: Pool) {
+    super(pool);
+    const bundleDir = pool.fc.bundle.replace(/\/[^/]*$/, "");
+    // The sandbox: only its own bundle is readable; env values arrive in the init message.
+    this.w = new Worker(WORKER_URL, {
+      type: "module",
+      name: `flux:${pool.name}#${this.seq}`,
+      deno: {
+        permissions: {
+          read: [bundleDir], env: false, net: true, write: false, run: false, ffi: false, sys: false, import: false,
+        },
+      },
+    } as WorkerOptions);
+    this.w.onmessage = (e: MessageEvent) => this.onMessage(e.data);
+    this.w.onerror = (e: ErrorEvent) => {
+      e.preventDefault(); // an uncaught error in a function must never take the host down
+      this.crashed(e.message || "uncaught error");
+    };
+    this.w.onmessageerror = () => this.crashed("undecodable message from worker");
+    this.init();
+  }
+
+  send(m: Msg): void {
+    this.w.postMessage(m);
+  }
+
+  protected kill(): void {
+    this.w.terminate();
+  }
+}
+
+class NodeWorker extends WorkerHandle {
+  private readonly child: Deno.ChildProcess;
+  private readonly writer: WritableStreamDefaultWriter<Uint8Array>;
+  private outBuf: string[] = [];
+  private flushScheduled = false;
+  private stderrTail: string[] = [];
+
+  constructor(pool: Pool) {
+    super(pool);
+    const bundleDir = pool.fc.bundle.replace(/\/[^/]*$/, "");
+    // Node 20 permission model: fs reads limited to the runtime files + the bundle; no child processes, no
+    // worker threads, no addons; environment scrubbed (the function's keys come in the init message).
+    this.child = new Deno.Command(CFG.node_bin || "node", {
+      args: [
+        "--experimental-permission", "--no-warnings",
+        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs,${RUNTIME_DIR}/core.mjs,${bundleDir}/*`,
+        NODE_HOST,
+      ],
+      cwd: bundleDir, clearEnv: true, env: {}, stdin: "piped", stdout: "piped", stderr: "piped",
+    }).spawn();
+    this.writer = this.child.stdin.getWriter();
+    this.readLines(this.child.stdout, (line) => {
+      let m: Msg;
+      try {
+        m = JSON.parse(line);
+      } catch {
+        log("info", pool.name, null, line);
+        return;
+      }
+      this.onMessage(m);
+    });
+    this.readLines(this.child.stderr, (line) => {
+      this.stderrTail.push(line);
+      if (this.stderrTail.length > 20) this.stderrTail.shift();
+    });
+    this.child.status.then((s) => {
+      const tail = this.stderrTail.join("\n").trim();
+      this.crashed(`node exited with code ${s.code}${s.signal ? ` (${s.signal})` : ""}${tail ? `: ${tail}` : ""}`);
+    });
+    this.init();
+  }
+
+  private async readLines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void): Promise<void> {
+    let pending = "";
+    try {
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+        pending += chunk;
+        let nl: number;
+        while ((nl = pending.indexOf("\n")) >= 0) {
+          const line = pending.slice(0, nl);
+          pending = pending.slice(nl + 1);
+          if (line) onLine(line);
+        }
+      }
+    } catch {
+      // the process went away; status handler reports it
+    }
+    if (pending) onLine(pending);
+  }
+
+  send(m: Msg): void {
+    this.outBuf.push(JSON.stringify(m));
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => {
+      this.flushScheduled = false;
+      const text = this.outBuf.join("\n") + "\n";
+      this.outBuf = [];
+      this.writer.write(encoder.encode(text)).catch(() => {});
+    });
+  }
+
+  protected kill(): void {
+    try {
+      this.child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- pools
+const livePools = new Set<Pool>();
+
+/** Workers of one function at one digest: cold start, concurrency cap + bounded queue, timeouts, scale to zero. */
+class Pool {
+  workers: WorkerHandle[] = [];
+  /** admitted jobs waiting for a worker to become ready (cold start) */
+  waiting: Job[] = [];
+  /** jobs over the concurrency cap */
+  queue: Job[] = [];
+  active = 0;
+  draining = false;
+  private readyWaiters: Array<() => void> = [];
+
+  constructor(readonly name: string, public fc: FnConfig) {
+    livePools.add(this);
+  }
+
+  get concurrency(): number {
+    return Math.max(1, this.fc.concurrency ?? 10);
+  }
+  get queueLimit(): number {
+    return Math.max(0, this.fc.queue_limit ?? 64);
+  }
+  get timeoutMs(): number {
+    return Math.max(1, this.fc.timeout_ms ?? 30000);
+  }
+  get idleMs(): number {
+    return Math.max(0, this.fc.idle_ms ?? 60000);
+  }
+  get maxWorkers(): number {
+    return Math.max(1, this.fc.max_workers ?? Math.min(this.concurrency, CORES));
+  }
+  get perWorker(): number {
+    return Math.max(1, this.fc.per_worker ?? 8);
+  }
+
+  /** Runs one invocation; resolves with the HTTP outcome (never rejects). */
+  run(rid: string, body: string): Promise<Outcome> {
+    return new Promise((resolve) => {
+      const job: Job = { id: ++jobSeq, rid, body, deadline: Date.now() + this.timeoutMs, resolve, worker: null, done: false };
+      if (this.active < this.concurrency) this.admit(job);
+      else if (this.queue.length < this.queueLimit) this.queue.push(job);
+      else {
+        job.done = true;
+        resolve(errorOutcome(503, rid, `function ${this.name} is at its concurrency limit (${this.concurrency} running, ${this.queueLimit} queued); retry later`));
+      }
+    });
+  }
+
+  private admit(job: Job): void {
+    this.active++;
+    let best: WorkerHandle | null = null;
+    let starting = false;
+    for (const w of this.workers) {
+      if (w.state === "ready") {
+        if (!best || w.inflight.size < best.inflight.size) best = w;
+      } else if (w.state === "starting") starting = true;
+    }
+    const saturated = !best || best.inflight.size >= this.perWorker;
+    if (saturated && !starting && this.workers.length < this.maxWorkers) this.spawn();
+    if (best) this.sendTo(best, job);
+    else this.waiting.push(job);
+  }
+
+  private sendTo(w: WorkerHandle, job: Job): void {
+    job.worker = w;
+    w.inflight.set(job.id, job);
+    w.send({ t: "invoke", id: job.id, request_id: job.rid, body: job.body });
+  }
+
+  spawn(): WorkerHandle {
+    const w = this.fc.runtime === "node" ? new NodeWorker(this) : new DenoWorker(this);
+    this.workers.push(w);
+    return w;
+  }
+
+  /** Starts one worker ahead of traffic (used when a deploy replaces a warm function). */
+  prewarm(): Promise<void> {
+    if (this.workers.some((w) => w.state === "ready")) return Promise.resolve();
+    const p = new Promise<void>((r) => this.readyWaiters.push(r));
+    if (!this.workers.some((w) => w.state === "starting")) this.spawn();
+    return p;
+  }
+
+  onReady(w: WorkerHandle, m: Msg): void {
+    if (w.state !== "starting") return;
+    if (m.ok === false) {
+      log("error", this.name, this.waiting[0]?.rid ?? null, "function failed to initialize", { error: m.error, stack: m.stack ?? null });
+      w.stop();
+      this.startFailed(w, 500, String(m.error));
+      return;
+    }
+    w.state = "ready";
+    log("info", this.name, this.waiting[0]?.rid ?? null, "cold start", {
+      ms: Math.round((performance.now() - w.startedAt) * 10) / 10, worker: w.seq, runtime: this.fc.runtime,
+    });
+    for (const r of this.readyWaiters.splice(0)) r();
+    const jobs = this.waiting.splice(0);
+    for (const job of jobs) if (!job.done) this.sendTo(w, job);
+  }
+
+  /** A starting worker failed: the requests waiting for it fail too (no retry storm on a broken bundle). */
+  startFailed(_w: WorkerHandle, status: number, error: string): void {
+    for (const r of this.readyWaiters.splice(0)) r();
+    if (this.workers.some((x) => x.state === "starting" || x.state === "ready")) {
+      const ready = this.workers.find((x) => x.state === "ready");
+      if (ready) for (const job of this.waiting.splice(0)) if (!job.done) this.sendTo(ready, job);
+      return;
+    }
+    for (const job of this.waiting.splice(0)) this.finish(job, errorOutcome(status, job.rid, error));
+  }
+
+  detach(w: WorkerHandle): void {
+    const i = this.workers.indexOf(w);
+    if (i >= 0) this.workers.splice(i, 1);
+  }
+
+  finish(job: Job, outcome: Outcome): void {
+    if (job.done) return;
+    job.done = true;
+    this.active--;
+    job.resolve(outcome);
+    while (this.active < this.concurrency && this.queue.length > 0) {
+      const next = this.queue.shift()!;
+      if (!next.done) this.admit(next);
+    }
+    if (this.draining) this.maybeDrained();
+  }
+
+  /** Called by the sweeper: timeouts (504; the worker is retired) and scale to zero. */
+  sweep(now: number): void {
+    if (this.queue.length && this.queue[0].deadline <= now) {
+      this.queue = this.queue.filter((j) => {
+        if (j.deadline > now) return true;
+        j.done = true;
+        j.resolve(this.timeoutOutcome(j));
+        return false;
+      });
+    }
+    if (this.waiting.length) {
+      this.waiting = this.waiting.filter((j) => {
+        if (j.done) return false;
+        if (j.deadline > now) return true;
+        this.finish(j, this.timeoutOutcome(j));
+        return false;
+      });
+    }
+    for (const w of [...this.workers]) {
+      for (const job of w.inflight.values()) {
+        if (job.deadline > now) continue;
+        w.inflight.delete(job.id);
+        this.finish(job, this.timeoutOutcome(job));
+        if (w.state === "ready" || w.state === "starting") {
+          // a handler that overran may be stuck in a loop: no new work for this worker; ended once empty
+          w.state = "retired";
+          this.detach(w);
+          retired.add(w);
+          log("warn", this.name, job.rid, "worker retired after a timeout", { worker: w.seq, timeout_ms: this.timeoutMs });
+        }
+        w.afterJob();
+      }
+      if (w.state === "ready" && w.inflight.size === 0 && now - w.lastUsed >= this.idleMs) {
+        w.stop();
+        if (this.workers.length === 0) log("info", this.name, null, "scaled to zero", { idle_ms: this.idleMs });
+      }
+    }
+  }
+
+  private timeoutOutcome(job: Job): Outcome {
+    log("warn", this.name, job.rid, "function timed out", { timeout_ms: this.timeoutMs });
+    return errorOutcome(504, job.rid, `function ${this.name} timed out after ${this.timeoutMs} ms`);
+  }
+
+  /** New limits / env from a config push for the same digest: env goes to the running workers. */
+  update(fc: FnConfig): void {
+    const envChanged = JSON.stringify(fc.env ?? {}) !== JSON.stringify(this.fc.env ?? {});
+    this.fc = fc;
+    if (envChanged) for (const w of this.workers) w.send({ t: "env", env: fc.env ?? {} });
+    while (this.active < this.concurrency && this.queue.length > 0) this.admit(this.queue.shift()!);
+  }
+
+  /** Replaced by a deploy: finish what was accepted, then end every worker. */
+  drain(): void {
+    this.draining = true;
+    this.maybeDrained();
+  }
+
+  private maybeDrained(): void {
+    if (this.active > 0 || this.queue.length > 0) return;
+    for (const w of [...this.workers]) w.stop();
+    livePools.delete(this);
+  }
+
+  stats(): Record<string, unknown> {
+    return { digest: this.fc.digest, workers: this.workers.length, busy: this.active, queued: this.queue.length };
+  }
+}
+
+let jobSeq = 0;
+
+// Workers retired after a timeout keep their other in-flight jobs (no longer in a pool's `workers`) until those end.
+const retired = new Set<WorkerHandle>();
+
+setInterval(() => {
+  const now = Date.now();
+  for (const p of livePools) p.sweep(now);
+  for (const w of retired) {
+    for (const job of w.inflight.values()) {
+      if (job.deadline > now) continue;
+      w.inflight.delete(job.id);
+      w.pool.finish(job, errorOutcome(504, job.rid, `function ${w.pool.name} timed out after ${w.pool.timeoutMs} ms`));
+    }
+    w.afterJob();
+  }
+}, SWEEP_MS);
+
+// ---------------------------------------------------------------------------------------------- control API
+async function controlCall(w: WorkerHandle, m: Msg): Promise<void> {
+  let reply: Msg;
+  const fn = w.pool.name;
+  try {
+    if (!CFG.control_url) throw new Error("no control API configured");
+    const [path, payload] = m.op === "secret"
+      ? ["/v1/secrets/get", { function: fn, request_id: m.request_id, key: m.key }]
+      : m.op === "db"
+      ? ["/v1/db/query", { function: fn, request_id: m.request_id, params: m.params }]
+      : [null, null];
+    if (!path) throw new Error(`unknown operation ${m.op}`);
+    const res = await fetch(CFG.control_url + path, {
+      method: "POST",
+      headers: { "authorization": `Bearer ${CFG.control_token ?? ""}`, "content-type": JSON_TYPE },
+      body: JSON.stringify(payload),
+    });
+    const doc = await res.json().catch(() => ({}));
+    if (res.ok) reply = { t: "reply", id: m.id, ok: true, value: m.op === "secret" ? doc.value : doc.rows };
+    else reply = { t: "reply", id: m.id, ok: false, error: doc.error ?? `runtime control API answered HTTP ${res.status}` };
+  } catch (err) {
+    diag(`control call ${m.op} failed: ${err}`);
+    reply = { t: "reply", id: m.id, ok: false, error: `flux runtime: ${m.op} is unavailable (${(err as Error).message})` };
+  }
+  if (w.state !== "dead") w.send(reply);
+}
+
+async function enqueueAsync(fn: string, rid: string, input: unknown): Promise<Outcome> {
+  try {
+    if (!CFG.control_url) throw new Error("no control API configured");
+    const res = await fetch(CFG.control_url + "/v1/async/enqueue", {
+      method: "POST",
+      headers: { "authorization": `Bearer ${CFG.control_token ?? ""}`, "content-type": JSON_TYPE },
+      body: JSON.stringify({ function: fn, request_id: rid, input }),
+    });
+    const doc = await res.json().catch(() => ({}));
+    if (res.status === 202 || res.ok) return { status: 202, json: JSON.stringify({ request_id: doc.request_id ?? rid }) };
+    return errorOutcome(503, rid, doc.error ?? `could not queue the request (HTTP ${res.status})`);
+  } catch (err) {
+    return errorOutcome(503, rid, `could not queue the request: ${(err as Error).message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- routing table
+interface Route {
+  pool: Pool;
+  async: boolean;
+}
+interface Table {
+  pools: Map<string, Pool>;
+  routes: Map<string, Route>; // "METHOD /path"
+  allow: Map<string, string>; // "/path" -> "GET, POST"
+}
+
+let table: Table = { pools: new Map(), routes: new Map(), allow: new Map() };
+
+function normPath(p: string): string {
+  return p.length > 1 && p.endsWith("/") ? p.slice(0, -1) : p;
+}
+
+let configChain: Promise<unknown> = Promise.resolve();
+
+/** Builds the new table (reusing pools whose digest did not change), pre-warms replaced warm functions, then
+ * swaps it in with one assignment: requests already routed finish on the old pools, which then drain. */
+async function applyConfig(doc: Msg): Promise<void> {
+  if (!doc || typeof doc.functions !== "object" || !Array.isArray(doc.routes)) {
+    throw new BadRequest('config must be {"functions": {...}, "routes": [...]}');
+  }
+  const old = table;
+  const pools = new Map<string, Pool>();
+  const warmups: Promise<void>[] = [];
+  for (const [name, fc] of Object.entries(doc.functions as Record<string, FnConfig>)) {
+    if (!fc || (fc.runtime !== "deno" && fc.runtime !== "node") || typeof fc.bundle !== "string" || !fc.bundle.startsWith("/")) {
+      throw new BadRequest(`functions.${name}: runtime must be deno|node and bundle an absolute path`);
+    }
+    const prev = old.pools.get(name);
+    if (prev && prev.fc.digest === fc.digest && prev.fc.bundle === fc.bundle && prev.fc.runtime === fc.runtime) {
+      prev.update(fc);
+      pools.set(name, prev);
+    } else {
+      const pool = new Pool(name, fc);
+      pools.set(name, pool);
+      if (prev && prev.workers.some((w) => w.state === "ready")) warmups.push(pool.prewarm());
+    }
+  }
+  const routes = new Map<string, Route>();
+  const allow = new Map<string, string[]>();
+  for (const r of doc.routes as RouteConfig[]) {
+    const pool = pools.get(r.function);
+    if (!pool) throw new BadRequest(`route ${r.method} ${r.path}: unknown function ${r.function}`);
+    const method = String(r.method).toUpperCase();
+    const path = normPath(String(r.path));
+    routes.set(`${method} ${path}`, { pool, async: !!pool.fc.async });
+    allow.set(path, [...(allow.get(path) ?? []), method]);
+  }
+  if (warmups.length) {
+    await Promise.race([Promise.all(warmups), new Promise((r) => setTimeout(r, 15000))]);
+  }
+  table = { pools, routes, allow: new Map([...allow].map(([p, ms]) => [p, ms.sort().join(", ")])) };
+  for (const [name, pool] of old.pools) if (pools.get(name) !== pool) pool.drain();
+  log("info", null, null, "config applied", { functions: pools.size, routes: routes.size });
+}
+
+class BadRequest extends Error {}
+
+// ---------------------------------------------------------------------------------------------- gateway
+function reply(o: Outcome, rid: string, extra?: Record<string, string>): Response {
+  return new Response(o.json, {
+    status: o.status,
+    headers: { "content-type": JSON_TYPE, "x-flux-request-id": rid, ...extra },
+  });
+}
+
+/** Reads at most MAX_BODY bytes; null when the body is larger (413). */
+async function readBody(req: Request): Promise<string | null> {
+  const cl = req.headers.get("content-length");
+  if (cl !== null) {
+    if (Number(cl) > MAX_BODY) return null;
+    return await req.text();
+  }
+  if (!req.body) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of req.body) {
+    size += chunk.byteLength;
+    if (size > MAX_BODY) return null;
+    chunks.push(chunk);
+  }
+  const all = new Uint8Array(size);
+  let off = 0;
+  for (const c of chunks) {
+    all.set(c, off);
+    off += c.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}
+
+function queryInput(url: string, q: number): string {
+  if (q < 0) return "{}";
+  const input: Record<string, string> = {};
+  for (const [k, v] of new URLSearchParams(url.slice(q + 1))) input[k] = v;
+  return JSON.stringify(input);
+}
+
+async function gateway(req: Request): Promise<Response> {
+  const rid = newRequestId();
+  const url = req.url;
+  const s = url.indexOf("/", url.indexOf("//") + 2);
+  const q = url.indexOf("?", s);
+  const path = normPath(q < 0 ? url.slice(s) : url.slice(s, q));
+  const method = req.method;
+  const t = table; // one snapshot per request: a deploy never mixes two tables in one request
+  const route = t.routes.get(method + " " + path);
+  if (!route) {
+    const allowed = t.allow.get(path);
+    if (allowed) return reply(errorOutcome(405, rid, `method ${method} not allowed on ${path} (allowed: ${allowed})`), rid, { allow: allowed });
+    return reply(errorOutcome(404, rid, `no function is routed at ${method} ${path}`), rid);
+  }
+  let body: string | null;
+  if (method === "GET" || method === "DELETE" || method === "HEAD") body = queryInput(url, q);
+  else {
+    try {
+      body = await readBody(req);
+    } catch {
+      return reply(errorOutcome(400, rid, "could not read the request body"), rid);
+    }
+    if (body === null) return reply(errorOutcome(413, rid, `request body is larger than ${MAX_BODY} bytes`), rid);
+  }
+  if (route.async) {
+    let input: unknown;
+    try {
+      input = body === "" ? {} : JSON.parse(body);
+    } catch (err) {
+      return reply(errorOutcome(400, rid, `invalid JSON body: ${(err as Error).message}`), rid);
+    }
+    if (input === null || typeof input !== "object" || Array.isArray(input)) {
+      return reply(errorOutcome(400, rid, "request body must be a JSON object"), rid);
+    }
+    return reply(await enqueueAsync(route.pool.name, rid, input), rid);
+  }
+  return reply(await route.pool.run(rid, body), rid);
+}
+
+// ---------------------------------------------------------------------------------------------- admin API
+function json(status: number, doc: unknown): Response {
+  return new Response(JSON.stringify(doc), { status, headers: { "content-type": JSON_TYPE } });
+}
+
+async function admin(req: Request): Promise<Response> {
+  if (req.headers.get("authorization") !== `Bearer ${CFG.admin_token}`) return json(401, { error: "unauthorized" });
+  const path = new URL(req.url).pathname;
+  try {
+    if (req.method === "PUT" && path === "/config") {
+      const doc = await req.json();
+      const run = configChain.then(() => applyConfig(doc));
+      configChain = run.catch(() => {});
+      await run;
+      return json(200, { ok: true });
+    }
+    if (req.method === "GET" && path === "/health") {
+      const functions: Record<string, unknown> = {};
+      for (const [name, pool] of table.pools) functions[name] = pool.stats();
+      return json(200, { ok: true, functions });
+    }
+    if (req.method === "POST" && path.startsWith("/invoke/")) {
+      const name = decodeURIComponent(path.slice("/invoke/".length));
+      const pool = table.pools.get(name);
+      if (!pool) return json(404, { error: `unknown function ${name}` });
+      const doc = await req.json();
+      const rid = typeof doc.request_id === "string" && doc.request_id ? doc.request_id : newRequestId();
+      const o = await pool.run(rid, JSON.stringify(doc.input ?? {}));
+      return json(200, { status: o.status, body: JSON.parse(o.json) });
+    }
+    if (req.method === "POST" && path === "/shutdown") {
+      setTimeout(shutdown, 0);
+      return json(200, { ok: true });
+    }
+    return json(404, { error: `no admin endpoint ${req.method} ${path}` });
+  } catch (err) {
+    if (err instanceof BadRequest || err instanceof SyntaxError) return json(400, { error: (err as Error).message });
+    diag(`admin ${req.method} ${path}: ${(err as Error).stack ?? err}`);
+    return json(500, { error: (err as Error).message });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- lifecycle
+let shuttingDown = false;
+
+async function shutdown(): Promise<void> {
+  if (shuttingDown) return;
+  shuttingDown = true;
+  const deadline = Date.now() + 10000;
+  for (const pool of table.pools.values()) pool.drain();
+  while (Date.now() < deadline && [...livePools].some((p) => p.active > 0 || p.queue.length > 0)) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  for (const p of livePools) for (const w of [...p.workers]) w.stop();
+  log("info", null, null, "runtime host stopped", null);
+  flushLogs();
+  Deno.exit(0);
+}
+
+const onError = (err: unknown): Response => {
+  diag(`request failed: ${(err as Error)?.stack ?? err}`);
+  return new Response(JSON.stringify({ error: "internal error in the gateway" }), { status: 500, headers: { "content-type": JSON_TYPE } });
+};
+
+const gw = Deno.serve({ hostname: CFG.gateway_host || "127.0.0.1", port: CFG.gateway_port ?? 0, onListen() {}, onError }, gateway);
+const adm = Deno.serve({ hostname: "127.0.0.1", port: CFG.admin_port ?? 0, onListen() {}, onError }, admin);
+Deno.addSignalListener("SIGTERM", () => void shutdown());
+Deno.addSignalListener("SIGINT", () => void shutdown());
+writeStdout(JSON.stringify({ event: "ready", gateway_port: gw.addr.port, admin_port: adm.addr.port }) + "\n");

@@ -1,0 +1,138 @@
+"""A WSGI middleware around the moto app that injects the failures AWS really produces (throttling,
+500s, slow responses whose work did happen, conflicts), so the provider's retry and idempotency paths
+run against real HTTP. It also serialises conditional S3 writes: moto checks If-Match/If-None-Match
+and then writes in two steps (a race between threads), while real S3 does both atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+_SCOPE_RE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+_QUERY_SERVICES = {"iam", "sts"}
+_REST_XML_SERVICES = {"s3"}
+
+
+def request_info(environ: dict[str, Any]) -> tuple[str, str, bytes]:
+    """(service, operation, body) of a signed AWS request; the body is re-attached for moto."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    m = _SCOPE_RE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    service = m.group(1) if m else ""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        op = target.rsplit(".", 1)[-1]
+    elif service in _QUERY_SERVICES and body:
+        op = parse_qs(body.decode(errors="replace")).get("Action", [""])[0]
+    else:
+        op = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO', '')}"
+    return service, op, body
+
+
+@dataclass
+class Rule:
+    """Inject `kind` on requests whose service/operation match, with `probability`, at most `times`."""
+
+    kind: str  # "throttle" | "500" | "timeout" | "conflict" | "fail"
+    service: str | None = None
+    operation: str | None = None  # substring of the operation name / "METHOD path"
+    probability: float = 1.0
+    times: int | None = None
+    delay: float = 3.0  # for "timeout": seconds to hold the answer after the work was done
+    hits: int = 0
+
+    def matches(self, service: str, op: str) -> bool:
+        if self.service and self.service != service:
+            return False
+        return not (self.operation and self.operation not in op)
+
+
+@dataclass
+class FaultInjector:
+    app: Callable[..., Iterable[bytes]]
+    rules: list[Rule] = field(default_factory=list)
+    injected: list[tuple[str, str, str]] = field(default_factory=list)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _s3_write_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rules.clear()
+            self.injected.clear()
+            self.calls.clear()
+
+    def _pick(self, service: str, op: str) -> Rule | None:
+        with self._lock:
+            self.calls.append((service, op))
+            for rule in self.rules:
+                if not rule.matches(service, op):
+                    continue
+                if rule.times is not None and rule.hits >= rule.times:
+                    continue
+                if self.rng.random() < rule.probability:
+                    rule.hits += 1
+                    self.injected.append((rule.kind, service, op))
+                    return rule
+        return None
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith("/moto-api"):
+            return self.app(environ, start_response)
+        service, op, _ = request_info(environ)
+        rule = self._pick(service, op)
+        if rule is not None and rule.kind != "timeout":
+            return self._error(rule.kind, service, start_response)
+        conditional_s3 = service == "s3" and (
+            "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ
+        ) and environ.get("REQUEST_METHOD") in ("PUT", "DELETE")
+        if conditional_s3:
+            with self._s3_write_lock:
+                out = list(self.app(environ, start_response))
+        else:
+            out = list(self.app(environ, start_response))
+        if rule is not None:  # "timeout": the work is done, the answer comes too late for the client
+            time.sleep(rule.delay)
+        return out
+
+    @staticmethod
+    def _error(kind: str, service: str, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        code, status = {
+            "throttle": ("ThrottlingException", "400 Bad Request"),
+            "500": ("InternalFailure", "500 Internal Server Error"),
+            "conflict": ("ResourceConflictException", "409 Conflict"),
+            "fail": ("AccessDeniedException", "403 Forbidden"),
+        }[kind]
+        if service in _QUERY_SERVICES:
+            if kind == "throttle":
+                code = "Throttling"
+            if kind == "fail":
+                code = "AccessDenied"
+            body = (
+                f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+                f"<Message>injected {kind}</Message></Error><RequestId>x</RequestId></ErrorResponse>"
+            ).encode()
+            ctype = "text/xml"
+        elif service in _REST_XML_SERVICES:
+            if kind == "throttle":
+                code, status = "SlowDown", "503 Slow Down"
+            body = f"<Error><Code>{code}</Code><Message>injected {kind}</Message></Error>".encode()
+            ctype = "application/xml"
+        else:
+            body = json.dumps({"__type": code, "message": f"injected {kind}", "Message": f"injected {kind}"}).encode()
+            ctype = "application/x-amz-json-1.1"
+        start_response(
+            status,
+            [("Content-Type", ctype), ("x-amzn-ErrorType", code), ("Content-Length", str(len(body)))],
+        )
+        return [body]

@@ -1,0 +1,157 @@
+"""Fixtures of the local provider's tests: one embedded PostgreSQL per xdist worker, tmp copies of
+examples/todo, real `.venv/bin/flux` subprocesses, and a teardown that stops every daemon by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "todo"
+FLUX = REPO / ".venv" / "bin" / "flux"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real embedded PostgreSQL for this xdist worker; stopped at the end of the session."""
+    from flux_local.pg import EmbeddedPostgres
+
+    base = tmp_path_factory.mktemp("pg")
+    server = EmbeddedPostgres(base / "data")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def db(pg_server: str) -> Iterator[psycopg.Connection[Any]]:
+    """A fresh database on the shared server, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    uri = pg_server.replace("/postgres?", f"/{name}?")
+    conn = psycopg.connect(uri, autocommit=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pid_alive(pid: int | None) -> bool:
+    from flux_local.client import pid_alive as alive
+
+    return alive(pid)
+
+
+class Project:
+    """A tmp copy of examples/todo with its own port and secrets key; runs the real CLI."""
+
+    def __init__(self, root: Path, keys: Path) -> None:
+        self.root = root
+        self.env = {**os.environ, "XDG_CONFIG_HOME": str(keys), "HOME": str(keys), "NO_COLOR": "1",
+                    "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"}
+        self.env.pop("DATABASE_URL", None)
+
+    def flux(self, *args: str, check: bool = True, timeout: float = 240, cwd: Path | None = None,
+             input: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(FLUX), *args], cwd=str(cwd or self.root), env=self.env, text=True,
+                              capture_output=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"flux {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                                 f"stderr:\n{proc.stderr}")
+        return proc
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.root / ".flux" / "dev"
+
+    def daemon_info(self, stage_dir: Path | None = None) -> dict[str, Any] | None:
+        path = (stage_dir or self.stage_dir) / "daemon.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @property
+    def port(self) -> int:
+        return int(json.loads((self.root / "flux.project.json").read_text())["stages"]["dev"]["port"])
+
+
+def _stop_everything(root: Path) -> None:
+    """Stop every daemon (and what it started) under root/.flux, by the PIDs it recorded."""
+    flux_dir = root / ".flux"
+    if not flux_dir.exists():
+        return
+    for info_path in flux_dir.glob("*/daemon.json"):
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        pid = info.get("pid")
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            for _ in range(150):
+                if not pid_alive(pid):
+                    break
+                time.sleep(0.1)
+        for key in ("pid", "host_pid"):
+            if pid_alive(info.get(key)):
+                os.kill(info[key], signal.SIGKILL)
+    from flux_local.pg import EmbeddedPostgres
+
+    for pgdata in flux_dir.glob("*/pg"):
+        EmbeddedPostgres(pgdata).stop()
+
+
+@pytest.fixture
+def todo(tmp_path: Path) -> Iterator[Project]:
+    root = tmp_path / "todo"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".flux", "node_modules"))
+    cfg = json.loads((root / "flux.project.json").read_text())
+    cfg["stages"]["dev"]["port"] = free_port()
+    (root / "flux.project.json").write_text(json.dumps(cfg, indent=2))
+    keys = tmp_path / "home"
+    keys.mkdir()
+    project = Project(root, keys)
+    try:
+        yield project
+    finally:
+        _stop_everything(root)
+
+
+def require_runtime() -> None:
+    """The e2e tests need the Deno host (H3a's flux_local.runtime.host_command) and the CLI's deploy."""
+    import importlib
+
+    for mod, attr in (("flux_local.runtime", "host_command"), ("flux_plan.artifacts", "ArtifactStore"),
+                      ("flux_plan.apply", None)):
+        try:
+            module = importlib.import_module(mod)
+        except ImportError as exc:
+            pytest.skip(f"{mod} not available yet: {exc}")
+        if attr and not hasattr(module, attr):
+            pytest.skip(f"{mod}.{attr} not available yet")
+
+
+sys.path.insert(0, str(Path(__file__).parent))

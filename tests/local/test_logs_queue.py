@@ -1,0 +1,87 @@
+"""Log store (masking, rotation, filters, follow) and the durable async queue (retries, backoff,
+survives a restart) on real files and threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from flux_local.asyncqueue import AsyncQueue
+from flux_local.logstore import LogStore, Masker, query
+
+
+def test_logstore_masks_rotates_filters_and_follows(tmp_path: Path) -> None:
+    masker = Masker()
+    masker.set_values(["s3cr3t-value"])
+    store = LogStore(tmp_path, mask=masker, max_bytes=2000, keep=3)
+    for i in range(60):
+        store.append({"level": "error" if i % 10 == 0 else "info", "function": "f" if i % 2 else "g",
+                      "request_id": f"r{i}", "msg": f"m{i} token=s3cr3t-value"})
+    assert len(store.files()) == 4  # 3 rotated + current
+    text = "".join(p.read_text() for p in store.files())
+    assert "s3cr3t-value" not in text and "********" in text
+    recs = list(query(tmp_path))
+    assert [r["request_id"] for r in recs] == [f"r{i}" for i in range(60 - len(recs), 60)]
+    assert {r["function"] for r in query(tmp_path, function="f")} == {"f"}
+    assert [r["request_id"] for r in query(tmp_path, request_id="r59")] == ["r59"]
+    assert all(r["level"] == "error" for r in query(tmp_path, level="warn"))
+    got: list[dict[str, Any]] = []
+
+    def follow() -> None:
+        for rec in query(tmp_path, request_id="later", follow=True, poll_s=0.05):
+            got.append(rec)
+            return
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    time.sleep(0.2)
+    store.append({"function": "f", "request_id": "later", "msg": "new"})
+    t.join(timeout=5)
+    assert got and got[0]["msg"] == "new"
+
+
+def test_queue_retries_then_delivers_and_survives_restart(tmp_path: Path) -> None:
+    seen: list[tuple[str, int]] = []
+    logs: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def flaky(fn: str, rid: str, payload: Any, attempt: int) -> tuple[int, Any]:
+        seen.append((rid, attempt))
+        if attempt < 2:
+            return 500, {"error": "boom"}
+        done.set()
+        return 200, {"ok": True}
+
+    # first "daemon": enqueue only (never started), as if it crashed right after answering 202
+    AsyncQueue(tmp_path, flaky, logs.append).enqueue("send", "rid-1", {"x": 1})
+    q = AsyncQueue(tmp_path, flaky, logs.append)
+    q.start()
+    try:
+        assert done.wait(10)
+        deadline = time.monotonic() + 5
+        while q.pending_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        q.stop()
+    assert seen == [("rid-1", 1), ("rid-1", 2)]
+    assert q.pending_count() == 0
+    assert [r["msg"] for r in logs] == ["async invocation queued", "async invocation failed; will retry",
+                                        "async invocation delivered"]
+    assert all(r["request_id"] == "rid-1" for r in logs)
+
+
+def test_queue_gives_up_after_three_attempts(tmp_path: Path) -> None:
+    attempts: list[int] = []
+    q = AsyncQueue(tmp_path, lambda f, r, p, a: (attempts.append(a), (500, {"error": "no"}))[1], lambda r: None)
+    q.enqueue("send", "rid-2", {})
+    q.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not list((tmp_path / "dead").glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        q.stop()
+    assert attempts == [1, 2, 3]
+    assert len(list((tmp_path / "dead").glob("*.json"))) == 1 and q.pending_count() == 0
