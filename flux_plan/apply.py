@@ -298,7 +298,11 @@ def _refresh_only(plan: Plan, ws: Workspace, state: State) -> dict[str, Resource
         prior = resources.get(c.address)
         if prior is None:
             continue
-        live = ws.provider.read(c.address, prior)
+        try:
+            live = ws.provider.read(c.address, prior)
+        except ProviderError as exc:
+            raise FluxError(f"{c.address}: refresh failed: {ws.secrets.mask(str(exc))}",
+                            hint="check that the provider is reachable, then run the command again") from exc
         if live is None:
             resources.pop(c.address)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -14,23 +15,25 @@ from flux_plan.paths import SDK_DIR
 _IMPORT_RE = re.compile(r"""(?:import|export)[^'"]*?from\s*['"](\.{1,2}/[^'"]+)['"]|import\(\s*['"](\.{1,2}/[^'"]+)['"]""")
 _SKIP_DIRS = {"node_modules", ".flux", ".git", "__pycache__"}
 _CODE_SUFFIXES = ("", ".ts", ".tsx", ".js", ".mjs", ".jsx", "/index.ts", "/index.js")
+_CODE_EXTS = (".ts", ".tsx", ".js", ".mjs", ".jsx")
 
 BUNDLE_FORMAT = "1"  # bump when the bundling recipe changes, so every artifact is rebuilt
 
 
-def _resolve(spec: str, base: Path) -> Path | None:
+def _resolve(spec: str, base: str) -> str | None:
     for suffix in _CODE_SUFFIXES:
-        cand = (base / (spec + suffix)).resolve()
-        if cand.is_file():
+        cand = os.path.normpath(os.path.join(base, spec + suffix))
+        if os.path.isfile(cand):
             return cand
     return None
 
 
-def _dir_files(d: Path) -> list[Path]:
-    out: list[Path] = []
-    for p in sorted(d.rglob("*")):
-        if p.is_file() and not any(part in _SKIP_DIRS for part in p.relative_to(d).parts):
-            out.append(p)
+def _dir_files(d: str) -> list[str]:
+    """Every file below `d` (absolute, normalised), skipping dependency and tool folders."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = [n for n in dirnames if n not in _SKIP_DIRS]
+        out.extend(os.path.join(dirpath, f) for f in filenames)
     return out
 
 
@@ -38,36 +41,42 @@ def _dir_files(d: Path) -> list[Path]:
 def sdk_digest() -> str:
     h = hashlib.sha256()
     if SDK_DIR.exists():
-        for p in _dir_files(SDK_DIR):
-            h.update(p.relative_to(SDK_DIR).as_posix().encode())
-            h.update(p.read_bytes())
+        base = str(SDK_DIR)
+        for p in sorted(_dir_files(base)):
+            h.update(os.path.relpath(p, base).encode())
+            with open(p, "rb") as f:
+                h.update(f.read())
     return h.hexdigest()
 
 
 def source_digest(project_root: Path, fn_dir: str, runtime: str) -> str:
     """sha256 over the function directory's files, the files it imports from outside it, the runtime,
     the SDK and the bundle recipe version. Same digest <=> same bundle."""
-    root = project_root.resolve()
-    base = (root / fn_dir).resolve()
-    files = _dir_files(base)
-    seen: set[Path] = set(files)
-    queue = [p for p in files if p.suffix in {".ts", ".tsx", ".js", ".mjs", ".jsx"}]
+    root = os.path.realpath(project_root)
+    base = os.path.join(root, fn_dir)
+    contents: dict[str, bytes] = {}
+    queue: list[str] = []
+    for p in _dir_files(base):
+        with open(p, "rb") as f:
+            contents[p] = f.read()
+        if p.endswith(_CODE_EXTS):
+            queue.append(p)
     while queue:
         p = queue.pop()
-        try:
-            text = p.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+        text = contents[p].decode("utf-8", errors="replace")
+        if "./" not in text:
             continue
         for m in _IMPORT_RE.finditer(text):
-            spec = m.group(1) or m.group(2)
-            target = _resolve(spec, p.parent)
-            if target and target not in seen and root in target.parents:
-                seen.add(target)
-                queue.append(target)
+            target = _resolve(m.group(1) or m.group(2), os.path.dirname(p))
+            if target and target not in contents and target.startswith(root + os.sep):
+                with open(target, "rb") as f:
+                    contents[target] = f.read()
+                if target.endswith(_CODE_EXTS):
+                    queue.append(target)
     h = hashlib.sha256()
     h.update(f"bundle-format={BUNDLE_FORMAT};runtime={runtime};sdk={sdk_digest()}\n".encode())
-    for p in sorted(seen):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        h.update(p.read_bytes())
+    for p in sorted(contents):
+        h.update(os.path.relpath(p, root).replace(os.sep, "/").encode() + b"\0")
+        h.update(contents[p])
         h.update(b"\0")
     return h.hexdigest()

@@ -205,11 +205,15 @@ def _secret_warnings(ws: Workspace, fingerprints: dict[str, str], strict: bool) 
     out: list[str] = []
     dirs = {f.name: f.dir for f in ws.project.functions}
     for key, fns in sorted(read_keys(ws.project).items()):
-        if key in fingerprints or key in documented:
+        if key in fingerprints:
             continue
         users = ", ".join(f"{dirs[f]}/index.ts" for f in fns)
-        out.append(f"{users}: reads {key!r}, which is neither set for stage {ws.stage.name!r} nor listed in "
-                   f".env.example (set it with `flux secrets set {key}=...` and add `{key}=` to .env.example)")
+        if key in documented:
+            out.append(f"{users}: reads {key!r}, listed in .env.example but not set for stage "
+                       f"{ws.stage.name!r} (set it with `flux secrets set {key}=...`)")
+        else:
+            out.append(f"{users}: reads {key!r}, which is neither set for stage {ws.stage.name!r} nor listed in "
+                       f".env.example (set it with `flux secrets set {key}=...` and add `{key}=` to .env.example)")
     if strict and out:
         raise FluxError("\n".join(out), hint="--strict treats keys that nobody set as errors")
     return out

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from flux_plan.backends import LockInfo, StateBackend
 from flux_plan.backends.local import LocalFileBackend, fsync_dir
-from flux_plan.errors import FluxError, StateError
+from flux_plan.errors import FluxError, ProviderError, StateError
 from flux_plan.journal import JOURNAL_FILE, Journal, read_journal
 from flux_plan.model import ResourceState
 
@@ -238,7 +238,14 @@ class StateManager:
                 prior = resources.get(addr)
                 if prior is None:
                     continue
-                live = read(addr, prior)
+                try:
+                    live = read(addr, prior)
+                except ProviderError as exc:
+                    raise FluxError(
+                        f"{addr}: refreshing it after an interrupted apply failed: {exc}",
+                        hint="check that the provider is reachable, then run the command again "
+                        f"(the journal {self.journal_path} is kept until then)",
+                    ) from exc
                 if live is None:
                     resources.pop(addr)
                 else:

@@ -55,7 +55,6 @@ class Progress:
             sys.stdout.write(json.dumps(ev.to_dict(), default=str) + "\n")
             sys.stdout.flush()
             return
-        out = console()
         if ev.kind == "message":
             err_console().print(f"[yellow]{escape(ev.message or '')}[/]")
             return
@@ -68,14 +67,19 @@ class Progress:
             if self._live is not None:
                 self._live.update(self._task, completed=self.done)
         if ev.kind == "finished":
-            out.print(f"{escape(ev.address)}: {PAST.get(ev.action, ev.action)} [dim]({ev.elapsed:.1f}s)[/]")
+            line, style = f"{ev.address}: {PAST.get(ev.action, ev.action)} ({ev.elapsed:.1f}s)", ""
         elif ev.kind == "failed":
-            out.print(f"[red]{escape(ev.address)}: {ev.action} failed after {ev.elapsed:.1f}s:[/] "
-                      f"{escape(ev.error or '')}")
+            line, style = f"{ev.address}: {ev.action} failed after {ev.elapsed:.1f}s: {ev.error or ''}", "red"
         elif ev.kind == "skipped":
-            out.print(f"[yellow]{escape(ev.address)}: skipped ({escape(ev.error or '')})[/]")
+            line, style = f"{ev.address}: skipped ({ev.error or ''})", "yellow"
         elif ev.kind == "retrying":
-            out.print(f"[dim]{escape(ev.address)}: transient error, retrying (attempt {ev.attempt})[/]")
+            line, style = f"{ev.address}: transient error, retrying (attempt {ev.attempt})", "dim"
+        else:
+            return
+        if self._live is None:  # plain lines: cheap enough for thousands of resources in CI logs
+            sys.stdout.write(line + "\n")
+        else:
+            console().print(f"[{style}]{escape(line)}[/]" if style else escape(line))
 
     def close(self) -> None:
         if self._live is not None:

@@ -43,15 +43,19 @@ class Rule:
     """Inject `kind` on requests whose service/operation match, with `probability`, at most `times`."""
 
     kind: str  # "throttle" | "500" | "timeout" | "conflict" | "fail"
-    service: str | None = None
+    service: str | tuple[str, ...] | None = None
     operation: str | None = None  # substring of the operation name / "METHOD path"
+    body_contains: str | None = None
     probability: float = 1.0
     times: int | None = None
     delay: float = 3.0  # for "timeout": seconds to hold the answer after the work was done
     hits: int = 0
 
-    def matches(self, service: str, op: str) -> bool:
-        if self.service and self.service != service:
+    def matches(self, service: str, op: str, body: bytes) -> bool:
+        services = (self.service,) if isinstance(self.service, str) else self.service
+        if services and service not in services:
+            return False
+        if self.body_contains and self.body_contains.encode() not in body:
             return False
         return not (self.operation and self.operation not in op)
 
@@ -72,11 +76,11 @@ class FaultInjector:
             self.injected.clear()
             self.calls.clear()
 
-    def _pick(self, service: str, op: str) -> Rule | None:
+    def _pick(self, service: str, op: str, body: bytes) -> Rule | None:
         with self._lock:
             self.calls.append((service, op))
             for rule in self.rules:
-                if not rule.matches(service, op):
+                if not rule.matches(service, op, body):
                     continue
                 if rule.times is not None and rule.hits >= rule.times:
                     continue
@@ -89,8 +93,8 @@ class FaultInjector:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "").startswith("/moto-api"):
             return self.app(environ, start_response)
-        service, op, _ = request_info(environ)
-        rule = self._pick(service, op)
+        service, op, body = request_info(environ)
+        rule = self._pick(service, op, body)
         if rule is not None and rule.kind != "timeout":
             return self._error(rule.kind, service, start_response)
         conditional_s3 = service == "s3" and (

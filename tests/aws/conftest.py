@@ -62,6 +62,11 @@ class FaultyMotoServer(ThreadedMotoServer):
         self.faults.clear()
         req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST", data=b"")
         urllib.request.urlopen(req, timeout=30).read()
+        # Lambda without Docker: invocations are accepted and answered by moto's "simple" backend
+        cfg = json.dumps({"lambda": {"use_docker": False}}).encode()
+        req = urllib.request.Request(f"{self.url}/moto-api/config", method="POST", data=cfg,
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=30).read()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import REGION, STATE_BUCKET, AwsProject
 
 ACCOUNT = "123456789012"
@@ -29,7 +28,6 @@ ROUTES = {
 }
 SECRET = "tok-very-secret-123"
 
-pytestmark = pytest.mark.xdist_group("aws-e2e")
 
 
 def logs_stmt(fn: str) -> dict:
@@ -42,11 +40,13 @@ def logs_stmt(fn: str) -> dict:
 
 
 def secrets_stmt(*keys: str) -> dict:
+    """Its own secrets plus the stage database URL (ctx.db), nothing else."""
+    names = sorted([*keys, ".database_url"])
     return {
         "Sid": "ReadOwnSecrets",
         "Effect": "Allow",
         "Action": ["secretsmanager:GetSecretValue"],
-        "Resource": [f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:flux/todo/prod/{k}-??????" for k in keys],
+        "Resource": [f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:flux/todo/prod/{k}-??????" for k in names],
     }
 
 
@@ -68,6 +68,7 @@ def assert_deployed(proj: AwsProject) -> None:
         env = cfg["Environment"]["Variables"]
         assert SECRET not in json.dumps(env) and "todo-on-aws" not in json.dumps(env)
         assert env["FLUX_FUNCTION"] == name and env["FLUX_SECRET_PREFIX"] == "flux/todo/prod/"
+        assert env["FLUX_DATABASE_SECRET"] == "flux/todo/prod/.database_url" and "postgresql:" not in json.dumps(env)
         assert cfg["Role"] == f"arn:aws:iam::{ACCOUNT}:role/{P}-{name}"
         assert (cfg["MemorySize"], cfg["Timeout"]) == (256, 30)
         if runtime == "node":
@@ -82,7 +83,7 @@ def assert_deployed(proj: AwsProject) -> None:
     assert fns[f"{P}-create_todo"]["Environment"]["Variables"]["FLUX_ENV_KEYS"] == "APP_NAME"
 
     # least privilege, statement by statement
-    assert policy(proj, "greet") == [logs_stmt("greet")]
+    assert policy(proj, "greet") == [logs_stmt("greet"), secrets_stmt()]
     assert policy(proj, "create_todo") == [logs_stmt("create_todo"), secrets_stmt("APP_NAME")]
     assert policy(proj, "send_reminder") == [
         logs_stmt("send_reminder"),
@@ -115,7 +116,7 @@ def assert_deployed(proj: AwsProject) -> None:
         ]
 
     names = sorted(s["Name"] for s in sm.list_secrets()["SecretList"])
-    assert names == ["flux/todo/prod/APP_NAME", "flux/todo/prod/REMINDER_WEBHOOK_TOKEN"]
+    assert names == ["flux/todo/prod/.database_url", "flux/todo/prod/APP_NAME", "flux/todo/prod/REMINDER_WEBHOOK_TOKEN"]
     assert sm.get_secret_value(SecretId="flux/todo/prod/REMINDER_WEBHOOK_TOKEN")["SecretString"] == SECRET
     groups = sorted(g["logGroupName"] for g in logs.describe_log_groups()["logGroups"])
     assert groups == sorted(f"/aws/lambda/{P}-{n}" for n in FUNCTIONS)
@@ -164,18 +165,23 @@ def test_deploy_update_rollback_drift_destroy(aws_project: AwsProject) -> None:
     assert {alias_version(proj, f) for f in FUNCTIONS if f != "greet"} == {"1"}
     assert proj.flux("plan", "--stage", "prod", "--detailed-exitcode").returncode == 0
 
-    # rollback: the provider hook moves `live` back (CLI module flux_plan/cli/rollback_cmds.py)
-    import os
+    # rollback through the CLI module (flux_plan/cli/rollback_cmds.py) and the provider hook
+    import typer
+    from typer.testing import CliRunner
 
-    from flux_plan.workspace import Workspace
-    old = {k: os.environ.get(k) for k in ("FLUX_SECRETS_KEY", "DATABASE_URL")}
-    os.environ.update({k: proj.env[k] for k in old})
-    try:
-        ws = Workspace.open(proj.root, "prod")
-        assert ws.provider.rollback("greet") == {"function": "greet", "from_version": "2", "to_version": "1"}
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    from flux_plan.cli import rollback_cmds
+
+    app = typer.Typer()
+    rollback_cmds.register(app)
+
+    @app.command()
+    def _unused() -> None:
+        """Second command so typer keeps `rollback` as a sub-command."""
+
+    res = CliRunner().invoke(app, ["rollback", "greet", "--stage", "prod", "--dir", str(proj.root), "--json"],
+                             env=proj.env)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["rollbacks"] == [{"function": "greet", "from_version": "2", "to_version": "1"}]
     assert alias_version(proj, "greet") == "1"
 
     # drift: alias moved by the rollback, memory edited, role policy edited, a route deleted
@@ -194,9 +200,19 @@ def test_deploy_update_rollback_drift_destroy(aws_project: AwsProject) -> None:
     assert "memory" in reasons and "role_policy" in reasons and "alias" in reasons
     proj.flux("apply", "--stage", "prod", "--auto-approve")
     assert lam.get_function_configuration(FunctionName=f"{P}-list_todos")["MemorySize"] == 256
-    assert policy(proj, "greet") == [logs_stmt("greet")]
+    assert policy(proj, "greet") == [logs_stmt("greet"), secrets_stmt()]
     assert "POST /slugify" in {r["RouteKey"] for r in gw.get_routes(ApiId=api_id)["Items"]}
     assert alias_version(proj, "greet") == "3"
+    assert proj.flux("plan", "--stage", "prod", "--detailed-exitcode").returncode == 0
+
+    # a rotated secret updates only the secret (functions read it at run time)
+    proj.flux("secrets", "set", "REMINDER_WEBHOOK_TOKEN=tok-rotated-456", "--stage", "prod")
+    plan = json.loads(proj.flux("plan", "--stage", "prod", "--json").stdout)
+    assert {c["address"]: c["action"] for c in plan["changes"] if c["action"] != "noop"} == {
+        "secret.REMINDER_WEBHOOK_TOKEN": "update"}
+    proj.flux("apply", "--stage", "prod", "--auto-approve")
+    sm = proj.client("secretsmanager")
+    assert sm.get_secret_value(SecretId="flux/todo/prod/REMINDER_WEBHOOK_TOKEN")["SecretString"] == "tok-rotated-456"
     assert proj.flux("plan", "--stage", "prod", "--detailed-exitcode").returncode == 0
 
     proj.flux("destroy", "--stage", "prod", "--auto-approve")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -125,6 +126,15 @@ def test_saved_plan_applied_exactly_or_refused_when_stale(tmp_path: Path, flux: 
     assert rc == 0, err
     rc, out, err = flux("apply", "p2.json", cwd=root)  # made before the targeted apply
     assert rc == 1 and "stale" in err
+    # A fresh saved plan whose pinned bundle vanished from the store is refused, not rebuilt.
+    (root / "functions" / "beta" / "index.ts").write_text(
+        (root / "functions" / "beta" / "index.ts").read_text().replace("ok: true", "ok: 2"))
+    rc, _, err = flux("plan", "-o", "p3.json", cwd=root)
+    assert rc == 0, err
+    digest = json.loads((root / "p3.json").read_text())["artifacts"]["beta"]
+    shutil.rmtree(root / ".flux" / "artifacts" / digest)
+    rc, out, err = flux("apply", "p3.json", cwd=root)
+    assert rc == 1 and "missing from the artifact store (beta)" in err, out + err
     assert "function.beta" in _state(root)["resources"] and "route.POST_/beta" not in _state(root)["resources"]
 
 
@@ -204,10 +214,10 @@ def test_stage_lock_held_by_a_running_apply(tmp_path: Path, flux: FluxRunner, fl
             if json.loads(line)["event"] == "started":
                 break
         t0 = time.monotonic()
-        rc, out, err = flux("apply", "--auto-approve", "--lock-timeout", "1s", cwd=root)
+        rc, _, err = flux("apply", "--auto-approve", "--lock-timeout", "1s", cwd=root)
         assert rc == 1 and time.monotonic() - t0 >= 1.0
         assert f"pid {proc.pid}" in err and "operation 'apply'" in err and "flux state unlock" in err
-        rc, out, err = flux("plan", cwd=root)  # read-only commands need no lock
+        rc, _, err = flux("plan", cwd=root)  # read-only commands need no lock
         assert rc == 0, err
     finally:
         os.kill(proc.pid, signal.SIGKILL)

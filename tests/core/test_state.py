@@ -13,13 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from flux_plan.backends import LockInfo
 from flux_plan.backends.local import LocalFileBackend
 from flux_plan.errors import LockError, StateError
 from flux_plan.journal import read_journal
 from flux_plan.model import ResourceState
-from flux_plan.state import State, StateManager
+from flux_plan.paths import schema_path
+from flux_plan.state import StateManager
 
 FluxRunner = Callable[..., tuple[int, str, str]]
 
@@ -46,6 +48,8 @@ def test_fresh_state_round_trip_and_backup(tmp_path: Path) -> None:
     assert s2.serial == 2 and s2.lineage == fresh.lineage
     loaded = _sm(tmp_path).load()
     assert loaded == s2
+    doc = json.loads((tmp_path / "state.json").read_text())
+    Draft202012Validator(json.loads(schema_path("state").read_text())).validate(doc)
     backup = json.loads((tmp_path / "state.json.backup").read_text())
     assert backup["serial"] == 1 and list(backup["resources"]) == ["function.a"]
     # No temporary files are left next to the snapshot.

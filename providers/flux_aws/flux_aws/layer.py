@@ -11,7 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from flux_aws.packaging import RUNTIME_DIR, runtime_files, zip_entries
+from flux_aws.packaging import RUNTIME_DIR, cache_dir, runtime_files, zip_entries
 from flux_aws.retry import aws_call
 
 _build_lock = threading.Lock()
@@ -21,13 +21,6 @@ def deno_binary() -> Path:
     import deno
 
     return Path(deno.find_deno_bin())
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    d = Path(base) / "flux" / "aws"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def layer_digest() -> str:
@@ -52,6 +45,9 @@ def build_layer_zip() -> Path:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(zip_entries(entries, level=6))
         os.replace(tmp, path)
+        for old in cache_dir().glob("deno-layer-*.zip"):  # ~42 MB each: keep only the current one
+            if old != path:
+                old.unlink(missing_ok=True)
     return path
 
 

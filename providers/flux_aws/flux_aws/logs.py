@@ -12,6 +12,12 @@ from botocore.exceptions import ClientError
 
 from flux_aws.retry import aws_call, error_code
 
+_LEVELS = {"debug": 0, "info": 1, "warn": 2, "warning": 2, "error": 3}
+
+
+def _rank(level: str) -> int:
+    return _LEVELS.get(level.lower(), 1)
+
 
 def ensure_log_group(logs: Any, name: str, retention_days: int, tags: dict[str, str]) -> None:
     try:
@@ -63,8 +69,8 @@ def read_records(
     follow: bool,
     poll: float = 2.0,
 ) -> Iterator[dict[str, Any]]:
-    """Records of the functions in `groups` ({function: log group}), oldest first; with `follow`,
-    keeps polling for new events."""
+    """Records of the functions in `groups` ({function: log group}), oldest first, at or above
+    `level`; with `follow`, keeps polling for new events."""
     start_ms = int((time.time() - (since_s if since_s is not None else 3600)) * 1000)
     seen: set[str] = set()
     while True:
@@ -82,7 +88,7 @@ def read_records(
                         rec = parse_record(ev["message"], fn, stage)
                         if rec is None or (request_id and rec["request_id"] != request_id):
                             continue
-                        if level and rec["level"] != level:
+                        if level and _rank(str(rec["level"])) < _rank(level):
                             continue
                         batch.append((int(ev["timestamp"]), rec))
             except ClientError as exc:

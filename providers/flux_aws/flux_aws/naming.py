@@ -48,6 +48,11 @@ class Names:
         return f"flux/{self.project}/{self.stage}/{key}"
 
     @property
+    def database_secret(self) -> str:
+        """The stage database URL for ctx.db (a name no user key can take: keys cannot start with '.')."""
+        return f"flux/{self.project}/{self.stage}/.database_url"
+
+    @property
     def secret_prefix(self) -> str:
         return f"flux/{self.project}/{self.stage}/"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import tempfile
@@ -18,8 +19,6 @@ from flux_plan.paths import REPO_DIR
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
-NODE_BANNER = "import { createRequire as __fluxCreateRequire } from 'node:module';" \
-    "const require = __fluxCreateRequire(import.meta.url);"
 
 
 def zip_entries(entries: list[tuple[str, bytes, int]], level: int = 6) -> bytes:
@@ -49,15 +48,58 @@ def esbuild_bin() -> str:
     return found
 
 
+PG_VERSION = "8.16.3"
+_PG_BANNER = 'import { createRequire as __fluxPgRequire } from "node:module"; const require = __fluxPgRequire(import.meta.url);'
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    d = Path(base) / "flux" / "aws"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _run(cmd: list[str], cwd: Path, what: str) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, timeout=600)
+    if proc.returncode != 0:
+        raise ProviderError(f"{what} failed: {(proc.stderr or proc.stdout)[-2000:]}")
+
+
+def pg_bundle() -> Path:
+    """node-postgres as one ESM file (for ctx.db.query on Lambda, node and Deno alike): installed
+    once from the npm registry into the user cache, bundled with esbuild."""
+    out = cache_dir() / f"pg-{PG_VERSION}.mjs"
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory(prefix="flux-pg-") as tmp:
+        work = Path(tmp)
+        (work / "package.json").write_text('{"private": true, "type": "module"}')
+        npm = shutil.which("npm")
+        if not npm:
+            raise ProviderError("npm not found: it is needed once to fetch node-postgres for ctx.db on AWS")
+        _run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error", f"pg@{PG_VERSION}"], work, "npm install pg")
+        (work / "entry.mjs").write_text('import pg from "pg";\nexport default pg;\n')
+        part = work / "pg.mjs"
+        _run([esbuild_bin(), "entry.mjs", "--bundle", "--format=esm", "--platform=node", "--target=node20",
+              "--external:pg-native", f"--banner:js={_PG_BANNER}", f"--outfile={part}", "--log-level=error"],
+             work, "esbuild pg")
+        tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(part, tmp_out)
+        os.replace(tmp_out, out)
+    return out
+
+
 def node_bundle(artifact_dir: Path, node_target: str = "node20") -> bytes:
     """One ESM file: the user's bundle + the Flux Lambda shim, exporting `handler` (Handler
-    `index.handler` of the nodejs runtimes)."""
+    `index.handler` of the nodejs runtimes). The artifact bundle already carries its own
+    `require` shim for CommonJS dependencies, so no banner is added here."""
     with tempfile.TemporaryDirectory(prefix="flux-aws-") as tmp:
         entry = Path(tmp) / "entry.mjs"
         entry.write_text(
             f'import def from {str((artifact_dir / "index.mjs").resolve())!r};\n'
+            f'import pg from {str(pg_bundle())!r};\n'
             f'import {{ makeHandler }} from {str(RUNTIME_DIR / "flux_handler.mjs")!r};\n'
-            'export const handler = makeHandler(def, { runtime: "node" });\n'
+            'export const handler = makeHandler(def, { runtime: "node", pg });\n'
         )
         out = Path(tmp) / "index.mjs"
         proc = subprocess.run(
@@ -69,7 +111,6 @@ def node_bundle(artifact_dir: Path, node_target: str = "node20") -> bytes:
                 "--platform=node",
                 f"--target={node_target}",
                 f"--outfile={out}",
-                f"--banner:js={NODE_BANNER}",
                 "--log-level=error",
             ],
             capture_output=True,
@@ -91,7 +132,7 @@ def deno_zip(artifact_dir: Path) -> bytes:
 
 
 def runtime_files() -> list[tuple[str, bytes, int]]:
-    """Shared JS runtime files (loop, shim, SigV4 client, query compiler) as zip entries under flux/."""
-    return [
-        (f"flux/{p.name}", p.read_bytes(), 0o644) for p in sorted(RUNTIME_DIR.glob("*.mjs"))
-    ]
+    """Shared JS runtime files (loop, shim, SigV4 client, query compiler, node-postgres) as zip
+    entries under flux/."""
+    files = [(f"flux/{p.name}", p.read_bytes(), 0o644) for p in sorted(RUNTIME_DIR.glob("*.mjs"))]
+    return [*files, ("flux/pg.mjs", pg_bundle().read_bytes(), 0o644)]

@@ -41,6 +41,8 @@ class AwsProvider:
     def __init__(self) -> None:
         self._layer_lock = threading.Lock()
         self._layer_arn: str | None = None
+        self._db_lock = threading.Lock()
+        self._db_secret: str | bool | None = False  # False: not looked at yet in this command
 
     # ----------------------------------------------------------------------------- wiring
     def configure(self, ctx: ProviderContext) -> None:
@@ -160,13 +162,30 @@ class AwsProvider:
                 )
             return self._layer_arn
 
-    def expected_policy(self, fn: str, secret_keys: list[str], is_async: bool) -> dict[str, Any]:
+    def _database_secret(self) -> str | None:
+        """Name of the stage's database-URL secret for ctx.db: written from the variable named by
+        `database_url_env` when it is set here, else reused when an earlier deploy wrote it."""
+        with self._db_lock:
+            if self._db_secret is False:
+                name = self.names.database_secret
+                url = self._db_url("function", required=False)
+                sm = self._c("secretsmanager")
+                if url:
+                    secrets.sync_value(sm, name, url, self.names.tags("database"))
+                    self._db_secret = name
+                else:
+                    self._db_secret = name if secrets.describe(sm, name) else None
+            return self._db_secret or None
+
+    def expected_policy(self, fn: str, secret_keys: list[str], is_async: bool,
+                        db_secret: str | None = None) -> dict[str, Any]:
         account = self.aws.account_id()
         n = self.names
         fname = n.function(fn)
+        names = [n.secret(k) for k in secret_keys] + ([db_secret] if db_secret else [])
         return iam.function_policy(
             log_group_arn=n.arn("logs", account, f"log-group:{n.log_group(fn)}"),
-            secret_arn_patterns=[n.arn("secretsmanager", account, f"secret:{n.secret(k)}-??????") for k in secret_keys],
+            secret_arn_patterns=[n.arn("secretsmanager", account, f"secret:{name}-??????") for name in names],
             self_invoke_arn=n.arn("lambda", account, f"function:{fname}:{lambda_.ALIAS}") if is_async else None,
             failure_queue_arn=n.arn("sqs", account, n.failure_queue(fn)) if is_async else None,
         )
@@ -184,7 +203,8 @@ class AwsProvider:
         fname = n.function(res.name)
 
         logs.ensure_log_group(self._c("logs"), n.log_group(res.name), self.log_retention, tags)
-        policy = self.expected_policy(res.name, readable, is_async)
+        db_secret = self._database_secret()
+        policy = self.expected_policy(res.name, readable, is_async, db_secret)
         role_arn = iam.ensure_role(self._c("iam"), n.role(res.name), policy, tags)
         queue_arn = None
         if is_async:
@@ -206,6 +226,7 @@ class AwsProvider:
             "FLUX_SECRET_KEYS": ",".join(secret_keys),
             "FLUX_ENV_KEYS": ",".join(env_keys),
             "FLUX_ASYNC": "1" if is_async else "0",
+            "FLUX_DATABASE_SECRET": db_secret or "",
         }
         cfg = lambda_.FunctionConfig(
             name=fname,
@@ -421,8 +442,10 @@ class AwsProvider:
         )
 
     def destroy_stage(self) -> None:
-        """After destroy: the stage's Deno layer versions and uploaded layer zips go too."""
+        """After destroy: the stage's Deno layer versions, uploaded layer zips and database-URL
+        secret go too."""
         layer.delete_layer(self._c("lambda"), self.names.deno_layer)
+        secrets.delete_secret(self._c("secretsmanager"), self.names.database_secret)
         state = self.settings.get("state") or {}
         bucket = self.settings.get("artifact_bucket") or (state.get("bucket") if isinstance(state, dict) else None)
         if bucket:

@@ -57,3 +57,17 @@ def delete_secret(sm: Any, name: str) -> None:
     except ClientError as exc:
         if error_code(exc) != "ResourceNotFoundException":
             raise
+
+
+def sync_value(sm: Any, name: str, value: str, tags: dict[str, str]) -> None:
+    """Create, or put a new version only when the value differs (no churn on every deploy)."""
+    try:
+        current = aws_call(sm.get_secret_value, SecretId=name)["SecretString"]
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+        aws_call(sm.create_secret, Name=name, SecretString=value, Description="Flux stage database URL (managed by flux)",
+                 Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        return
+    if current != value:
+        aws_call(sm.put_secret_value, SecretId=name, SecretString=value)

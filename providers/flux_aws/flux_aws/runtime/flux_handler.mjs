@@ -4,6 +4,7 @@
 // their own alias with InvocationType=Event (Lambda then retries and reports to the on-failure
 // destination). ctx.log writes one JSON record per call to stdout, which Lambda ships to CloudWatch.
 import { env, getSecretValue, invokeEvent } from "./aws.mjs";
+import { compileQuery, QueryError, SCHEMA_SQL, schemaFromRows, wireArgs } from "./query.mjs";
 
 const MARK = Symbol.for("flux.function");
 const list = (v) => (v || "").split(",").map((s) => s.trim()).filter(Boolean);
@@ -23,7 +24,55 @@ function json(status, body, requestId, extra = {}) {
   };
 }
 
-export function makeHandler(def, { runtime } = {}) {
+// Row values as query.py's json_value gives them: numbers for int8/numeric (when exact), dates as
+// the text PostgreSQL sends, timestamps as ISO strings, bytea as base64.
+function typeParsers(pg) {
+  const toNumber = (text) => {
+    const n = Number(text);
+    return Number.isSafeInteger(n) || (!Number.isInteger(n) && Number.isFinite(n)) ? n : text;
+  };
+  const custom = { 20: toNumber, 1700: toNumber, 1082: (t) => t };
+  return { getTypeParser: (oid, format) => custom[oid] ?? pg.types.getTypeParser(oid, format) };
+}
+
+function jsonValue(v) {
+  if (v instanceof Date) return v.toISOString();
+  if (globalThis.Buffer && globalThis.Buffer.isBuffer(v)) return v.toString("base64");
+  return v;
+}
+
+/** ctx.db on Lambda: one connection per sandbox (URL from Secrets Manager), the schema read from
+ * information_schema once (and again when a name is unknown: a migration may have added it). */
+function makeDb(pg, databaseUrl) {
+  let client = null;
+  let schema = null;
+  const connect = async () => {
+    if (client) return client;
+    const c = new pg.Client({ connectionString: await databaseUrl(), types: typeParsers(pg) });
+    c.on("error", () => { if (client === c) client = null; });
+    await c.connect();
+    client = c;
+    return c;
+  };
+  const readSchema = async (c) => (schema = schemaFromRows((await c.query(SCHEMA_SQL)).rows));
+  return Object.freeze({
+    query: async (params) => {
+      const c = await connect();
+      let compiled;
+      try {
+        compiled = compileQuery(params, schema ?? (await readSchema(c)));
+      } catch (e) {
+        if (!(e instanceof QueryError)) throw e;
+        compiled = compileQuery(params, await readSchema(c));
+      }
+      const [text, args] = compiled;
+      const res = await c.query({ text, values: wireArgs(args) });
+      return res.rows.map((row) => Object.fromEntries(Object.entries(row).map(([k, v]) => [k, jsonValue(v)])));
+    },
+  });
+}
+
+export function makeHandler(def, { runtime, pg } = {}) {
   if (!def || !def[MARK] || typeof def.handler !== "function") {
     throw new Error("the function module's default export must be defineFunction({...}) from @flux/functions");
   }
@@ -33,6 +82,7 @@ export function makeHandler(def, { runtime } = {}) {
   const envKeys = list(env("FLUX_ENV_KEYS"));
   const isAsync = env("FLUX_ASYNC") === "1";
   const maxBody = Number(env("FLUX_MAX_BODY_BYTES") || 1048576);
+  const dbSecret = env("FLUX_DATABASE_SECRET") || "";
   const cache = new Map();
   let masks = [];
   let frozenEnv = null;
@@ -46,6 +96,16 @@ export function makeHandler(def, { runtime } = {}) {
     }
     return cache.get(key);
   };
+  const dbUrl = async () => {
+    const url = await getSecretValue(dbSecret);
+    const pw = (() => { try { return decodeURIComponent(new URL(url).password); } catch { return ""; } })();
+    if (pw.length >= 4) masks = [...masks, pw];
+    return url;
+  };
+  const noDb = Object.freeze({
+    query: async () => { throw new Error("ctx.db.query: no database is configured for this stage (set database_url_env and deploy with it)"); },
+  });
+  const db = pg && dbSecret ? makeDb(pg, dbUrl) : noDb;
   const mask = (text) => masks.reduce((t, m) => t.split(m).join("***"), text);
 
   const write = (level, requestId, msg, data) => {
@@ -72,9 +132,7 @@ export function makeHandler(def, { runtime } = {}) {
       },
       env: await loadEnv(),
       secrets: Object.freeze({ get: secret }),
-      db: Object.freeze({
-        query: async () => { throw new Error("ctx.db.query is not available on this AWS stage (no database configured)"); },
-      }),
+      db,
       requestId,
     });
     return def.handler({ input, ctx });

@@ -10,7 +10,12 @@ let handler;
 try {
   const path = `${env("LAMBDA_TASK_ROOT") || "/var/task"}/${env("_HANDLER") || "index.mjs"}`;
   const mod = await import(new URL(`file://${path}`).href);
-  handler = typeof mod.handler === "function" ? mod.handler : makeHandler(mod.default, { runtime: globalThis.Deno ? "deno" : "node" });
+  if (typeof mod.handler === "function") {
+    handler = mod.handler; // a node bundle: shim and node-postgres are inside it
+  } else {
+    const pg = (await import("./pg.mjs")).default; // the Deno layer ships node-postgres beside this file
+    handler = makeHandler(mod.default, { runtime: globalThis.Deno ? "deno" : "node", pg });
+  }
 } catch (e) {
   console.error(JSON.stringify({ ts: new Date().toISOString(), level: "error", msg: "init failed", data: { error: String(e?.stack ?? e) } }));
   await fetch(`${base}/init/error`, { method: "POST", headers: { "Lambda-Runtime-Function-Error-Type": "Runtime.InitError" }, body: errorBody(e) });

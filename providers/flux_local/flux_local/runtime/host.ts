@@ -199,7 +199,7 @@ abstract class WorkerHandle {
       this.pool.finish(job, errorOutcome(502, job.rid, `function ${this.pool.name} crashed while handling the request`));
     }
     this.inflight.clear();
-    if (wasStarting) this.pool.startFailed(this, 502, `function ${this.pool.name} crashed while starting: ${reason}`);
+    if (wasStarting) this.pool.startFailed(this, 502, `function ${this.pool.name} crashed while starting (details in flux logs)`);
   }
 }
 
@@ -252,7 +252,9 @@ class NodeWorker extends WorkerHandle {
     this.child = new Deno.Command(CFG.node_bin || "node", {
       args: [
         "--experimental-permission", "--no-warnings",
-        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs,${RUNTIME_DIR}/core.mjs,${bundleDir}/*`,
+        // one flag per path: node 20.x does not split a comma-separated list reliably
+        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${RUNTIME_DIR}/core.mjs`,
+        `--allow-fs-read=${bundleDir}/*`,
         NODE_HOST,
       ],
       cwd: bundleDir, clearEnv: true, env: {}, stdin: "piped", stdout: "piped", stderr: "piped",

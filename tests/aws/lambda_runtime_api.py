@@ -1,0 +1,86 @@
+"""A small Lambda Runtime API server (the HTTP interface Lambda gives a runtime: next ->
+response | error) so the Flux node shim and Deno bootstrap run as real processes in tests."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PREFIX = "/2018-06-01/runtime"
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    kind: str  # "response" | "error"
+    body: Any
+    error_type: str | None = None
+
+
+@dataclass
+class RuntimeApi:
+    function_arn: str
+    pending: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
+    outcomes: dict[str, queue.Queue[Outcome]] = field(default_factory=dict)
+    init_errors: list[Any] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+
+    def start(self) -> str:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                """Quiet."""
+
+            def _reply(self, status: int, body: bytes = b"{}", headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path != f"{PREFIX}/invocation/next":
+                    return self._reply(404)
+                rid, event = api.pending.get()
+                self._reply(200, json.dumps(event).encode(), {
+                    "Lambda-Runtime-Aws-Request-Id": rid,
+                    "Lambda-Runtime-Deadline-Ms": "9999999999999",
+                    "Lambda-Runtime-Invoked-Function-Arn": api.function_arn,
+                    "Content-Type": "application/json",
+                })
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parts = self.path[len(PREFIX):].strip("/").split("/")
+                if parts == ["init", "error"]:
+                    api.init_errors.append(json.loads(body))
+                    return self._reply(202)
+                if len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error"):
+                    out = Outcome(parts[1], parts[2], json.loads(body) if body else None,
+                                  self.headers.get("Lambda-Runtime-Function-Error-Type"))
+                    api.outcomes.setdefault(parts[1], queue.Queue()).put(out)
+                    return self._reply(202)
+                return self._reply(404)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    def invoke(self, event: Any, timeout: float = 30) -> Outcome:
+        rid = str(uuid.uuid4())
+        self.outcomes[rid] = queue.Queue()
+        self.pending.put((rid, event))
+        return self.outcomes[rid].get(timeout=timeout)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

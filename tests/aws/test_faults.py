@@ -1,0 +1,64 @@
+"""Fault injection between boto3 and moto (real HTTP): throttling and 500s on a fifth of the calls,
+a timeout whose work did happen, Lambda update conflicts -> apply converges to the same state;
+a persistent failure -> that function and its dependents are skipped, the rest is deployed and kept
+in state, and the next apply finishes the job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aws_faults import Rule
+from conftest import FaultyMotoServer, make_project
+from test_deploy import assert_deployed
+
+SERVICES = ("lambda", "iam", "apigatewayv2", "secretsmanager", "logs", "sqs", "s3", "sts")
+
+
+
+def test_apply_converges_under_throttling_errors_timeouts_and_conflicts(
+    moto: FaultyMotoServer, tmp_path: Path, pg_url: str
+) -> None:
+    proj = make_project(moto, tmp_path, pg_url, read_timeout=4)
+    moto.faults.rules[:] = [
+        Rule("timeout", service="iam", operation="CreateRole", times=1, delay=6),
+        Rule("conflict", service="lambda", operation="/configuration", times=2),
+        Rule("throttle", service=SERVICES, probability=0.1),
+        Rule("500", service=SERVICES, probability=0.1),
+    ]
+    out = proj.flux("deploy", "--stage", "prod")
+    assert "17 added" in out.stdout
+    kinds = {k for k, _, _ in moto.faults.injected}
+    assert kinds == {"timeout", "conflict", "throttle", "500"}, moto.faults.injected
+    assert len(moto.faults.injected) >= 20
+    moto.faults.clear()
+    assert_deployed(proj)  # exactly one of everything: the timed-out CreateRole was not duplicated
+    assert len(proj.client("iam").list_roles()["Roles"]) == 6
+    assert proj.flux("plan", "--stage", "prod", "--detailed-exitcode").returncode == 0
+
+
+def test_persistent_failure_skips_dependents_and_keeps_the_rest(
+    moto: FaultyMotoServer, tmp_path: Path, pg_url: str
+) -> None:
+    proj = make_project(moto, tmp_path, pg_url)
+    moto.faults.rules[:] = [Rule("fail", service="iam", operation="CreateRole", body_contains="prod-greet")]
+    out = proj.flux("deploy", "--stage", "prod", "--json", check=False)
+    assert out.returncode == 1
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    by_kind: dict[str, set[str]] = {}
+    for ev in events:
+        if ev.get("address"):
+            by_kind.setdefault(ev["event"], set()).add(ev["address"])
+    assert by_kind["failed"] == {"function.greet"}
+    assert by_kind["skipped"] == {"route.POST_/greet"}
+    assert len(by_kind["finished"]) == 15
+    listed = set(proj.flux("state", "list", "--stage", "prod").stdout.split())
+    assert "function.greet" not in listed and "route.POST_/greet" not in listed
+    assert {"function.create_todo", "route.POST_/slugify", "api.prod", "secret.APP_NAME"} <= listed
+    assert "flux-todo-prod-greet" not in {f["FunctionName"] for f in proj.client("lambda").list_functions()["Functions"]}
+
+    moto.faults.clear()
+    plan = json.loads(proj.flux("plan", "--stage", "prod", "--json").stdout)
+    assert {c["address"] for c in plan["changes"] if c["action"] != "noop"} == {"function.greet", "route.POST_/greet"}
+    proj.flux("apply", "--stage", "prod", "--auto-approve")
+    assert_deployed(proj)

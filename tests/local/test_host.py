@@ -1,0 +1,449 @@
+"""The Deno runtime host: real deno/node workers behind a real gateway on 127.0.0.1.
+
+Secret/db/async calls go to a control peer: a small HTTP server in this file answering secrets from a dict,
+echoing db params and recording enqueued items (a test peer for host-level tests; the real control API is the
+daemon's and is exercised end-to-end by the provider tests).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flux_local.runtime import deno_bin, host_command
+
+from flux_plan.artifacts import ArtifactStore
+from flux_plan.digest import source_digest
+from flux_plan.model import FunctionSpec
+
+pytestmark = pytest.mark.xdist_group("flux-host")
+
+HEADER = 'import { defineFunction } from "@flux/functions";\n'
+
+
+def fn(name: str, body: str) -> str:
+    return HEADER + f'export default defineFunction({{ name: "{name}", handler: async ({{ input, ctx }}) => {{\n{body}\n}} }});\n'
+
+
+SOURCES: dict[str, tuple[str, str]] = {
+    "hello": ("deno", fn("hello", """
+      ctx.log("hello called", { name: input.name });
+      console.warn("careful", 42);
+      return { message: `Hello, ${input.name}!`, greeting: ctx.env.GREETING ?? null, frozen: Object.isFrozen(ctx.env) };
+    """)),
+    "echo": ("deno", fn("echo", "return { input };")),
+    "logmany": ("deno", fn("logmany", """
+      await new Promise((r) => setTimeout(r, 20 + Math.random() * 30));
+      console.log("tick", input.n);
+      ctx.log("tock", { n: input.n });
+      return { n: input.n, rid: ctx.requestId };
+    """)),
+    "secret": ("deno", fn("secret", "return { value: await ctx.secrets.get(input.key) };")),
+    "db": ("deno", fn("db", 'return { rows: await ctx.db.query({ table: "todos", operation: "select", limit: 1 }) };')),
+    "boom": ("deno", fn("boom", 'throw new Error("kaput: " + input.why);')),
+    "crash": ("deno", fn("crash", """
+      setTimeout(() => { throw new Error("worker-killing error"); }, 0);
+      await new Promise((r) => setTimeout(r, 2000));
+      return { survived: true };
+    """)),
+    "spin": ("deno", fn("spin", "if (input.spin) { while (true) {} } return { ok: true };")),
+    "slow": ("deno", fn("slow", "await new Promise((r) => setTimeout(r, input.ms ?? 300)); return { slept: input.ms ?? 300 };")),
+    "sandbox": ("deno", fn("sandbox", """
+      const out = {};
+      try { await Deno.readTextFile(input.path); out.read = "allowed"; } catch (e) { out.read = e.name; }
+      try { Deno.env.get("HOME"); out.env = "allowed"; } catch (e) { out.env = e.name; }
+      try { await Deno.writeTextFile(input.path + ".w", "x"); out.write = "allowed"; } catch (e) { out.write = e.name; }
+      try { new Deno.Command("true").outputSync(); out.run = "allowed"; } catch (e) { out.run = e.name; }
+      return out;
+    """)),
+    "noexport": ("deno", "export default { name: 'noexport', handler: async () => ({ ok: true }) };\n"),
+    "version": ("deno", fn("version", 'await new Promise((r) => setTimeout(r, 2)); return { v: "A" };')),
+    "asyncjob": ("deno", fn("asyncjob", "return { done: true };")),
+    "nodehello": ("node", fn("nodehello", """
+      ctx.log("node says", { name: input.name });
+      console.log("plain console");
+      return { message: `Hi ${input.name}`, runtime: process.version, greeting: ctx.env.GREETING ?? null,
+               home: process.env.HOME ?? null, secret: input.key ? await ctx.secrets.get(input.key) : null };
+    """)),
+    "nodesandbox": ("node", HEADER + 'import { readFileSync } from "node:fs";\n' + """
+export default defineFunction({ name: "nodesandbox", handler: async ({ input }) => {
+  try { readFileSync(input.path, "utf8"); return { read: "allowed" }; } catch (e) { return { read: e.code }; }
+} });
+"""),
+    "nodecrash": ("node", fn("nodecrash", "setTimeout(() => process.exit(3), 5); await new Promise((r) => setTimeout(r, 2000)); return {};")),
+}
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """Every test function bundled once through the real ArtifactStore."""
+    root = tmp_path_factory.mktemp("hostproj")
+    store = ArtifactStore(root)
+    out: dict[str, dict[str, str]] = {}
+    sources = {**SOURCES, "version_b": ("deno", fn("version", 'return { v: "B" };'))}
+    for name, (runtime, src) in sources.items():
+        d = root / "functions" / name
+        d.mkdir(parents=True)
+        (d / "index.ts").write_text(src)
+        rel = f"functions/{name}"
+        spec = FunctionSpec(name=name, dir=rel, runtime=runtime, route=f"/{name}",
+                            source_digest=source_digest(root, rel, runtime))
+        out[name] = {"runtime": runtime, "bundle": str(store.ensure(spec) / "index.mjs"), "digest": spec.source_digest,
+                     "artifacts": str(store.dir)}
+    return out
+
+
+class ControlPeer:
+    """Test peer of the daemon's control API."""
+
+    def __init__(self, token: str, secrets: dict[str, str]) -> None:
+        self.token = token
+        self.secrets = secrets
+        self.enqueued: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                doc = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                peer.calls.append((self.path, doc))
+                if self.headers.get("authorization") != f"Bearer {peer.token}":
+                    return self.send(401, {"error": "unauthorized"})
+                if self.path == "/v1/secrets/get":
+                    if doc["key"] in peer.secrets:
+                        return self.send(200, {"value": peer.secrets[doc["key"]]})
+                    return self.send(404, {"error": f"secret {doc['key']} is not set (flux secrets set {doc['key']}=...)"})
+                if self.path == "/v1/db/query":
+                    return self.send(200, {"rows": [{"echo": doc["params"], "function": doc["function"]}]})
+                if self.path == "/v1/async/enqueue":
+                    peer.enqueued.append(doc)
+                    return self.send(202, {"request_id": doc["request_id"]})
+                return self.send(404, {"error": "no such endpoint"})
+
+            def send(self, status: int, doc: Any) -> None:
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Host:
+    """A running host process; `logs` fills from its stdout in a thread."""
+
+    def __init__(self, artifacts: str, control: ControlPeer, max_body: int = 6291456) -> None:
+        self.token = "admin-" + os.urandom(8).hex()
+        cfg = {"stage": "test", "gateway_host": "127.0.0.1", "gateway_port": 0, "admin_port": 0,
+               "admin_token": self.token, "control_url": control.url, "control_token": control.token,
+               "node_bin": shutil.which("node"), "max_body_bytes": max_body}
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
+               "FLUX_HOST_CONFIG": json.dumps(cfg)}
+        if "DENO_DIR" in os.environ:
+            env["DENO_DIR"] = os.environ["DENO_DIR"]
+        self.proc = subprocess.Popen(host_command(deno_bin(), artifacts), stdout=subprocess.PIPE, env=env)
+        assert self.proc.stdout is not None
+        ready = json.loads(self.proc.stdout.readline())
+        assert ready["event"] == "ready"
+        self.gw = f"http://127.0.0.1:{ready['gateway_port']}"
+        self.admin = f"http://127.0.0.1:{ready['admin_port']}"
+        self.logs: list[dict[str, Any]] = []
+        self.bad_lines: list[bytes] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.logs.append(json.loads(line))
+            except ValueError:
+                self.bad_lines.append(line)
+
+    def configure(self, bundles: dict[str, dict[str, str]], functions: dict[str, dict[str, Any]],
+                  routes: list[tuple[str, str, str]] | None = None) -> None:
+        fns = {}
+        for name, extra in functions.items():
+            b = bundles[extra.pop("bundle_of", name)]
+            fns[name] = {"runtime": b["runtime"], "bundle": b["bundle"], "digest": b["digest"], "env": {},
+                         "timeout_ms": 5000, "concurrency": 10, "queue_limit": 50, "idle_ms": 60000,
+                         "async": False, **extra}
+        if routes is None:
+            routes = [("POST", f"/{n}", n) for n in functions]
+        status, body, _ = request(f"{self.admin}/config", {"functions": fns, "routes": [
+            {"method": m, "path": p, "function": f} for m, p, f in routes]}, "PUT", token=self.token)
+        assert status == 200, body
+
+    def health(self) -> dict[str, Any]:
+        status, body, _ = request(f"{self.admin}/health", None, "GET", token=self.token)
+        assert status == 200
+        return body["functions"]
+
+    def wait_log(self, pred: Any, timeout: float = 5) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for rec in list(self.logs):
+                if pred(rec):
+                    return rec
+            time.sleep(0.02)
+        raise AssertionError(f"no matching log record; got {self.logs[-10:]}")
+
+    def wait_count(self, pred: Any, n: int, timeout: float = 5) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and len([r for r in list(self.logs) if pred(r)]) < n:
+            time.sleep(0.02)
+        assert len([r for r in list(self.logs) if pred(r)]) == n
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                request(f"{self.admin}/shutdown", {}, "POST", token=self.token)
+                self.proc.wait(timeout=15)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def request(url: str, body: Any = None, method: str = "POST", token: str | None = None,
+            raw: bytes | None = None, timeout: float = 20) -> tuple[int, Any, dict[str, str]]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null"), {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null"), {k.lower(): v for k, v in e.headers.items()}
+
+
+@pytest.fixture
+def control() -> Iterator[ControlPeer]:
+    peer = ControlPeer("control-" + os.urandom(8).hex(), {"API_KEY": "s3cr3t-value"})
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+@pytest.fixture
+def host(bundles: dict[str, dict[str, str]], control: ControlPeer) -> Iterator[Host]:
+    h = Host(next(iter(bundles.values()))["artifacts"], control, max_body=4096)
+    try:
+        yield h
+    finally:
+        h.stop()
+        assert h.proc.poll() is not None
+        assert not h.bad_lines, h.bad_lines  # stdout carries only JSON records
+
+
+def test_deno_and_node_functions_through_the_gateway(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"hello": {"env": {"GREETING": "hi"}}, "nodehello": {"env": {"GREETING": "yo"}}})
+    status, body, headers = request(f"{host.gw}/hello", {"name": "Ada"})
+    assert status == 200
+    assert body == {"message": "Hello, Ada!", "greeting": "hi", "frozen": True}
+    rid = headers["x-flux-request-id"]
+    rec = host.wait_log(lambda r: r["msg"] == "hello called")
+    assert rec == {**rec, "level": "info", "stage": "test", "function": "hello", "request_id": rid,
+                   "data": {"name": "Ada"}}
+    warn = host.wait_log(lambda r: r["msg"] == "careful")
+    assert warn["level"] == "warn" and warn["request_id"] == rid and warn["data"] == 42
+    assert {"ts", "level", "stage", "function", "request_id", "msg", "data"} <= set(rec)
+
+    status, body, headers = request(f"{host.gw}/nodehello", {"name": "Bo", "key": "API_KEY"})
+    assert status == 200
+    assert body["message"] == "Hi Bo" and body["runtime"].startswith("v20")
+    assert body["greeting"] == "yo" and body["home"] is None  # scrubbed env: only the function's keys
+    assert body["secret"] == "s3cr3t-value"
+    nrid = headers["x-flux-request-id"]
+    assert host.wait_log(lambda r: r["msg"] == "node says")["request_id"] == nrid
+    assert host.wait_log(lambda r: r["msg"] == "plain console")["request_id"] == nrid
+    assert host.wait_log(lambda r: r["msg"] == "cold start" and r["function"] == "nodehello")["data"]["runtime"] == "node"
+
+
+def test_http_statuses(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"echo": {}, "boom": {}}, routes=[
+        ("POST", "/echo", "echo"), ("GET", "/echo", "echo"), ("POST", "/boom", "boom")])
+    status, body, headers = request(f"{host.gw}/echo?a=1&b=x%20y", None, "GET")
+    assert status == 200 and body == {"input": {"a": "1", "b": "x y"}}
+    status, body, headers = request(f"{host.gw}/echo", raw=b"")
+    assert status == 200 and body == {"input": {}}
+
+    for raw, why in [(b"{not json", "invalid JSON"), (b"[1,2]", "JSON object"), (b'"str"', "JSON object")]:
+        status, body, headers = request(f"{host.gw}/echo", raw=raw)
+        assert status == 400 and why in body["error"]
+        assert body["request_id"] == headers["x-flux-request-id"]
+
+    status, body, headers = request(f"{host.gw}/missing", {})
+    assert status == 404 and headers["x-flux-request-id"] == body["request_id"]
+    status, body, headers = request(f"{host.gw}/echo", None, "DELETE")
+    assert status == 405 and headers["allow"] == "GET, POST"
+    status, body, headers = request(f"{host.gw}/echo", raw=b'{"x":"' + b"y" * 5000 + b'"}')
+    assert status == 413 and "x-flux-request-id" in headers
+
+    status, body, headers = request(f"{host.gw}/boom", {"why": "bad day"})
+    assert status == 500
+    assert body == {"error": "kaput: bad day", "request_id": headers["x-flux-request-id"]}  # no stack
+    rec = host.wait_log(lambda r: r["msg"] == "handler failed")
+    assert rec["request_id"] == headers["x-flux-request-id"] and "at " in rec["data"]["stack"]
+
+
+def test_concurrent_invocations_keep_their_request_ids(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"logmany": {"max_workers": 1}})
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        results = list(ex.map(lambda n: request(f"{host.gw}/logmany", {"n": n}), range(12)))
+    for n, (status, body, headers) in enumerate(results):
+        assert status == 200 and body == {"n": n, "rid": headers["x-flux-request-id"]}
+        rid = headers["x-flux-request-id"]
+        tick = host.wait_log(lambda r, n=n: r["msg"] == "tick" and r["data"] == n)
+        tock = host.wait_log(lambda r, n=n: r["msg"] == "tock" and r["data"] == {"n": n})
+        assert tick["request_id"] == rid == tock["request_id"]
+
+
+def test_env_push_without_redeploy_and_secrets_db(host: Host, bundles: dict[str, Any], control: ControlPeer) -> None:
+    host.configure(bundles, {"hello": {"env": {"GREETING": "v1"}}, "secret": {}, "db": {}})
+    assert request(f"{host.gw}/hello", {"name": "a"})[1]["greeting"] == "v1"
+    host.configure(bundles, {"hello": {"env": {"GREETING": "v2"}}, "secret": {}, "db": {}})  # same digest
+    assert request(f"{host.gw}/hello", {"name": "a"})[1]["greeting"] == "v2"
+    assert host.health()["hello"]["workers"] == 1  # the running worker got the new env; no cold start
+    host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "hello", 1)
+
+    assert request(f"{host.gw}/secret", {"key": "API_KEY"})[:2] == (200, {"value": "s3cr3t-value"})
+    status, body, _ = request(f"{host.gw}/secret", {"key": "NOPE"})
+    assert status == 500 and body["error"] == "secret NOPE is not set (flux secrets set NOPE=...)"
+    status, body, headers = request(f"{host.gw}/db", {})
+    assert status == 200
+    assert body["rows"] == [{"echo": {"table": "todos", "operation": "select", "limit": 1}, "function": "db"}]
+    _path, doc = next(c for c in control.calls if c[0] == "/v1/db/query")
+    assert doc["request_id"] == headers["x-flux-request-id"]
+    assert "s3cr3t-value" not in json.dumps(host.logs)
+
+
+def test_sandbox_denies_reads_outside_the_bundle_and_env(host: Host, bundles: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    outside = tmp_path / "secrets.enc"
+    outside.write_text("top secret")
+    sibling = Path(bundles["hello"]["bundle"])  # another function's bundle
+    host.configure(bundles, {"sandbox": {}, "nodesandbox": {}})
+    status, body, _ = request(f"{host.gw}/sandbox", {"path": str(outside)})
+    assert status == 200
+    assert body == {"read": "NotCapable", "env": "NotCapable", "write": "NotCapable", "run": "NotCapable"}
+    assert request(f"{host.gw}/sandbox", {"path": str(sibling)})[1]["read"] == "NotCapable"
+    assert request(f"{host.gw}/sandbox", {"path": bundles["sandbox"]["bundle"]})[1]["read"] == "allowed"
+
+    assert request(f"{host.gw}/nodesandbox", {"path": str(outside)})[1] == {"read": "ERR_ACCESS_DENIED"}
+    assert request(f"{host.gw}/nodesandbox", {"path": str(sibling)})[1] == {"read": "ERR_ACCESS_DENIED"}
+    assert request(f"{host.gw}/nodesandbox", {"path": bundles["nodesandbox"]["bundle"]})[1] == {"read": "allowed"}
+
+
+def test_missing_define_function_is_a_500_with_a_clear_message(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"noexport": {}})
+    status, body, _ = request(f"{host.gw}/noexport", {})
+    assert status == 500 and body["error"] == "function noexport does not export defineFunction(...)"
+    host.wait_log(lambda r: r["msg"] == "function failed to initialize" and r["function"] == "noexport")
+
+
+def test_worker_crash_is_502_then_replaced(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"crash": {}, "nodecrash": {}, "hello": {}})
+    for name in ("crash", "nodecrash"):
+        status, body, headers = request(f"{host.gw}/{name}", {})
+        assert status == 502 and body["request_id"] == headers["x-flux-request-id"]
+        rec = host.wait_log(lambda r, name=name: r["msg"] == "worker crashed" and r["function"] == name)
+        assert headers["x-flux-request-id"] in rec["data"]["requests"]
+    assert host.health()["crash"]["workers"] == 0
+    assert request(f"{host.gw}/hello", {"name": "still up"})[0] == 200  # the host survived
+    # the next request gets a fresh worker (which crashes again, proving it was replaced and ran)
+    assert request(f"{host.gw}/crash", {})[0] == 502
+    host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "crash", 2)
+
+
+def test_timeout_is_504_and_the_worker_is_replaced(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"spin": {"timeout_ms": 400}})
+    t0 = time.monotonic()
+    status, body, _headers = request(f"{host.gw}/spin", {"spin": True})
+    assert status == 504 and "timed out after 400 ms" in body["error"]
+    assert 0.35 < time.monotonic() - t0 < 3
+    host.wait_log(lambda r: r["msg"] == "worker retired after a timeout")
+    assert request(f"{host.gw}/spin", {"spin": False})[:2] == (200, {"ok": True})
+
+
+def test_scale_to_zero_and_back(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"hello": {"idle_ms": 300}})
+    assert request(f"{host.gw}/hello", {"name": "x"})[0] == 200
+    assert host.health()["hello"]["workers"] == 1
+    host.wait_log(lambda r: r["msg"] == "scaled to zero" and r["function"] == "hello", timeout=5)
+    assert host.health()["hello"]["workers"] == 0
+    assert request(f"{host.gw}/hello", {"name": "y"})[0] == 200
+    host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "hello", 2)
+
+
+def test_concurrency_cap_and_bounded_queue_503(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"slow": {"concurrency": 2, "queue_limit": 1}})
+    with concurrent.futures.ThreadPoolExecutor(5) as ex:
+        futs = [ex.submit(request, f"{host.gw}/slow", {"ms": 600}) for _ in range(5)]
+        statuses = sorted(f.result()[0] for f in futs)
+    assert statuses == [200, 200, 200, 503, 503]
+
+
+def test_async_function_is_queued_with_202(host: Host, bundles: dict[str, Any], control: ControlPeer) -> None:
+    host.configure(bundles, {"asyncjob": {"async": True}})
+    status, body, headers = request(f"{host.gw}/asyncjob", {"email": "a@b.c"})
+    assert status == 202 and body == {"request_id": headers["x-flux-request-id"]}
+    assert control.enqueued == [{"function": "asyncjob", "request_id": body["request_id"], "input": {"email": "a@b.c"}}]
+    # the daemon later runs it through the admin API
+    status, res, _ = request(f"{host.admin}/invoke/asyncjob", {"request_id": body["request_id"], "input": {},
+                                                               "attempt": 1}, token=host.token)
+    assert status == 200 and res == {"status": 200, "body": {"done": True}}
+    assert request(f"{host.admin}/health", None, "GET")[0] == 401  # admin API needs the token
+
+
+def test_atomic_switch_under_load(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"version": {}})
+    assert request(f"{host.gw}/version", {})[1] == {"v": "A"}
+    stop = threading.Event()
+    seen: list[tuple[int, Any]] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            status, body, _ = request(f"{host.gw}/version", {})
+            seen.append((status, body))
+
+    threads = [threading.Thread(target=hammer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)
+    host.configure(bundles, {"version": {"bundle_of": "version_b"}})
+    time.sleep(0.4)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert seen and all(s == 200 for s, _ in seen), [x for x in seen if x[0] != 200][:3]
+    versions = [b["v"] for _, b in seen]
+    assert "A" in versions and "B" in versions
+    last_a = max(i for i, v in enumerate(versions) if v == "A")
+    assert all(v == "B" for v in versions[last_a + 1:])
+    assert request(f"{host.gw}/version", {})[1] == {"v": "B"}
+    assert host.health()["version"]["digest"] == bundles["version_b"]["digest"]
