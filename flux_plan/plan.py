@@ -245,7 +245,13 @@ def make_plan(
     wanted = _wanted(ws, graph, current, targets, function_dir)
     live = refresh(ws.provider, current)
 
-    drifted = drift(current, live)
+    # An interrupted apply's operations with no recorded outcome are not drift: refresh tells whether the
+    # provider got them, and diff creates whatever is missing.
+    pending = set(getattr(state, "pending", ()))
+    drifted = drift({a: r for a, r in current.items() if a not in pending}, live)
+    if pending:
+        warnings.append(f"{len(pending)} operation(s) of an interrupted apply had no recorded outcome; "
+                        "their resources were refreshed from the provider")
     plan = Plan(created_at=datetime.now(UTC).isoformat(timespec="seconds"), stage=ws.stage.name,
                 provider=ws.stage.provider, project=ws.project.name, serial=state.serial,
                 # A state never written has a random lineage per load: pin "none yet" instead.

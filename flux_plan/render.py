@@ -36,34 +36,41 @@ def _value(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _change_lines(c: ResourceChange) -> list[str]:
-    """Rich-markup lines of one change (user text escaped)."""
-    style = STYLE.get(c.action, "")
-    head = f"  [{style}]{escape(SYMBOL[c.action])} {escape(c.address)}[/] [dim]will be {VERB[c.action]}[/]"
-    lines = [head]
+def _styler(markup: bool):
+    """`st(style, text)`: rich markup on a terminal; plain text in CI logs, where parsing markup for
+    every line of a large plan would cost seconds."""
+    if markup:
+        return lambda style, text: f"[{style}]{escape(text)}[/]" if style else escape(text)
+    return lambda style, text: text
+
+
+def _change_lines(c: ResourceChange, markup: bool = True) -> list[str]:
+    st = _styler(markup)
+    lines = [f"  {st(STYLE.get(c.action, ''), SYMBOL[c.action] + ' ' + c.address)} {st('dim', 'will be ' + VERB[c.action])}"]
     for reason in c.reasons:
-        lines.append(f"      [dim]# {escape(reason)}[/]")
+        lines.append(f"      {st('dim', '# ' + reason)}")
     for d in c.diffs:
         if c.action == "create" or (d.before is None and d.after is not None):
-            lines.append(f"      [green]+[/] {escape(d.path)} = {escape(_value(d.after))}")
+            lines.append(f"      {st('green', '+')} {st('', d.path)} = {st('', _value(d.after))}")
         elif c.action == "delete" or d.after is None:
-            lines.append(f"      [red]-[/] {escape(d.path)} = {escape(_value(d.before))}")
+            lines.append(f"      {st('red', '-')} {st('', d.path)} = {st('', _value(d.before))}")
         else:
-            lines.append(f"      [yellow]~[/] {escape(d.path)}: {escape(_value(d.before))} → {escape(_value(d.after))}")
+            lines.append(f"      {st('yellow', '~')} {st('', d.path)}: {st('', _value(d.before))} → {st('', _value(d.after))}")
     return lines
 
 
-def text_lines(plan: Plan) -> list[str]:
-    """The human plan as rich-markup lines; a non-terminal console prints them without styles."""
+def text_lines(plan: Plan, markup: bool = True) -> list[str]:
+    """The human plan: rich-markup lines for a terminal, or plain lines (`markup=False`)."""
+    st = _styler(markup)
     out: list[str] = []
     for w in plan.warnings:
-        out.append(f"[bold yellow]Warning:[/] {escape(w)}")
+        out.append(f"{st('bold yellow', 'Warning:')} {st('', w)}")
     if plan.warnings:
         out.append("")
     if plan.drift:
-        out.append("[bold]Objects have changed outside of Flux:[/]")
+        out.append(st("bold", "Objects have changed outside of Flux:"))
         for c in plan.drift:
-            out.extend(_change_lines(c))
+            out.extend(_change_lines(c, markup))
         out.append("")
     if plan.refresh_only:
         if plan.drift:
@@ -75,22 +82,27 @@ def text_lines(plan: Plan) -> list[str]:
         out.append(NO_CHANGES)
         return out
     what = "destroy" if plan.destroy else "perform the following actions"
-    out.append(f"Flux will {what} (project {escape(plan.project)}, stage {escape(plan.stage)}, "
-               f"provider {escape(plan.provider)}):")
+    out.append(st("", f"Flux will {what} (project {plan.project}, stage {plan.stage}, provider {plan.provider}):"))
     out.append("")
     for c in plan.changes:
-        out.extend(_change_lines(c))
+        out.extend(_change_lines(c, markup))
         out.append("")
-    out.append(f"[bold]{summary_line(plan)}[/]")
+    out.append(st("bold", summary_line(plan)))
     return out
 
 
 def render_text(plan: Plan) -> None:
+    import sys
+
     from flux_plan.cli.output import console
 
     con = console()
-    for line in text_lines(plan):
-        con.print(line)
+    if con.is_terminal:
+        for line in text_lines(plan):
+            con.print(line)
+    else:
+        sys.stdout.write("\n".join(text_lines(plan, markup=False)) + "\n")
+        sys.stdout.flush()
 
 
 def to_json(plan: Plan) -> dict[str, Any]:

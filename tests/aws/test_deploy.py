@@ -205,6 +205,14 @@ def test_deploy_update_rollback_drift_destroy(aws_project: AwsProject) -> None:
     assert alias_version(proj, "greet") == "3"
     assert proj.flux("plan", "--stage", "prod", "--detailed-exitcode").returncode == 0
 
+    # replacing a function (delete + create) keeps its routes invocable: the permission is restored
+    proj.flux("apply", "--stage", "prod", "--auto-approve", "--replace", "function.greet")
+    perm = json.loads(lam.get_policy(FunctionName=f"{P}-greet", Qualifier="live")["Policy"])["Statement"]
+    assert [s["Condition"]["ArnLike"]["AWS:SourceArn"] for s in perm] == [
+        f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{api_id}/*/POST/greet"]
+    assert alias_version(proj, "greet") == "1"  # a new function starts at version 1 again
+    assert proj.flux("plan", "--stage", "prod", "--detailed-exitcode").returncode == 0
+
     # a rotated secret updates only the secret (functions read it at run time)
     proj.flux("secrets", "set", "REMINDER_WEBHOOK_TOKEN=tok-rotated-456", "--stage", "prod")
     plan = json.loads(proj.flux("plan", "--stage", "prod", "--json").stdout)

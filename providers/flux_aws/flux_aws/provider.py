@@ -56,6 +56,8 @@ class AwsProvider:
             raise FluxError(f"{self.where}: node_runtime must be one of {sorted(NODE_RUNTIMES)}")
         self.log_retention = int(self.settings.get("log_retention_days", 14))
         self.async_retries = int(self.settings.get("async_retries", 2))
+        if not 0 <= self.async_retries <= 2:
+            raise FluxError(f"{self.where}.async_retries must be 0, 1 or 2 (Lambda's limit)")
 
     def force_replace(self, resource_type: str) -> frozenset[str]:
         return frozenset()  # Lambda changes runtime, code and config in place
@@ -242,6 +244,8 @@ class AwsProvider:
         out = lambda_.deploy(self._c("lambda"), cfg, package, packaging.code_sha256(package))
         if is_async and queue_arn:
             lambda_.set_async_config(self._c("lambda"), fname, queue_arn, self.async_retries, 3600)
+        if prior is None:
+            self._restore_route_permissions(fname, out["alias_arn"])
         history = list((prior.outputs.get("versions") if prior else None) or [])
         if not history or history[-1] != out["version"]:
             history.append(out["version"])
@@ -287,6 +291,28 @@ class AwsProvider:
         logs.delete_log_group(self._c("logs"), prior.outputs.get("log_group") or n.log_group(fn))
         if prior.outputs.get("failure_queue_arn") or prior.attributes.get("async"):
             lambda_.delete_queue(self._c("sqs"), n.failure_queue(fn))
+
+    def _restore_route_permissions(self, fname: str, alias_arn: str) -> None:
+        """A function (re)created under routes that survived (replace, or deleted outside Flux) lost
+        its resource policy with it: grant the API again for every route integrated with it."""
+        gw = self._c("apigatewayv2")
+        api = apigw.find_api(gw, self.names.api, self.names.tags(f"api.{self.names.stage}"))
+        if api is None:
+            return
+        integ = apigw.find_integration(gw, api["ApiId"], alias_arn)
+        if integ is None:
+            return
+        account = self.aws.account_id()
+        for page in gw.get_paginator("get_routes").paginate(ApiId=api["ApiId"]):
+            for route in page.get("Items", []):
+                if route.get("Target") != f"integrations/{integ['IntegrationId']}":
+                    continue
+                method, path = route["RouteKey"].split(" ", 1)
+                apigw.ensure_route(
+                    gw, self._c("lambda"), api_id=api["ApiId"], method=method, path=path, function_name=fname,
+                    alias_arn=alias_arn,
+                    source_arn=self.names.arn("execute-api", account, f"{api['ApiId']}/*/{method}{path}"),
+                )
 
     # ----------------------------------------------------------------------------- routes
     def _api_id(self) -> str:

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -460,7 +461,8 @@ class Daemon:
         threading.Thread(target=self.server.serve_forever, name="flux-control", daemon=True).start()
 
     def route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
-        parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        # Resource names travel percent-encoded (a route key like `POST_/a/b` holds slashes): split first.
+        parts = [urllib.parse.unquote(p) for p in path.split("?", 1)[0].split("/") if p]
         body = body if isinstance(body, dict) else {}
         match method, parts:
             case "POST", ["v1", "secrets", "get"]:

@@ -29,6 +29,11 @@ from flux_plan.model import FunctionSpec, ProviderResult, Resource, ResourceStat
 from flux_plan.providers import InvokeResult, ProviderContext
 
 
+def _q(name: str) -> str:
+    """A resource name as one URL path segment (route names like `POST_/todos/x` contain slashes)."""
+    return urllib.parse.quote(name, safe="")
+
+
 def function_config(spec: FunctionSpec, bundle: str, env_example_keys: list[str]) -> dict[str, Any]:
     """The daemon's runtime-table entry of a function (no secret values: only key names)."""
     keys = sorted({*spec.env_keys, *spec.secrets, *env_example_keys})
@@ -168,15 +173,15 @@ class LocalProvider:
             spec = self._spec(name)
             bundle = self._ctx.artifacts.ensure(spec) / "index.mjs"
             cfg = function_config(spec, str(bundle), self._ctx.project.env_example_keys)
-            self.client.ok("PUT", f"/admin/functions/{name}", cfg)
+            self.client.ok("PUT", f"/admin/functions/{_q(name)}", cfg)
             return ProviderResult(outputs={"bundle": str(bundle)})
         if kind == "route":
             a = resource.attributes
-            self.client.ok("PUT", f"/admin/routes/{name}",
+            self.client.ok("PUT", f"/admin/routes/{_q(name)}",
                            {"method": a["method"], "path": a["path"], "function": a["function"]})
             return ProviderResult()
         if kind == "secret":
-            self.client.ok("PUT", f"/admin/secrets/{name}", {"fingerprint": resource.attributes.get("fingerprint")})
+            self.client.ok("PUT", f"/admin/secrets/{_q(name)}", {"fingerprint": resource.attributes.get("fingerprint")})
             return ProviderResult()
         if kind == "migration":
             self._migrate(resource)
@@ -209,7 +214,7 @@ class LocalProvider:
                 self._edit_offline(kind, name)
             return
         path = {"function": "functions", "route": "routes", "secret": "secrets"}[kind]
-        self.client.ok("DELETE", f"/admin/{path}/{name}")
+        self.client.ok("DELETE", f"/admin/{path}/{_q(name)}")
 
     def _edit_offline(self, kind: str, name: str) -> None:
         path = self._ctx.state_dir / "runtime.json"

@@ -219,7 +219,13 @@ class DenoWorker extends WorkerHandle {
         },
       },
     } as WorkerOptions);
-    this.w.onmessage = (e: MessageEvent) => this.onMessage(e.data);
+    // Messages travel in batches (an array per event-loop turn, see send): one structured clone, one wake-up and
+    // one MessageEvent for every request that arrived in the same turn instead of one each.
+    this.w.onmessage = (e: MessageEvent) => {
+      const d = e.data;
+      if (Array.isArray(d)) for (let i = 0; i < d.length; i++) this.onMessage(d[i]);
+      else this.onMessage(d);
+    };
     this.w.onerror = (e: ErrorEvent) => {
       e.preventDefault(); // an uncaught error in a function must never take the host down
       this.crashed(e.message || "uncaught error");
@@ -228,8 +234,21 @@ class DenoWorker extends WorkerHandle {
     this.init();
   }
 
+  private outBox: Msg[] = [];
+  private flushScheduled = false;
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    const box = this.outBox;
+    this.outBox = [];
+    if (this.state === "dead") return;
+    this.w.postMessage(box.length === 1 ? box[0] : box);
+  };
+
   send(m: Msg): void {
-    this.w.postMessage(m);
+    this.outBox.push(m);
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(this.flush);
   }
 
   protected kill(): void {
