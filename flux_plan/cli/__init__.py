@@ -21,9 +21,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from flux_plan.cli import apply_cmds, misc_cmds, plan_cmds, runtime_cmds
+    from flux_plan.cli import apply_cmds, misc_cmds, plan_cmds, rollback_cmds, runtime_cmds
 
-    for module in (misc_cmds, plan_cmds, apply_cmds, runtime_cmds):
+    for module in (misc_cmds, plan_cmds, apply_cmds, runtime_cmds, rollback_cmds):
         module.register(app)
 
 
