@@ -202,6 +202,20 @@ class Runner:
         self.proc.wait(timeout=10)
         self.api.stop()
 
+    def wait_record(self, pred: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """The first log record matching `pred`; stdout is drained by a thread, so a record can
+        arrive a moment after the Runtime API got the response."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            for rec in self.records():
+                if pred(rec):
+                    return rec
+            if time.monotonic() > deadline:
+                raise AssertionError("no such log record; output:\n" + "\n".join(self.lines[-20:]))
+            time.sleep(0.05)
+
     def records(self) -> list[dict[str, Any]]:
         out = []
         for line in self.lines:
@@ -299,13 +313,13 @@ def test_shim_serves_api_gateway_events(runner: Runner) -> None:
     done = runner.invoke({"flux_async": True, "input": {"n": 1}, "request_id": "async-2"})
     assert done.kind == "response" and done.body == {"ok": True, "request_id": "async-2"}
 
-    recs = runner.records()
-    probing = [r for r in recs if r.get("msg") == "probing" and r["request_id"] == ok.request_id]
-    assert probing and probing[0]["function"] == f"probe_{runtime}" and probing[0]["data"] == {"n": 7}
-    assert probing[0]["level"] == "info" and probing[0]["ts"]
+    probing = runner.wait_record(lambda r: r.get("msg") == "probing" and r["request_id"] == ok.request_id)
+    assert probing["function"] == f"probe_{runtime}" and probing["data"] == {"n": 7}
+    assert probing["level"] == "info" and probing["ts"]
+    runner.wait_record(lambda r: r.get("msg") == "token is ***")
+    failure = runner.wait_record(lambda r: r.get("msg") == "handler failed" and r["request_id"] == boom.request_id)
+    runner.wait_record(lambda r: r.get("msg") == "async invocation done" and r["request_id"] == "async-2")
     assert all(TOKEN not in line for line in runner.lines)  # known secret values are masked in logs
-    assert any(r.get("msg") == "token is ***" for r in recs)
-    failure = next(r for r in recs if r.get("msg") == "handler failed" and r["request_id"] == boom.request_id)
     assert "boom: kaput" in failure["data"]["error"] and "Error" in failure["data"]["stack"]
 
 
@@ -356,7 +370,7 @@ def test_ctx_db_query_runs_compiled_statements(runtime: str, moto: FaultyMotoSer
         assert [(x["id"], x["title"]) for x in rows] == [(1, "write tests")] and rows[0]["created_at"].startswith("20")
         bad = r.invoke(apigw_event(json.dumps({"db": {"table": "todos; DROP TABLE todos", "operation": "select"}})))
         assert bad.body["statusCode"] == 500
-        failure = next(x for x in r.records() if x.get("request_id") == bad.request_id and x.get("msg") == "handler failed")
+        failure = r.wait_record(lambda x: x.get("request_id") == bad.request_id and x.get("msg") == "handler failed")
         assert 'unknown table "todos; DROP TABLE todos" (tables: todos)' in failure["data"]["error"]
         assert db({"table": "todos", "operation": "select", "columns": ["id"]}) == [{"id": 1}, {"id": 2}]
         assert all("db-pass-9z" not in line for line in r.lines)

@@ -136,8 +136,8 @@ class DevSession:
         from watchfiles import watch
 
         paths = [str(self.root / p) for p in WATCHED if (self.root / p).exists()]
-        for _changes in watch(*paths, root_path=str(self.root), debounce=40, step=20, stop_event=stop,
-                              rust_timeout=500, yield_on_timeout=False):
+        for _changes in watch(*paths, debounce=40, step=20, stop_event=stop, rust_timeout=500,
+                              yield_on_timeout=False):
             self.reload()
 
 

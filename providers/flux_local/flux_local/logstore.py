@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,21 +19,44 @@ MASK = "********"
 
 
 class Masker:
-    """Replaces every known secret value in a text; values are swapped atomically on rotation."""
+    """Replaces every known secret value in log records; values are swapped atomically on rotation.
+
+    Configuration set with `flux secrets set` is masked too, and values such as APP_NAME=todo are
+    ordinary words: a short value (< LONG chars) is masked only as a whole word (not inside
+    `todos` or `create_todo`), a long one wherever it appears. Structural fields (function, stage,
+    request id, level, ts) are never rewritten: they come from the project, not from values."""
+
+    LONG = 12
+    STRUCTURAL = frozenset({"ts", "level", "stage", "function", "request_id"})
 
     def __init__(self) -> None:
-        self._values: tuple[str, ...] = ()
+        self._pattern: re.Pattern[str] | None = None
 
     def set_values(self, values: Any) -> None:
-        # Longest first so a value containing another is masked whole; very short values would mask
-        # ordinary words, so they are left alone (they are not secrets anybody can keep anyway).
-        self._values = tuple(sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True))
+        # Longest first so a value containing another is masked whole; values under 4 characters would
+        # mask ordinary words and are left alone (they are not secrets anybody can keep anyway).
+        vals = sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
+        parts = [re.escape(v) if len(v) >= self.LONG else rf"(?<!\w){re.escape(v)}(?!\w)" for v in vals]
+        self._pattern = re.compile("|".join(parts)) if parts else None
 
     def __call__(self, text: str) -> str:
-        for v in self._values:
-            if v in text:
-                text = text.replace(v, MASK)
-        return text
+        pattern = self._pattern
+        return pattern.sub(MASK, text) if pattern else text
+
+    def record(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `rec` with every string (and dict key) outside the structural fields masked."""
+        if self._pattern is None:
+            return rec
+        return {k: (v if k in self.STRUCTURAL else self._deep(v)) for k, v in rec.items()}
+
+    def _deep(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(str(k)): self._deep(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._deep(v) for v in value]
+        return value
 
 
 def parse_ts(ts: Any) -> float:
@@ -49,10 +73,10 @@ def now_iso() -> str:
 
 
 class LogStore:
-    def __init__(self, directory: Path, *, mask: Callable[[str], str] | None = None,
+    def __init__(self, directory: Path, *, mask: Masker | None = None,
                  max_bytes: int = 5 * 1024 * 1024, keep: int = 5) -> None:
         self.dir = directory
-        self.mask = mask or (lambda s: s)
+        self.mask = mask
         self.max_bytes = max_bytes
         self.keep = keep
         self._lock = threading.Lock()
@@ -69,7 +93,11 @@ class LogStore:
     def append(self, record: dict[str, Any]) -> None:
         record.setdefault("ts", now_iso())
         record.setdefault("level", "info")
-        line = self.mask(json.dumps(record, ensure_ascii=False, default=str)) + "\n"
+        # Masked per value, before serialising: a value with quotes or backslashes is escaped in the
+        # JSON text and would slip through a mask applied to the line.
+        if self.mask is not None:
+            record = self.mask.record(record)
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
         with self._lock:
             self.dir.mkdir(parents=True, exist_ok=True)
             try:

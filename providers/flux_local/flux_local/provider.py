@@ -121,23 +121,31 @@ class LocalProvider:
                 row = applied.get(int(attrs.get("version", -1)))
                 out[addr] = None if row is None else {**attrs, "file": row.file, "version": row.version,
                                                       "checksum": row.checksum}
-            else:  # api: exists while the runtime table does (the daemon is started by apply)
-                out[addr] = attrs if table["exists"] else None
+            else:
+                # api: exists while the daemon serves the stage. A stopped daemon (reboot, crash) shows
+                # as "api will be created" so `flux deploy` restarts it; it restores runtime.json itself.
+                if not table["running"]:
+                    out[addr] = None
+                    continue
+                live_port = table.get("gateway_port")
+                if attrs.get("port") and live_port and int(attrs["port"]) != int(live_port):
+                    attrs["port"] = live_port  # serving elsewhere than configured: an update moves it
+                out[addr] = attrs
         return out
 
     def _table(self) -> dict[str, Any]:
         if self.client.running():
             try:
                 status = self.client.ok("GET", "/admin/status")
-                return {**status, "exists": True}
+                return {**status, "running": True}
             except ProviderError:
                 pass
         path = self._ctx.state_dir / "runtime.json"
         if path.exists():
             doc = json.loads(path.read_text(encoding="utf-8"))
             return {"functions": doc.get("functions", {}), "routes": doc.get("routes", {}),
-                    "secrets": doc.get("secrets", {}), "exists": True}
-        return {"functions": {}, "routes": {}, "secrets": {}, "exists": False}
+                    "secrets": doc.get("secrets", {}), "running": False}
+        return {"functions": {}, "routes": {}, "secrets": {}, "running": False}
 
     def applied_migrations(self) -> dict[int, Any] | None:
         import psycopg
@@ -168,6 +176,10 @@ class LocalProvider:
         kind, name = resource.type, resource.name
         info = self.ensure_daemon()
         if kind == "api":
+            want = resource.attributes.get("port")
+            if want and int(want) != int(info["gateway_port"]):  # the configured port changed: move
+                self.client.stop()
+                info = self.ensure_daemon()
             return ProviderResult(outputs={"url": f"http://127.0.0.1:{info['gateway_port']}"})
         if kind == "function":
             spec = self._spec(name)

@@ -1,7 +1,10 @@
 // Deno Worker bootstrap: one sandboxed Worker per function (read: its bundle dir only, no env, no run/write/ffi).
 // The host sends {"t":"init", function, env, stage, bundle}; everything else lives in core.mjs.
-// Both directions batch: a message is either one channel message or an array of them (all messages produced in
-// one microtask checkpoint travel together: one structured clone and one wake-up of the other thread).
+//
+// Batching (host.ts keeps at most one unacknowledged batch per worker): the host posts an array of channel
+// messages; this side answers EVERY batch exactly once a few microtask turns after it arrived (results of
+// handlers that finished by then, logs, calls — or [] as a bare acknowledgement), and later output (handlers
+// that awaited I/O) goes out in further arrays. One array per wake-up of the other thread in both directions.
 import { createRuntime } from "./core.mjs";
 
 const scope = self as unknown as {
@@ -9,27 +12,47 @@ const scope = self as unknown as {
   onmessage: ((e: MessageEvent) => void) | null;
 };
 
+// Microtask turns to wait before answering a batch: lets handlers that complete without I/O (a few awaits deep)
+// ride along with the acknowledgement instead of costing another message.
+const ACK_HOPS = 8;
 let outBox: unknown[] = [];
 let flushScheduled = false;
+let ackDue = false;
+let hops = 0;
+
 function flush(): void {
+  if (hops > 0) {
+    hops--;
+    queueMicrotask(flush);
+    return;
+  }
   flushScheduled = false;
+  if (outBox.length === 0 && !ackDue) return;
+  ackDue = false;
   const box = outBox;
   outBox = [];
-  scope.postMessage(box.length === 1 ? box[0] : box);
+  scope.postMessage(box);
+}
+
+function schedule(extraHops: number): void {
+  hops = Math.max(hops, extraHops);
+  if (flushScheduled) return;
+  flushScheduled = true;
+  queueMicrotask(flush);
 }
 
 const rt = createRuntime({
   post: (m: unknown) => {
     outBox.push(m);
-    if (flushScheduled) return;
-    flushScheduled = true;
-    queueMicrotask(flush);
+    schedule(0);
   },
   load: (bundle: string) => import("file://" + bundle.split("/").map(encodeURIComponent).join("/")),
 });
 
 scope.onmessage = (e: MessageEvent) => {
   const d = e.data;
+  ackDue = true;
   if (Array.isArray(d)) for (let i = 0; i < d.length; i++) rt.onMessage(d[i]);
   else rt.onMessage(d);
+  schedule(ACK_HOPS);
 };
