@@ -104,15 +104,18 @@ def http(url: str, body: Any = None, method: str = "POST", token: str | None = N
 class Load:
     """wrk when present, else the shipped Deno load generator."""
 
-    def __init__(self, work: Path) -> None:
-        self.wrk = shutil.which("wrk")
+    def __init__(self, work: Path, prefer: str = "auto") -> None:
+        self.wrk = shutil.which("wrk") if prefer in ("auto", "wrk") else None
+        if prefer == "wrk" and not self.wrk:
+            raise SystemExit("--load wrk: wrk is not on PATH")
         self.work = work
         (work / "post.lua").write_text(WRK_LUA)
         (work / "loadgen.ts").write_text(LOADGEN_TS)
 
     @property
     def name(self) -> str:
-        return "wrk" if self.wrk else "deno loadgen (wrk not found)"
+        return "wrk" if self.wrk else ("shipped deno loadgen (it saturates before a bare server does, so the "
+                                       "ratios are optimistic; install wrk for real figures)")
 
     def run(self, url: str, conns: int, secs: float) -> dict[str, float]:
         if self.wrk:
@@ -402,6 +405,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load before the first round")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--runs", type=int, default=5, help="interleaved rounds (medians are reported)")
+    ap.add_argument("--load", choices=("auto", "wrk", "deno"), default="auto",
+                    help="load generator: wrk when on PATH (auto), or the bounded Deno one shipped here")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--variants", action="store_true",
                     help="also measure pool variants (max_workers / per_worker) next to the default")
@@ -412,10 +417,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flux-bench-") as tmp:
         work = Path(tmp)
         project = Project(work / "project")
-        load = Load(work)
+        load = Load(work, args.load)
         variants: dict[str, dict[str, Any]] = {"default": {}}
         if args.variants:
-            variants.update({"1worker": {"max_workers": 1}, "2workers_rr": {"max_workers": 2, "per_worker": 1}})
+            variants.update({"1worker": {"max_workers": 1}, "2workers": {"max_workers": 2},
+                             "2workers_rr": {"max_workers": 2, "per_worker": 1}})
         if "throughput" in parts:
             bench_throughput(args, work, load, project, variants)
         if "cold" in parts:

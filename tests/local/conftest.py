@@ -124,20 +124,42 @@ def _stop_everything(root: Path) -> None:
         EmbeddedPostgres(pgdata).stop()
 
 
-@pytest.fixture
-def todo(tmp_path: Path) -> Iterator[Project]:
-    root = tmp_path / "todo"
+def new_todo(base: Path) -> Project:
+    """A fresh copy of examples/todo under `base`, on its own free port, with its own secrets key."""
+    root = base / "todo"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".flux", "node_modules"))
     cfg = json.loads((root / "flux.project.json").read_text())
     cfg["stages"]["dev"]["port"] = free_port()
     (root / "flux.project.json").write_text(json.dumps(cfg, indent=2))
-    keys = tmp_path / "home"
+    keys = base / "home"
     keys.mkdir()
-    project = Project(root, keys)
+    return Project(root, keys)
+
+
+@pytest.fixture
+def todo(tmp_path: Path) -> Iterator[Project]:
+    project = new_todo(tmp_path)
     try:
         yield project
     finally:
-        _stop_everything(root)
+        _stop_everything(project.root)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (from /proc), e.g. a daemon, its Deno host and node workers."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo_ = [], [pid]
+    while todo_:
+        p = todo_.pop()
+        out.append(p)
+        todo_.extend(children.get(p, []))
+    return out
 
 
 def require_runtime() -> None:

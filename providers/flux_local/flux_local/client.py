@@ -45,6 +45,36 @@ def _is_daemon(pid: int) -> bool:
     return b"flux_local.daemon" in cmdline
 
 
+def _environ_has(pid: int, needle: str) -> bool:
+    try:
+        return needle.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
+def _kill(pid: int, timeout: float = 5) -> None:
+    """SIGTERM, then SIGKILL after `timeout`: for processes we started (checked by the caller)."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.05)
+
+
+def reap_orphans(info: dict[str, Any]) -> None:
+    """What a dead daemon left running: its Deno host (identified by the daemon's control token in the
+    host's environment, never by name, so a reused PID is left alone)."""
+    host = info.get("host_pid")
+    token = info.get("token")
+    if host and token and pid_alive(host) and _environ_has(int(host), str(token)):
+        _kill(int(host))
+
+
 class DaemonClient:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
@@ -59,7 +89,8 @@ class DaemonClient:
         pid = doc.get("pid")
         if pid and pid_alive(pid) and _is_daemon(pid):
             return doc
-        path.unlink(missing_ok=True)  # stale: the daemon died without cleaning up
+        reap_orphans(doc)  # stale: the daemon died without cleaning up
+        path.unlink(missing_ok=True)
         return None
 
     def running(self) -> bool:
@@ -138,10 +169,7 @@ class DaemonClient:
             time.sleep(0.1)
         if pid_alive(pid):
             self._terminate(pid)
-        for key in ("host_pid",):
-            child = info.get(key)
-            if child and pid_alive(child):
-                os.kill(child, signal.SIGKILL)
+        reap_orphans(info)
         (self.dir / DAEMON_FILE).unlink(missing_ok=True)
 
     @staticmethod

@@ -39,6 +39,9 @@ RUNTIME_FILE = "runtime.json"
 LOCK_FILE = "daemon.lock"
 MAX_BODY_BYTES = 6 * 1024 * 1024
 DEFAULT_PORT = 8787
+# Bumped when the admin API changes: a provider finding a daemon of another revision restarts it
+# (the table survives in runtime.json), instead of talking to endpoints it does not have.
+ADMIN_REVISION = 2
 
 
 def _write_json_atomic(path: Path, doc: Any) -> None:
@@ -49,6 +52,7 @@ def _write_json_atomic(path: Path, doc: Any) -> None:
 
 def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is no conflict
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -59,6 +63,16 @@ def port_free(port: int) -> bool:
 def _diag(msg: str) -> None:
     sys.stderr.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} flux-daemon: {msg}\n")
     sys.stderr.flush()
+
+
+def _die_with_parent() -> None:
+    """preexec_fn of the host: the kernel sends it SIGTERM when the daemon dies, even by SIGKILL, so a
+    crashed daemon never leaves a host holding the stage's port (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class HostDown(Exception):
@@ -80,7 +94,12 @@ class Daemon:
         self.masker = Masker()
         self.logs = LogStore(self.dir / "logs", mask=self.masker)
         self.table_lock = threading.RLock()
-        self.table: dict[str, Any] = {"functions": {}, "routes": {}, "secrets": {}}
+        self._push_cond = threading.Condition()
+        self._push_wanted = 0
+        self._push_done = 0
+        self._pushing = False
+        # env_example_keys: keys of .env.example, visible to every function when set (see provider.py)
+        self.table: dict[str, Any] = {"functions": {}, "routes": {}, "secrets": {}, "env_example_keys": []}
         self.secret_values: dict[str, str] = {}
         self.schema: dict[str, dict[str, str]] | None = None
         self.pg: EmbeddedPostgres | None = None
@@ -106,8 +125,11 @@ class Daemon:
             return False
         return True
 
-    def start(self) -> None:
-        self._load_table()
+    def start(self, *, restore: bool = True) -> None:
+        """`restore`: serve runtime.json's table again (a deployed stage); `flux dev` builds its own."""
+        (self.dir / DAEMON_FILE).unlink(missing_ok=True)  # we hold the lock: any such file is stale
+        if restore:
+            self._load_table()
         self._start_db()
         self._start_server()
         self.queue = AsyncQueue(self.dir / "queue", self._invoke_now, self._record)
@@ -135,6 +157,7 @@ class Daemon:
     def _write_daemon_file(self) -> None:
         doc = {
             "pid": os.getpid(),
+            "revision": ADMIN_REVISION,
             "stage": self.stage,
             "control_port": self.server.server_address[1] if self.server else None,
             "gateway_port": self.gateway_port,
@@ -158,9 +181,24 @@ class Daemon:
             doc = json.loads(path.read_text(encoding="utf-8"))
             for key in ("functions", "routes", "secrets"):
                 self.table[key] = doc.get(key, {})
+            self.table["env_example_keys"] = doc.get("env_example_keys", [])
         for key in list(self.table["secrets"]):
             self._load_secret(key)
         self._refresh_mask()
+
+    def set_secrets(self, fingerprints: dict[str, str], dotenv: dict[str, str] | None = None) -> bool:
+        """Load these secrets (and .env values) from the stores; True when any value the functions
+        see changed. The caller pushes. Used by `flux dev`, which has no apply to do it per key."""
+        with self.table_lock:
+            before = (dict(self.secret_values), dict(self.dotenv))
+            if dotenv is not None:
+                self.dotenv = dict(dotenv)
+            self.table["secrets"] = dict(fingerprints)
+            self.secret_values = {}
+            for key in fingerprints:
+                self._load_secret(key)
+            self._refresh_mask()
+            return before != (self.secret_values, self.dotenv)
 
     def _save_table(self) -> None:
         _write_json_atomic(self.dir / RUNTIME_FILE, {"project": self.project, "stage": self.stage, **self.table})
@@ -182,14 +220,17 @@ class Daemon:
         self.masker.set_values([*self.secret_values.values(), *self.dotenv.values()])
 
     def env_for(self, fn: dict[str, Any]) -> dict[str, str]:
-        """Values of the function's keys that are set: loaded secrets first, then .env (flux dev)."""
+        """Values of the function's keys that are set. Under `flux dev`, .env (local-only values) wins
+        over the stage's secrets; a deployed stage has no .env."""
         env: dict[str, str] = {}
-        for key in fn.get("env_keys", []):
-            if key in self.secret_values:
-                env[key] = self.secret_values[key]
-            elif key in self.dotenv:
-                env[key] = self.dotenv[key]
+        for key in sorted({*fn.get("env_keys", []), *self.table.get("env_example_keys", [])}):
+            value = self._value(key)
+            if value is not None:
+                env[key] = value
         return env
+
+    def _value(self, key: str) -> str | None:
+        return self.dotenv[key] if key in self.dotenv else self.secret_values.get(key)
 
     def host_config(self) -> dict[str, Any]:
         fns = self.table["functions"]
@@ -207,12 +248,36 @@ class Daemon:
         return {"functions": functions, "routes": routes}
 
     def push(self) -> None:
-        """Send the whole table to the host (atomic switch there); waits for its OK."""
+        """Make the host serve the table as it is now; returns after its OK (atomic switch there).
+
+        Call it without holding table_lock. Concurrent callers are coalesced: an apply edits many
+        entries in parallel, and one push carries all edits made before it started, so N resources
+        cost a few pushes of the table, not N (nor N log records "config applied")."""
+        with self._push_cond:
+            self._push_wanted += 1
+            target = self._push_wanted
+            while self._push_done < target:
+                if self._pushing:
+                    self._push_cond.wait()
+                    continue
+                self._pushing = True
+                generation = self._push_wanted
+                self._push_cond.release()
+                try:
+                    self._push_now()
+                finally:
+                    self._push_cond.acquire()
+                    self._pushing = False
+                    self._push_cond.notify_all()
+                self._push_done = max(self._push_done, generation)
+
+    def _push_now(self) -> None:
         with self.table_lock:
             self._save_table()
-            if not self.host_ready.wait(timeout=30):
-                raise HostDown("the Deno host is not running (see daemon.log)")
-            self._host_call("PUT", "/config", self.host_config(), timeout=60)
+            config = self.host_config()
+        if not self.host_ready.wait(timeout=30):
+            raise HostDown("the Deno host is not running (see daemon.log)")
+        self._host_call("PUT", "/config", config, timeout=60)
 
     # -- database -----------------------------------------------------------------------------------
     def _start_db(self) -> None:
@@ -264,19 +329,25 @@ class Daemon:
         from flux_plan.paths import artifacts_dir
 
         assert self.server is not None
+        port = self._gateway_port()
+        if port and not port_free(port):
+            raise RuntimeError(f"port {port} on 127.0.0.1 is already in use (another program, or another stage "
+                               "on the same port); stop it, or set another \"port\" for this stage in "
+                               "flux.project.json")
         node_bin = shutil.which("node") or "/usr/bin/node"
         config = {
-            "stage": self.stage, "gateway_host": "127.0.0.1", "gateway_port": self._gateway_port(),
+            "stage": self.stage, "gateway_host": "127.0.0.1", "gateway_port": port,
             "admin_port": 0, "admin_token": self.admin_token,
             "control_url": f"http://127.0.0.1:{self.server.server_address[1]}", "control_token": self.token,
             "node_bin": node_bin, "max_body_bytes": MAX_BODY_BYTES,
         }
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "DENO_DIR")}
         env["FLUX_HOST_CONFIG"] = json.dumps(config)
+        env["NO_COLOR"] = "1"  # deno's own error output lands in daemon.log: no escape codes
         cmd = host_command(deno.find_deno_bin(), artifacts_dir(self.root), node_bin=node_bin)
         self.host_ready.clear()
         self.host = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=str(self.dir))
+                                     env=env, cwd=str(self.dir), preexec_fn=_die_with_parent)
         assert self.host.stdout is not None
         deadline = time.monotonic() + 60
         line = b""
@@ -296,9 +367,11 @@ class Daemon:
         else:
             line = b""
         if not self.admin_port or not line:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.host.wait(timeout=2)
             code = self.host.poll()
             self._kill_host()
-            raise RuntimeError(f"the Deno host did not start (exit code {code}); see {self.dir / 'daemon.log'}")
+            raise RuntimeError("the Deno host did not start" + (f" (exit code {code})" if code is not None else ""))
         threading.Thread(target=self._pump_logs, args=(self.host,), name="flux-host-logs", daemon=True).start()
         self._host_call("PUT", "/config", self.host_config(), timeout=60)
         self.host_ready.set()
@@ -479,21 +552,29 @@ class Daemon:
             case "PUT", ["admin", "functions", name]:
                 with self.table_lock:
                     self.table["functions"][name] = body
-                    self.push()
+                self.push()
                 return 200, {"ok": True}
             case "DELETE", ["admin", "functions", name]:
                 with self.table_lock:
                     self.table["functions"].pop(name, None)
-                    self.push()
+                self.push()
                 return 200, {"ok": True}
             case "PUT", ["admin", "routes", key]:
                 with self.table_lock:
                     self.table["routes"][key] = body
-                    self.push()
+                self.push()
                 return 200, {"ok": True}
             case "DELETE", ["admin", "routes", key]:
                 with self.table_lock:
                     self.table["routes"].pop(key, None)
+                self.push()
+                return 200, {"ok": True}
+            case "PUT", ["admin", "project"]:
+                keys = body.get("env_example_keys", [])
+                with self.table_lock:
+                    changed = sorted(keys) != self.table.get("env_example_keys")
+                    self.table["env_example_keys"] = sorted(str(k) for k in keys)
+                if changed:
                     self.push()
                 return 200, {"ok": True}
             case "PUT", ["admin", "secrets", key]:
@@ -502,13 +583,13 @@ class Daemon:
                         return 404, {"error": f"secret {key} is not set (flux secrets set {key}=...)"}
                     self.table["secrets"][key] = body.get("fingerprint")
                     self._refresh_mask()
-                    self.push()
+                self.push()
                 return 200, {"ok": True}
             case "DELETE", ["admin", "secrets", key]:
                 with self.table_lock:
                     self.table["secrets"].pop(key, None)
                     self.secret_values.pop(key, None)
-                    self.push()
+                self.push()
                 return 200, {"ok": True}
             case "POST", ["admin", "schema-changed"]:
                 self.schema = None
@@ -525,8 +606,8 @@ class Daemon:
     def _api_secret(self, body: dict[str, Any]) -> tuple[int, Any]:
         key = str(body.get("key"))
         fn = self.table["functions"].get(str(body.get("function")), {})
-        allowed = key in fn.get("env_keys", [])
-        value = self.secret_values.get(key, self.dotenv.get(key))
+        allowed = key in fn.get("env_keys", []) or key in self.table.get("env_example_keys", [])
+        value = self._value(key)
         if not allowed or value is None:
             return 404, {"error": f"secret {key} is not set (flux secrets set {key}=...)"}
         return 200, {"value": value}

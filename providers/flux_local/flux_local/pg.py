@@ -56,6 +56,8 @@ class EmbeddedPostgres:
             pid = int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return
+        if not _serves(pid, self.pgdata):
+            return  # a stale postmaster.pid (crash, reboot): that PID is someone else's now
         for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
             try:
                 os.kill(pid, sig)
@@ -66,6 +68,17 @@ class EmbeddedPostgres:
                 if not _alive(pid):
                     return
                 time.sleep(0.05)
+
+
+def _serves(pid: int, pgdata: Path) -> bool:
+    """Whether `pid` is the postmaster of `pgdata` (its command line names the data dir)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # no /proc (not Linux): trust postmaster.pid
+    return str(pgdata).encode() in cmdline or str(pgdata.resolve()).encode() in cmdline
 
 
 def _alive(pid: int) -> bool:

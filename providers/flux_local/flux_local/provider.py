@@ -5,15 +5,20 @@ functions and routes go into its runtime table (pushed atomically to the Deno ho
 (re)loaded from the SecretStore by the daemon (values never pass through here), migrations are applied
 from this process straight to the stage database with flux_plan.migrations.
 
-Function environment (decided here, documented in docs): `ctx.env` holds, of the keys the function
-reads (`ctx.env.K`, `ctx.secrets.get("K")`) plus every key of `.env.example`, those that are set with
-`flux secrets set`; `ctx.secrets.get(K)` answers the same keys. `.env.example` values are examples, not
-defaults. `flux dev` additionally reads `.env`.
+Function environment (decided here): `ctx.env` holds, of the keys the function reads (`ctx.env.K`,
+`ctx.secrets.get("K")`) plus every key of `.env.example`, those that are set with `flux secrets set`;
+`ctx.secrets.get(K)` answers the same keys, any other key is "not set". `.env.example` values are
+examples, not defaults. `flux dev` also reads `.env`, whose values win over the stage's secrets (local
+overrides). Every such value is masked in the log store (short values only as whole words).
+
+A stopped daemon (reboot, crash) reads as `api.<stage>` gone, so the next `flux deploy` restarts it;
+it serves its last table again from runtime.json and delivers what is left in its async queue.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -23,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flux_local.client import DaemonClient
+from flux_local.daemon import ADMIN_REVISION
 from flux_local.pg import external_url
 from flux_plan.errors import FluxError, ProviderError
 from flux_plan.model import FunctionSpec, ProviderResult, Resource, ResourceState
@@ -34,9 +40,10 @@ def _q(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def function_config(spec: FunctionSpec, bundle: str, env_example_keys: list[str]) -> dict[str, Any]:
-    """The daemon's runtime-table entry of a function (no secret values: only key names)."""
-    keys = sorted({*spec.env_keys, *spec.secrets, *env_example_keys})
+def function_config(spec: FunctionSpec, bundle: str) -> dict[str, Any]:
+    """The daemon's runtime-table entry of a function (no secret values: only key names). The keys of
+    .env.example are stage-wide (`PUT /admin/project`), so editing that file needs no function update."""
+    keys = sorted({*spec.env_keys, *spec.secrets})
     return {
         "runtime": spec.runtime, "bundle": bundle, "digest": spec.source_digest, "env_keys": keys,
         "timeout_ms": spec.timeout * 1000, "concurrency": spec.concurrency, "queue_limit": 100,
@@ -50,6 +57,7 @@ class LocalProvider:
     def __init__(self) -> None:
         self.ctx: ProviderContext | None = None
         self._start_lock = threading.Lock()
+        self._offline_lock = threading.Lock()
 
     # -- wiring -------------------------------------------------------------------------------------
     def configure(self, ctx: ProviderContext) -> None:
@@ -68,8 +76,11 @@ class LocalProvider:
     def ensure_daemon(self) -> dict[str, Any]:
         with self._start_lock:
             info = self.client.info()
-            if info:
+            if info and info.get("revision") == ADMIN_REVISION:
                 return info
+            if info:  # a daemon of an older flux: restart it (it restores its table from runtime.json)
+                self._ctx.log("restarting the local runtime (flux was updated) ...")
+                self.client.stop()
             ctx = self._ctx
             self._ctx.log(f"starting the local runtime of stage {ctx.stage.name} ...")
             return self.client.start(ctx.project.root, ctx.stage.name, ctx.project.name, ctx.stage.settings)
@@ -140,9 +151,8 @@ class LocalProvider:
                 return {**status, "running": True}
             except ProviderError:
                 pass
-        path = self._ctx.state_dir / "runtime.json"
-        if path.exists():
-            doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = self._read_runtime_file()
+        if doc is not None:
             return {"functions": doc.get("functions", {}), "routes": doc.get("routes", {}),
                     "secrets": doc.get("secrets", {}), "running": False}
         return {"functions": {}, "routes": {}, "secrets": {}, "running": False}
@@ -165,6 +175,9 @@ class LocalProvider:
     def before_apply(self, changes: list[tuple[str, str]]) -> None:
         if any(action not in ("noop", "read", "delete") for _, action in changes):
             self.ensure_daemon()
+            # .env.example is no resource: hand its keys over with every apply that changes something
+            keys = sorted(self._ctx.project.env_example_keys)
+            self.client.ok("PUT", "/admin/project", {"env_example_keys": keys})
 
     def create(self, resource: Resource) -> ProviderResult:
         return self._put(resource)
@@ -184,7 +197,7 @@ class LocalProvider:
         if kind == "function":
             spec = self._spec(name)
             bundle = self._ctx.artifacts.ensure(spec) / "index.mjs"
-            cfg = function_config(spec, str(bundle), self._ctx.project.env_example_keys)
+            cfg = function_config(spec, str(bundle))
             self.client.ok("PUT", f"/admin/functions/{_q(name)}", cfg)
             return ProviderResult(outputs={"bundle": str(bundle)})
         if kind == "route":
@@ -229,14 +242,27 @@ class LocalProvider:
         self.client.ok("DELETE", f"/admin/{path}/{_q(name)}")
 
     def _edit_offline(self, kind: str, name: str) -> None:
+        """Remove an entry from runtime.json while no daemon runs (deletes run in parallel: one lock)."""
+        with self._offline_lock:
+            path = self._ctx.state_dir / "runtime.json"
+            doc = self._read_runtime_file()
+            if doc is None:
+                return
+            doc.get({"function": "functions", "route": "routes", "secret": "secrets"}[kind], {}).pop(name, None)
+            tmp = path.with_name(f".runtime.json.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
+            tmp.replace(path)
+
+    def _read_runtime_file(self) -> dict[str, Any] | None:
         path = self._ctx.state_dir / "runtime.json"
-        if not path.exists():
-            return
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        doc.get({"function": "functions", "route": "routes", "secret": "secrets"}[kind], {}).pop(name, None)
-        tmp = path.with_name(".runtime.json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
-        tmp.replace(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ProviderError(f"{path}: unreadable runtime table ({exc}); delete the file, then "
+                                "`flux deploy` recreates what it held") from None
+        return doc if isinstance(doc, dict) else None
 
     def after_apply(self, resources: dict[str, ResourceState]) -> dict[str, Any]:
         info = self.client.info()
@@ -244,7 +270,11 @@ class LocalProvider:
 
     def destroy_stage(self) -> None:
         """Stop the daemon (host, workers, database); keep the data dir so nothing is lost by accident."""
+        from flux_local.pg import EmbeddedPostgres
+
         self.client.stop()
+        # A daemon that was killed left its database running (the host dies with it): stop that too.
+        EmbeddedPostgres(self._ctx.state_dir / "pg").stop()
         (self._ctx.state_dir / "runtime.json").unlink(missing_ok=True)
 
     # -- runtime commands ---------------------------------------------------------------------------

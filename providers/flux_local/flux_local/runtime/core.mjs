@@ -37,7 +37,8 @@ function errorMessage(err) {
 }
 
 /**
- * @param {{post: (msg: object) => void, load: (bundle: string) => Promise<any>, onEnv?: (env: object) => void}} io
+ * @param {{post: (msg: object) => void, postResult?: (id: number, json: string) => void,
+ *   load: (bundle: string) => Promise<any>, onEnv?: (env: object) => void}} io
  */
 export function createRuntime(io) {
   const post = io.post;
@@ -81,13 +82,16 @@ export function createRuntime(io) {
       return call(this.rid, "db", { params: jsonSafe(params) });
     }
   }
+  // secrets/db objects are made on first use: most invocations never touch them (one allocation per request).
   class Ctx {
+    #secrets = null;
+    #db = null;
     constructor(rid) {
       this.requestId = rid;
-      this.secrets = new Secrets(rid);
-      this.db = new Db(rid);
     }
     get env() { return env; }
+    get secrets() { return this.#secrets ??= new Secrets(this.requestId); }
+    get db() { return this.#db ??= new Db(this.requestId); }
     log(...args) { record(this.requestId, "info", args); }
   }
 
@@ -122,43 +126,44 @@ export function createRuntime(io) {
     post({ t: "result", id, ok: false, bad_input: true, error });
   }
 
-  async function invoke(m) {
-    let input = m.input;
-    if (typeof m.body === "string") {
-      // Fast path: the gateway hands over the raw body text; parsing here keeps it off the gateway thread.
+  const postResult = io.postResult ?? ((id, json) => post({ t: "result", id, ok: true, json }));
+
+  /** One invocation. `body` is the raw request body text (the gateway's fast path: parsing it here keeps JSON
+   * work off the gateway thread); `input` is used when body is not a string (admin /invoke). */
+  async function invoke(id, requestId, body, input) {
+    if (typeof body === "string") {
       try {
-        input = m.body === "" ? {} : JSON.parse(m.body);
+        input = body === "" ? {} : JSON.parse(body);
       } catch (err) {
-        badInput(m.id, `invalid JSON body: ${errorMessage(err)}`);
+        badInput(id, `invalid JSON body: ${errorMessage(err)}`);
         return;
       }
       if (input === null || typeof input !== "object" || Array.isArray(input)) {
-        badInput(m.id, "request body must be a JSON object");
+        badInput(id, "request body must be a JSON object");
         return;
       }
     }
-    const ctx = new Ctx(m.request_id);
     let value;
     try {
-      value = await als.run(m.request_id, fn.handler, { input, ctx });
+      value = await als.run(requestId, fn.handler, { input, ctx: new Ctx(requestId) });
     } catch (err) {
-      post({ t: "result", id: m.id, ok: false, error: errorMessage(err), stack: err?.stack ?? null });
+      post({ t: "result", id, ok: false, error: errorMessage(err), stack: err?.stack ?? null });
       return;
     }
     let json;
     try {
       json = JSON.stringify(value === undefined ? null : value);
     } catch (err) {
-      post({ t: "result", id: m.id, ok: false, error: `handler result is not JSON-serializable: ${errorMessage(err)}`, stack: null });
+      post({ t: "result", id, ok: false, error: `handler result is not JSON-serializable: ${errorMessage(err)}`, stack: null });
       return;
     }
-    post({ t: "result", id: m.id, ok: true, json });
+    postResult(id, json);
   }
 
   function onMessage(m) {
     switch (m.t) {
       case "invoke":
-        invoke(m);
+        invoke(m.id, m.request_id, m.body, m.input);
         break;
       case "reply": {
         const c = calls.get(m.id);
@@ -178,5 +183,5 @@ export function createRuntime(io) {
     }
   }
 
-  return { onMessage, record: (level, args) => record(als.getStore(), level, args) };
+  return { onMessage, invoke, record: (level, args) => record(als.getStore(), level, args) };
 }

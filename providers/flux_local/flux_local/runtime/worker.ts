@@ -1,6 +1,7 @@
 // Deno Worker bootstrap: one sandboxed Worker per function (read: its bundle dir only, no env, no run/write/ffi).
 // The host sends {"t":"init", function, env, stage, bundle}; everything else lives in core.mjs.
 //
+// Wire format: see DenoWorker in host.ts (arrays of channel messages; invoke and ok-result packed flat).
 // Batching (host.ts keeps at most one unacknowledged batch per worker): the host posts an array of channel
 // messages; this side answers EVERY batch exactly once a few microtask turns after it arrived (results of
 // handlers that finished by then, logs, calls — or [] as a bare acknowledgement), and later output (handlers
@@ -46,13 +47,24 @@ const rt = createRuntime({
     outBox.push(m);
     schedule(0);
   },
+  postResult: (id: number, json: string) => {
+    outBox.push(id, json);
+    schedule(0);
+  },
   load: (bundle: string) => import("file://" + bundle.split("/").map(encodeURIComponent).join("/")),
 });
 
 scope.onmessage = (e: MessageEvent) => {
   const d = e.data;
   ackDue = true;
-  if (Array.isArray(d)) for (let i = 0; i < d.length; i++) rt.onMessage(d[i]);
-  else rt.onMessage(d);
-  schedule(ACK_HOPS);
+  schedule(ACK_HOPS); // before dispatching: the answer must go out even if a message handler throws
+  if (Array.isArray(d)) {
+    for (let i = 0; i < d.length; i++) {
+      const m = d[i];
+      if (typeof m === "number") {
+        rt.invoke(m, d[i + 1], d[i + 2]);
+        i += 2;
+      } else rt.onMessage(m);
+    }
+  } else rt.onMessage(d);
 };
