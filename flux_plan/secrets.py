@@ -18,6 +18,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -33,7 +34,6 @@ KEY_ENV = "FLUX_SECRETS_KEY"
 SECRETS_FILE = "secrets.enc"
 FORMAT = 1
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MASK = "****"
 MIN_MASK_LEN = 4
 _ESCAPE_RE = re.compile(r"\\(.)")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
@@ -84,6 +84,50 @@ def parse_dotenv(path: Path) -> dict[str, str]:
             value = value.split(" #", 1)[0].rstrip()
         out[key] = value
     return out
+
+
+MASK = "********"
+
+
+class Masker:
+    """Replaces every known secret value in log records; values are swapped atomically on rotation.
+
+    Configuration set with `flux secrets set` is masked too, and values such as APP_NAME=todo are
+    ordinary words: a short value (< LONG chars) is masked only as a whole word (not inside
+    `todos` or `create_todo`), a long one wherever it appears. Structural fields (function, stage,
+    request id, level, ts) are never rewritten: they come from the project, not from values."""
+
+    LONG = 12
+    STRUCTURAL = frozenset({"ts", "level", "stage", "function", "request_id"})
+
+    def __init__(self) -> None:
+        self._pattern: re.Pattern[str] | None = None
+
+    def set_values(self, values: Any) -> None:
+        # Longest first so a value containing another is masked whole; values under 4 characters would
+        # mask ordinary words and are left alone (they are not secrets anybody can keep anyway).
+        vals = sorted({v for v in values if isinstance(v, str) and len(v) >= MIN_MASK_LEN}, key=len, reverse=True)
+        parts = [re.escape(v) if len(v) >= self.LONG else rf"(?<!\w){re.escape(v)}(?!\w)" for v in vals]
+        self._pattern = re.compile("|".join(parts)) if parts else None
+
+    def __call__(self, text: str) -> str:
+        pattern = self._pattern
+        return pattern.sub(MASK, text) if pattern else text
+
+    def record(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `rec` with every string (and dict key) outside the structural fields masked."""
+        if self._pattern is None:
+            return rec
+        return {k: (v if k in self.STRUCTURAL else self._deep(v)) for k, v in rec.items()}
+
+    def _deep(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(str(k)): self._deep(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._deep(v) for v in value]
+        return value
 
 
 class SecretStore:
@@ -269,11 +313,11 @@ class SecretStore:
         return hmac.new(self._derive("fingerprint"), value.encode(), hashlib.sha256).hexdigest()
 
     def mask(self, text: str) -> str:
-        """Replace every known value (of at least 4 characters) in `text` with ****. Never raises."""
+        """Replace every known value in `text` with the mask (rules in `Masker`). Never raises."""
         try:
             values = self._values()
         except FluxError:
             return text
-        for value in sorted((v for v in values.values() if len(v) >= MIN_MASK_LEN), key=len, reverse=True):
-            text = text.replace(value, MASK)
-        return text
+        masker = Masker()
+        masker.set_values(values.values())
+        return masker(text)

@@ -119,7 +119,7 @@ def test_store_api_keys_and_masking(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     store.set({"OPENAI_API_KEY": VALUE_A, "PIN": "123", "NAME": "demo-app"})
     assert store.get("OPENAI_API_KEY") == VALUE_A and store.keys() == ["NAME", "OPENAI_API_KEY", "PIN"]
     masked = store.mask(f"calling with {VALUE_A} as demo-app, pin 123")
-    assert masked == "calling with **** as ****, pin 123"  # values under 4 chars are left alone
+    assert masked == "calling with ******** as ********, pin 123"  # values under 4 chars are left alone
 
     # Another stage has its own file; another project its own key (a different fingerprint).
     other = SecretStore(tmp_path / "q", "other", "dev")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -13,52 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flux_plan.secrets import Masker
+
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 CURRENT = "flux.jsonl"
-MASK = "********"
-
-
-class Masker:
-    """Replaces every known secret value in log records; values are swapped atomically on rotation.
-
-    Configuration set with `flux secrets set` is masked too, and values such as APP_NAME=todo are
-    ordinary words: a short value (< LONG chars) is masked only as a whole word (not inside
-    `todos` or `create_todo`), a long one wherever it appears. Structural fields (function, stage,
-    request id, level, ts) are never rewritten: they come from the project, not from values."""
-
-    LONG = 12
-    STRUCTURAL = frozenset({"ts", "level", "stage", "function", "request_id"})
-
-    def __init__(self) -> None:
-        self._pattern: re.Pattern[str] | None = None
-
-    def set_values(self, values: Any) -> None:
-        # Longest first so a value containing another is masked whole; values under 4 characters would
-        # mask ordinary words and are left alone (they are not secrets anybody can keep anyway).
-        vals = sorted({v for v in values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
-        parts = [re.escape(v) if len(v) >= self.LONG else rf"(?<!\w){re.escape(v)}(?!\w)" for v in vals]
-        self._pattern = re.compile("|".join(parts)) if parts else None
-
-    def __call__(self, text: str) -> str:
-        pattern = self._pattern
-        return pattern.sub(MASK, text) if pattern else text
-
-    def record(self, rec: dict[str, Any]) -> dict[str, Any]:
-        """A copy of `rec` with every string (and dict key) outside the structural fields masked."""
-        if self._pattern is None:
-            return rec
-        return {k: (v if k in self.STRUCTURAL else self._deep(v)) for k, v in rec.items()}
-
-    def _deep(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self(value)
-        if isinstance(value, dict):
-            return {self(str(k)): self._deep(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._deep(v) for v in value]
-        return value
-
-
 def parse_ts(ts: Any) -> float:
     if isinstance(ts, int | float):
         return float(ts) / (1000.0 if ts > 1e11 else 1.0)
