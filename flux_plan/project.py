@@ -334,7 +334,8 @@ def _scan_function(root: Path, d: Path, problems: list[Problem]) -> tuple[Functi
             Problem(entry_rel, "no `export default defineFunction(` found",
                     hint='export the handler: export default defineFunction({ name: "...", handler })')
         )
-        return None
+        # Keep going: the function still takes part in the name and route checks, so every problem is
+        # reported at once (the error above already stops plan/apply).
     name = data["name"]
     if code.name_literal is not None and code.name_literal != name:
         problems.append(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import functools
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -54,8 +55,12 @@ def _q(v: Any) -> str:
     return json.dumps(v, ensure_ascii=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def ident(name: str) -> str:
-    """A quoted identifier, rendered by psycopg's sql.Identifier (no connection needed)."""
+    """A quoted identifier, rendered by psycopg's sql.Identifier (no connection needed).
+
+    Cached: rendering costs ~1 us a name, several per query, and the names are the schema's (checked
+    against it before they get here), so the cache stays small."""
     return sql.Identifier(name).as_string(None)
 
 
@@ -113,11 +118,11 @@ class _Compiler:
         for key, ops in _ONLY_WITH.items():
             if key in p and op not in ops:
                 raise QueryError(f'"{key}" is not allowed with operation {op}')
-        visible = {t: c for t, c in self.schema.items() if t not in HIDDEN_TABLES}
-        if table not in visible:
+        if table in HIDDEN_TABLES or table not in self.schema:
+            visible = (t for t in self.schema if t not in HIDDEN_TABLES)
             known = ", ".join(sorted(visible)) or "none yet: add a migration under schema/"
             raise QueryError(f"unknown table {_q(table)} (tables: {known})")
-        self.table, self.columns = table, visible[table]
+        self.table, self.columns = table, self.schema[table]
         if "all" in p and not isinstance(p["all"], bool):
             raise QueryError('"all" must be true or false')
         return getattr(self, f"_{op}")(p)
@@ -261,11 +266,16 @@ def wire_args(args: Sequence[Any]) -> list[str | None]:
     for v in args:
         if v is None or isinstance(v, str):
             out.append(v)
+        elif type(v) is int:
+            out.append(str(v))  # what json.dumps gives, without its encoder set-up
         elif isinstance(v, bool):
             out.append("true" if v else "false")
         else:
             out.append(json.dumps(v))
     return out
+
+
+_AS_IS = frozenset({type(None), bool, int, float, str, dict, list})
 
 
 def json_value(v: Any) -> Any:
@@ -306,7 +316,10 @@ def run_query(conn: Any, params: Any, schema: Schema) -> list[dict[str, Any]]:
     text, args = compile_query(params, schema)
     with psycopg.RawCursor(conn) as cur:
         cur.execute(text, wire_args(args))
-        if cur.description is None:
+        desc = cur.description  # built anew on each access: read it once
+        if desc is None:
             return []
-        names = [d.name for d in cur.description]
-        return [{n: json_value(v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+        names = [d.name for d in desc]
+        as_is = _AS_IS  # most values are already JSON: skip the call for them
+        return [{n: v if type(v) in as_is else json_value(v) for n, v in zip(names, row, strict=True)}
+                for row in cur.fetchall()]

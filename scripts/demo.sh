@@ -11,7 +11,7 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 step flux validate
 # Secrets are encrypted into .flux/dev/secrets.enc; the key lives outside the project (~/.config/flux/keys/).
-step flux secrets set REMINDER_WEBHOOK_TOKEN=demo-token APP_NAME=todo
+step flux secrets set REMINDER_WEBHOOK_TOKEN=demo-token APP_NAME=todo-app
 step flux plan
 step flux deploy
 

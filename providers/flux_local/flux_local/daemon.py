@@ -18,6 +18,7 @@ import secrets as pysecrets
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -26,7 +27,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,8 @@ DEFAULT_PORT = 8787
 # Bumped when the admin API changes: a provider finding a daemon of another revision restarts it
 # (the table survives in runtime.json), instead of talking to endpoints it does not have.
 ADMIN_REVISION = 2
+_MAX_LINE = 65536  # request line / header line
+_MAX_HEADERS = 100
 
 
 def _write_json_atomic(path: Path, doc: Any) -> None:
@@ -73,6 +77,73 @@ def _die_with_parent() -> None:
 
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _JsonHandler(socketserver.StreamRequestHandler):
+    """HTTP/1.1 with keep-alive, JSON bodies only: all the control and admin APIs need.
+
+    Not http.server's BaseHTTPRequestHandler: its header parsing (email.parser) and its replies in two
+    writes cost ~100 us of every ctx.db.query, more than the query itself. Bodies travel with
+    Content-Length (what fetch, urllib and http.client send); anything unexpected closes the connection."""
+
+    daemon: Daemon
+    # Each reply goes out in one write, but a request may still meet Nagle + delayed ACK: keep it off.
+    disable_nagle_algorithm = True
+
+    def handle(self) -> None:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            while self._one():
+                pass
+
+    def _one(self) -> bool:
+        """Serve one request; False when the connection must close."""
+        line = self.rfile.readline(_MAX_LINE + 1)
+        if not line:
+            return False
+        parts = line.split()
+        if len(line) > _MAX_LINE or len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return self._send(400, {"error": "bad request line"}, keep=False)
+        method, target, version = (p.decode("latin-1") for p in parts)
+        headers: dict[str, str] = {}
+        for _ in range(_MAX_HEADERS):
+            raw = self.rfile.readline(_MAX_LINE + 1)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = raw.partition(b":")
+            if not sep or len(raw) > _MAX_LINE:
+                return self._send(400, {"error": "bad header line"}, keep=False)
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        else:
+            return self._send(431, {"error": "too many headers"}, keep=False)
+        conn = headers.get("connection", "").lower()
+        keep = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
+        if "transfer-encoding" in headers:  # never sent by our clients; its body would desync the stream
+            return self._send(411, {"error": "send the body with Content-Length"}, keep=False)
+        if headers.get("expect", "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        consumed = False
+
+        def read_body(n: int) -> bytes:
+            nonlocal consumed
+            consumed = True
+            return self.rfile.read(n)
+
+        status, doc = self.daemon.serve(method, target, headers, read_body)
+        if not consumed and headers.get("content-length", "0").strip() != "0":
+            keep = False  # a body left unread (401, 413, bad length) would be parsed as the next request
+        return self._send(status, doc, keep=keep)
+
+    def _send(self, status: int, doc: Any, *, keep: bool) -> bool:
+        data = json.dumps(doc).encode()
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        close = "" if keep else "Connection: close\r\n"
+        head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n{close}\r\n")
+        self.wfile.write(head.encode("latin-1") + data)
+        return keep
 
 
 class HostDown(Exception):
@@ -474,64 +545,36 @@ class Daemon:
 
     # -- HTTP: control API (host) + admin API (provider / CLI) --------------------------------------
     def _start_server(self) -> None:
-        daemon = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out in separate writes: with Nagle on, each reply waits ~40 ms for the
-            # peer's delayed ACK, which made every ctx.db.query cost 46 ms.
-            disable_nagle_algorithm = True
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                pass
-
-            def _reply(self, status: int, doc: Any) -> None:
-                data = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _handle(self, method: str) -> None:
-                if self.headers.get("Authorization") != f"Bearer {daemon.token}":
-                    self._reply(401, {"error": "unauthorized"})
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    self._reply(413, {"error": "body too large"})
-                    return
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null") if length else None
-                except ValueError:
-                    self._reply(400, {"error": "invalid JSON body"})
-                    return
-                try:
-                    status, doc = daemon.route(method, self.path, body)
-                except HostDown as exc:
-                    status, doc = 503, {"error": str(exc)}
-                except Exception as exc:
-                    _diag(f"{method} {self.path} failed: {type(exc).__name__}: {exc}")
-                    status, doc = 500, {"error": f"{type(exc).__name__}: {exc}"}
-                self._reply(status, doc)
-
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_PUT(self) -> None:
-                self._handle("PUT")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
+        class Handler(_JsonHandler):
+            daemon = self
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
 
         self.server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, name="flux-control", daemon=True).start()
+
+    def serve(self, method: str, path: str, headers: dict[str, str], read_body: Any) -> tuple[int, Any]:
+        """One authenticated JSON request -> (status, doc). `read_body(n)` reads the request body."""
+        if headers.get("authorization") != f"Bearer {self.token}":
+            return 401, {"error": "unauthorized"}
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            return 400, {"error": "invalid Content-Length"}
+        if length > MAX_BODY_BYTES:
+            return 413, {"error": "body too large"}
+        try:
+            body = json.loads(read_body(length) or b"null") if length > 0 else None
+        except ValueError:
+            return 400, {"error": "invalid JSON body"}
+        try:
+            return self.route(method, path, body)
+        except HostDown as exc:
+            return 503, {"error": str(exc)}
+        except Exception as exc:
+            _diag(f"{method} {path} failed: {type(exc).__name__}: {exc}")
+            return 500, {"error": f"{type(exc).__name__}: {exc}"}
 
     def route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         # Resource names travel percent-encoded (a route key like `POST_/a/b` holds slashes): split first.

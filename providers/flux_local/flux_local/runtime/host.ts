@@ -602,6 +602,89 @@ setInterval(() => {
 }, SWEEP_MS);
 
 // ---------------------------------------------------------------------------------------------- control API
+// Secret and db calls go over a few kept-alive raw HTTP/1.1 connections instead of fetch: fetch's
+// Request/Response/stream machinery cost ~120 us of every ctx.db.query (measured, bench/gateway.py --only db).
+// The daemon always answers with Content-Length; a reply that ends the connection (HTTP/1.0, "Connection: close")
+// or any error drops the socket. A request is never retried: a db call may be an insert.
+const controlIdle: Deno.TcpConn[] = [];
+const CONTROL_IDLE_MAX = 8;
+const textDecoder = new TextDecoder();
+
+function headEnd(b: Uint8Array, n: number): number {
+  for (let i = 3; i < n; i++) {
+    if (b[i] === 10 && b[i - 1] === 13 && b[i - 2] === 10 && b[i - 3] === 13) return i + 1;
+  }
+  return -1;
+}
+
+// deno-lint-ignore no-explicit-any
+async function controlPost(path: string, payload: unknown): Promise<{ status: number; doc: any }> {
+  const base = new URL(CFG.control_url!);
+  const body = encoder.encode(JSON.stringify(payload));
+  const head = encoder.encode(`POST ${path} HTTP/1.1\r\nhost: ${base.host}\r\n` +
+    `authorization: Bearer ${CFG.control_token ?? ""}\r\ncontent-type: ${JSON_TYPE}\r\ncontent-length: ${body.length}\r\n\r\n`);
+  const req = new Uint8Array(head.length + body.length);
+  req.set(head);
+  req.set(body, head.length);
+  const conn = controlIdle.pop() ?? await Deno.connect({ hostname: base.hostname, port: Number(base.port) });
+  let reuse = false;
+  try {
+    for (let off = 0; off < req.length;) off += await conn.write(req.subarray(off));
+    let buf = new Uint8Array(16384);
+    let n = 0, end = -1, need = -1, status = 0, keepAlive = false;
+    while (true) {
+      if (n === buf.length) {
+        const grown = new Uint8Array(buf.length * 2);
+        grown.set(buf);
+        buf = grown;
+      }
+      const r = await conn.read(buf.subarray(n));
+      if (r === null) throw new Error("the control API closed the connection");
+      n += r;
+      if (end < 0) {
+        end = headEnd(buf, n);
+        if (end < 0) continue;
+        const lines = textDecoder.decode(buf.subarray(0, end)).split("\r\n");
+        const [version, code] = lines[0].split(" ");
+        status = Number(code);
+        keepAlive = version === "HTTP/1.1"; // HTTP/1.0 closes unless it says keep-alive
+        let length = -1;
+        for (const line of lines.slice(1)) {
+          const i = line.indexOf(":");
+          const key = line.slice(0, i).trim().toLowerCase();
+          if (key === "content-length") length = Number(line.slice(i + 1).trim());
+          else if (key === "connection") {
+            const v = line.slice(i + 1).trim().toLowerCase();
+            keepAlive = v === "close" ? false : v === "keep-alive" ? true : keepAlive;
+          }
+        }
+        if (!(length >= 0)) throw new Error("the control API answered without Content-Length");
+        need = end + length;
+        if (need > buf.length) {
+          const grown = new Uint8Array(need);
+          grown.set(buf.subarray(0, n));
+          buf = grown;
+        }
+      }
+      if (n >= need) {
+        let doc = {};
+        try {
+          doc = JSON.parse(textDecoder.decode(buf.subarray(end, need)));
+        } catch { /* not JSON: the caller reports the status */ }
+        reuse = keepAlive && n === need;
+        return { status, doc };
+      }
+    }
+  } finally {
+    if (reuse && controlIdle.length < CONTROL_IDLE_MAX) controlIdle.push(conn);
+    else {
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+    }
+  }
+}
+
 async function controlCall(w: WorkerHandle, m: Msg): Promise<void> {
   let reply: Msg;
   const fn = w.pool.name;
@@ -613,14 +696,9 @@ async function controlCall(w: WorkerHandle, m: Msg): Promise<void> {
       ? ["/v1/db/query", { function: fn, request_id: m.request_id, params: m.params }]
       : [null, null];
     if (!path) throw new Error(`unknown operation ${m.op}`);
-    const res = await fetch(CFG.control_url + path, {
-      method: "POST",
-      headers: { "authorization": `Bearer ${CFG.control_token ?? ""}`, "content-type": JSON_TYPE },
-      body: JSON.stringify(payload),
-    });
-    const doc = await res.json().catch(() => ({}));
-    if (res.ok) reply = { t: "reply", id: m.id, ok: true, value: m.op === "secret" ? doc.value : doc.rows };
-    else reply = { t: "reply", id: m.id, ok: false, error: doc.error ?? `runtime control API answered HTTP ${res.status}` };
+    const { status, doc } = await controlPost(path, payload);
+    if (status >= 200 && status < 300) reply = { t: "reply", id: m.id, ok: true, value: m.op === "secret" ? doc.value : doc.rows };
+    else reply = { t: "reply", id: m.id, ok: false, error: doc.error ?? `runtime control API answered HTTP ${status}` };
   } catch (err) {
     diag(`control call ${m.op} failed: ${err}`);
     reply = { t: "reply", id: m.id, ok: false, error: `flux runtime: ${m.op} is unavailable (${(err as Error).message})` };
