@@ -626,7 +626,11 @@ async function controlPost(path: string, payload: unknown): Promise<{ status: nu
   const req = new Uint8Array(head.length + body.length);
   req.set(head);
   req.set(body, head.length);
-  const conn = controlIdle.pop() ?? await Deno.connect({ hostname: base.hostname, port: Number(base.port) });
+  let conn = controlIdle.pop();
+  if (!conn) {
+    conn = await Deno.connect({ hostname: base.hostname, port: Number(base.port) });
+    conn.setNoDelay(true);
+  }
   let reuse = false;
   try {
     for (let off = 0; off < req.length;) off += await conn.write(req.subarray(off));
