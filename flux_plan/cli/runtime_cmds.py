@@ -106,12 +106,12 @@ def register(app: typer.Typer) -> None:
         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new records"),
         since: str | None = typer.Option(None, "--since", help="e.g. 10m, 2h"),
         request_id: str | None = typer.Option(None, "--request-id"),
-        level: str | None = typer.Option(None, "--level", help="minimum level: debug, info, warn, error"),
+        level: str = typer.Option("info", "--level", help="minimum level: debug, info, warn, error"),
         stage: str | None = typer.Option(None, "--stage", "-s"),
         as_json: bool = typer.Option(False, "--json", help="one JSON record per line"),
     ) -> None:
         """Structured logs of the stage (ctx.log records carry their request id)."""
-        if level and level not in _LEVEL_STYLE:
+        if level not in _LEVEL_STYLE:
             raise FluxError(f"--level {level!r}: unknown level", hint="use debug, info, warn or error")
         ws = _workspace(stage)
         records = _hook(ws, "logs")(function, since_s=parse_duration(since) if since else None,

@@ -783,7 +783,7 @@ async function applyConfig(doc: Msg): Promise<void> {
   }
   table = { pools, routes, allow: new Map([...allow].map(([p, ms]) => [p, ms.sort().join(", ")])) };
   for (const [name, pool] of old.pools) if (pools.get(name) !== pool) pool.drain();
-  log("info", null, null, "config applied", { functions: pools.size, routes: routes.size });
+  log("debug", null, null, "config applied", { functions: pools.size, routes: routes.size });
 }
 
 class BadRequest extends Error {}
