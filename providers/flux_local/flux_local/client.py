@@ -18,23 +18,8 @@ from typing import Any
 from filelock import FileLock
 
 from flux_local.daemon import DAEMON_FILE
+from flux_local.procs import pid_alive, stop_pid
 from flux_plan.errors import ProviderError, TransientProviderError
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _is_daemon(pid: int) -> bool:
@@ -54,16 +39,7 @@ def _environ_has(pid: int, needle: str) -> bool:
 
 def _kill(pid: int, timeout: float = 5) -> None:
     """SIGTERM, then SIGKILL after `timeout`: for processes we started (checked by the caller)."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                return
-            time.sleep(0.05)
+    stop_pid(pid, ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)))
 
 
 def reap_orphans(info: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from flux_local.procs import stop_pid
 
 DATABASE_URL_ENV = "DATABASE_URL"
 
@@ -58,16 +59,8 @@ class EmbeddedPostgres:
             return
         if not _serves(pid, self.pgdata):
             return  # a stale postmaster.pid (crash, reboot): that PID is someone else's now
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if not _alive(pid):
-                    return
-                time.sleep(0.05)
+        # Fast shutdown first (SIGINT), then immediate (SIGQUIT), then SIGKILL.
+        stop_pid(pid, ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)))
 
 
 def _serves(pid: int, pgdata: Path) -> bool:
@@ -79,18 +72,6 @@ def _serves(pid: int, pgdata: Path) -> bool:
     except OSError:
         return True  # no /proc (not Linux): trust postmaster.pid
     return str(pgdata).encode() in cmdline or str(pgdata.resolve()).encode() in cmdline
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class ConnectionPool:
