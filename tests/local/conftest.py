@@ -162,18 +162,4 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def require_runtime() -> None:
-    """The e2e tests need the Deno host (H3a's flux_local.runtime.host_command) and the CLI's deploy."""
-    import importlib
-
-    for mod, attr in (("flux_local.runtime", "host_command"), ("flux_plan.artifacts", "ArtifactStore"),
-                      ("flux_plan.apply", None)):
-        try:
-            module = importlib.import_module(mod)
-        except ImportError as exc:
-            pytest.skip(f"{mod} not available yet: {exc}")
-        if attr and not hasattr(module, attr):
-            pytest.skip(f"{mod}.{attr} not available yet")
-
-
 sys.path.insert(0, str(Path(__file__).parent))

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import FLUX, Project, pid_alive, process_tree, require_runtime
+from conftest import FLUX, Project, pid_alive, process_tree
 from test_provider_e2e import add_function, http, wait_for
 
 pytestmark = [pytest.mark.slow]
@@ -24,7 +24,6 @@ SHOW_ENV = (
 
 
 def test_dev_hot_reload_and_clean_stop(todo: Project) -> None:
-    require_runtime()
     add_function(todo, "show_env", SHOW_ENV)
     todo.flux("secrets", "set", "APP_NAME=from-secrets")
     proc = subprocess.Popen([str(FLUX), "dev"], cwd=todo.root, env=todo.env, stdout=subprocess.PIPE,

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Project, _stop_everything, new_todo, pid_alive, process_tree, require_runtime
+from conftest import Project, _stop_everything, new_todo, pid_alive, process_tree
 
 pytestmark = [pytest.mark.slow]
 # The tests on the `shared` deployment run on one xdist worker under `--dist loadgroup`; the others
@@ -93,7 +93,6 @@ def deploy_with_secrets(todo: Project) -> Project:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     """One deployed stage for the tests that only call it (plus raw_query and a 1 s-timeout function)."""
-    require_runtime()
     project = new_todo(tmp_path_factory.mktemp("shared"))
     try:
         add_function(project, "raw_query", RAW_QUERY)
@@ -105,7 +104,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
 
 @pytest.fixture
 def deployed(todo: Project) -> Project:
-    require_runtime()
     return deploy_with_secrets(todo)
 
 
