@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
-SCHEMAS_DIR = REPO_DIR / "schemas"
+SCHEMAS_DIR = PACKAGE_DIR / "schemas"  # a link to the top-level schemas/, packaged into wheels
 SDK_DIR = PACKAGE_DIR / "sdk"
 
 
