@@ -592,24 +592,12 @@ class Daemon:
                 return 202, {"request_id": rid}
             case "GET", ["admin", "status"]:
                 return 200, self.status()
-            case "PUT", ["admin", "functions", name]:
+            case ("PUT" | "DELETE") as verb, ["admin", ("functions" | "routes") as section, name]:
                 with self.table_lock:
-                    self.table["functions"][name] = body
-                self.push()
-                return 200, {"ok": True}
-            case "DELETE", ["admin", "functions", name]:
-                with self.table_lock:
-                    self.table["functions"].pop(name, None)
-                self.push()
-                return 200, {"ok": True}
-            case "PUT", ["admin", "routes", key]:
-                with self.table_lock:
-                    self.table["routes"][key] = body
-                self.push()
-                return 200, {"ok": True}
-            case "DELETE", ["admin", "routes", key]:
-                with self.table_lock:
-                    self.table["routes"].pop(key, None)
+                    if verb == "PUT":
+                        self.table[section][name] = body
+                    else:
+                        self.table[section].pop(name, None)
                 self.push()
                 return 200, {"ok": True}
             case "PUT", ["admin", "project"]:
