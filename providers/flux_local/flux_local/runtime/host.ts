@@ -71,6 +71,8 @@ const MAX_BODY = CFG.max_body_bytes ?? 6 * 1024 * 1024;
 const WORKER_URL = new URL("./worker.ts", import.meta.url);
 const NODE_HOST = decodeURIComponent(new URL("./node_host.mjs", import.meta.url).pathname);
 const RUNTIME_DIR = decodeURIComponent(new URL(".", import.meta.url).pathname).replace(/\/$/, "");
+/** the shared worker runtime (flux_plan/runtime/core.mjs), located through the import map of host_command() */
+const CORE_PATH = decodeURIComponent(new URL(import.meta.resolve("flux:core")).pathname);
 const CORES = Math.max(1, navigator.hardwareConcurrency || 1);
 const JSON_TYPE = "application/json";
 const SWEEP_MS = 20;
@@ -315,9 +317,9 @@ class NodeWorker extends WorkerHandle {
       args: [
         "--experimental-permission", "--no-warnings",
         // one flag per path: node 20.x does not split a comma-separated list reliably
-        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${RUNTIME_DIR}/core.mjs`,
+        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${CORE_PATH}`,
         `--allow-fs-read=${bundleDir}/*`,
-        NODE_HOST,
+        NODE_HOST, CORE_PATH,
       ],
       cwd: bundleDir, clearEnv: true, env: {}, stdin: "piped", stdout: "piped", stderr: "piped",
     }).spawn();
