@@ -235,7 +235,8 @@ class Daemon:
             "token": self.token,
             "host_pid": self.host.pid if self.host else None,
             "pg_pid": self.pg.pid if self.pg else None,
-            "db_uri": self.db_uri if self.pg else None,  # embedded only: a socket URI, nothing secret
+            # embedded only: the owner role's URI (with its password; this file is 0600, out of every sandbox)
+            "db_uri": self.db_uri if self.pg else None,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         path = self.dir / DAEMON_FILE
@@ -311,6 +312,7 @@ class Daemon:
                 "env": self.env_for(fn), "timeout_ms": fn.get("timeout_ms", 30000),
                 "concurrency": fn.get("concurrency", 10), "queue_limit": fn.get("queue_limit", 100),
                 "idle_ms": fn.get("idle_ms", 300000), "async": bool(fn.get("async")),
+                "memory_mb": int(fn.get("memory", 256)),
             }
             for name, fn in sorted(fns.items())
         }
@@ -416,6 +418,7 @@ class Daemon:
             "admin_port": 0, "admin_token": self.admin_token,
             "control_url": f"http://127.0.0.1:{self.server.server_address[1]}", "control_token": self.token,
             "node_bin": node_bin, "max_body_bytes": MAX_BODY_BYTES, "project_root": str(self.root.resolve()),
+            "deno_dir": str(self.dir / "deno-workers"),
         }
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "DENO_DIR")}
         env["FLUX_HOST_CONFIG"] = json.dumps(config)
@@ -648,7 +651,7 @@ class Daemon:
         return {
             "pid": os.getpid(), "stage": self.stage, "gateway_port": self.gateway_port,
             "host_pid": self.host.pid if self.host else None, "host_ready": self.host_ready.is_set(),
-            "pg_pid": self.pg.pid if self.pg else None, "db_uri": self.db_uri if self.pg else None,
+            "pg_pid": self.pg.pid if self.pg else None,
             "functions": self.table["functions"], "routes": self.table["routes"],
             "secrets": self.table["secrets"], "health": health,
             "queue_pending": self.queue.pending_count() if self.queue else 0,
