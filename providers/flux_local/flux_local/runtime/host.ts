@@ -773,13 +773,32 @@ function pgOptions(db: DbConfig): Record<string, unknown> {
     max: db.max ?? 10, ssl: db.url ? undefined : false, sslnegotiation: null, idle_timeout: 60, connect_timeout: 10,
     max_lifetime: null, max_pipeline: 100, backoff: 0.2, keep_alive: 60, prepare: true, debug: false, fetch_types: false,
     publications: "alltables", target_session_attrs: null, onnotice: () => {},
-    // row values as query.py's json_value gives them: numbers for int8/numeric (when exact), dates as PostgreSQL's text
+    // Parameters arrive as text (query.mjs wireArgs, as query.py sends them) and go to PostgreSQL as they are:
+    // postgres.js would otherwise re-serialize them by the server's parameter types ("true" -> 'f' for a boolean,
+    // JSON text encoded twice). Row values as query.py's json_value gives them: numbers for int8/numeric (when
+    // exact), dates and timestamps as ISO text (+00:00 offsets), bytea as base64 (jsonValue).
     types: {
-      flux_number: { to: 20, from: [20, 1700], serialize: (x: unknown) => String(x), parse: toNumber },
-      flux_date: { to: 1082, from: [1082], serialize: (x: unknown) => String(x), parse: (t: string) => t },
+      flux_number: { to: 20, from: [20, 1700], serialize: asText, parse: toNumber },
+      flux_bool: { to: 16, from: [16], serialize: (x: unknown) => typeof x === "string" ? x : x ? "t" : "f",
+        parse: (t: string) => t === "t" },
+      flux_json: { to: 114, from: [114, 3802], serialize: (x: unknown) => typeof x === "string" ? x : JSON.stringify(x),
+        parse: (t: string) => JSON.parse(t) },
+      flux_date: { to: 1082, from: [1082], serialize: asText, parse: (t: string) => t },
+      flux_timestamp: { to: 1184, from: [1114, 1184], serialize: asText, parse: isoTimestamp },
+      flux_bytea: { to: 17, from: [17], serialize: asText, parse: (t: string) => hexBytes(t) },
     },
   };
 }
+
+const asText = (x: unknown): string => (x instanceof Date ? x.toISOString() : String(x));
+/** "2026-12-01 08:00:00.5+00" -> "2026-12-01T08:00:00.5+00:00" (what Python's isoformat gives query.py) */
+const isoTimestamp = (t: string): string => t.replace(" ", "T").replace(/([+-]\d\d)$/, "$1:00");
+const hexBytes = (t: string): Uint8Array => {
+  const hex = t.startsWith("\\x") ? t.slice(2) : t;
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return out;
+};
 
 // deno-lint-ignore no-explicit-any
 type Sql = any;
