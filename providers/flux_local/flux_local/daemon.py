@@ -458,10 +458,13 @@ class Daemon:
         """ctx.db settings of the host: the embedded server's owner role over its socket, or DATABASE_URL as given."""
         if not self.db_uri:
             return None, None
-        if self.pg is None:
-            return {"url": self.db_uri}, None
         u = urllib.parse.urlsplit(self.db_uri)
-        socket_dir = urllib.parse.parse_qs(u.query)["host"][0]
+        socket_dir = (urllib.parse.parse_qs(u.query).get("host") or [None])[0]
+        if socket_dir is not None and not socket_dir.startswith("/"):
+            socket_dir = None  # ?host=<name>: TCP
+        if self.pg is None:
+            return {"url": self.db_uri}, socket_dir
+        assert socket_dir is not None
         return {"host": socket_dir, "port": u.port or 5432, "user": urllib.parse.unquote(u.username or ""),
                 "password": urllib.parse.unquote(u.password or ""), "database": u.path.lstrip("/") or "postgres"}, \
             socket_dir

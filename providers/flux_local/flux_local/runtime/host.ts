@@ -770,7 +770,8 @@ function pgOptions(db: DbConfig): Record<string, unknown> {
   };
   return {
     ...(db.url ? {} : { host: db.host, port: db.port ?? 5432, user: db.user, pass: db.password, database: db.database }),
-    max: db.max ?? 10, ssl: db.url ? undefined : false, sslnegotiation: null, idle_timeout: 60, connect_timeout: 10,
+    ...(db.url ? {} : { ssl: false }), // a DATABASE_URL's sslmode decides there
+    max: db.max ?? 10, sslnegotiation: null, idle_timeout: 60, connect_timeout: 10,
     max_lifetime: null, max_pipeline: 100, backoff: 0.2, keep_alive: 60, prepare: true, debug: false, fetch_types: false,
     publications: "alltables", target_session_attrs: null, onnotice: () => {},
     // Parameters arrive as text (query.mjs wireArgs, as query.py sends them) and go to PostgreSQL as they are:
