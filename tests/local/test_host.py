@@ -389,14 +389,20 @@ def test_worker_crash_is_502_then_replaced(host: Host, bundles: dict[str, Any]) 
 
 
 def test_timeout_is_504_and_the_worker_is_replaced(host: Host, bundles: dict[str, Any]) -> None:
+    # warm it first under a long timeout (a worker process's cold start on a loaded machine may take longer than
+    # 400 ms), then lower the timeout: same digest, so the warm worker stays
+    host.configure(bundles, {"spin": {"timeout_ms": 60000}})
+    assert request(f"{host.gw}/spin", {"spin": False})[:2] == (200, {"ok": True})
     host.configure(bundles, {"spin": {"timeout_ms": 400}})
-    assert request(f"{host.gw}/spin", {"spin": False})[:2] == (200, {"ok": True})  # warm: the timeout is the handler's
+    assert host.health()["spin"]["workers"] == 1
     t0 = time.monotonic()
     status, body, _headers = request(f"{host.gw}/spin", {"spin": True})
     assert status == 504 and "timed out after 400 ms" in body["error"]
     assert 0.35 < time.monotonic() - t0 < 3
     host.wait_log(lambda r: r["msg"] == "worker retired after a timeout")
+    host.configure(bundles, {"spin": {"timeout_ms": 60000}})  # the replacement's cold start is no handler time
     assert request(f"{host.gw}/spin", {"spin": False})[:2] == (200, {"ok": True})
+    host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "spin", 2)  # a new worker served it
 
 
 def test_scale_to_zero_and_back(host: Host, bundles: dict[str, Any]) -> None:
