@@ -4,20 +4,48 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
+_SETTINGS = {"no_color": False, "interactive": True}
+
+
+def configure(*, no_color: bool, interactive: bool) -> None:
+    """Global output options (`--no-color`, `--input=false`), set once by the root callback."""
+    _SETTINGS["no_color"] = no_color
+    _SETTINGS["interactive"] = interactive
+    console.cache_clear()
+    err_console.cache_clear()
+
+
+def interactive() -> bool:
+    """Whether a command may wait on stdin for an answer (False with --input=false)."""
+    return bool(_SETTINGS["interactive"]) and sys.stdin.isatty()
+
+
+def input_disabled() -> bool:
+    return not _SETTINGS["interactive"]
+
+
+def _no_color() -> bool:
+    return bool(_SETTINGS["no_color"]) or bool(os.environ.get("NO_COLOR"))
+
 
 @functools.cache
 def console() -> Console:
+    if _no_color():
+        return Console(highlight=False, soft_wrap=True, no_color=True, color_system=None)
     return Console(highlight=False, soft_wrap=True)
 
 
 @functools.cache
 def err_console() -> Console:
+    if _no_color():
+        return Console(stderr=True, highlight=False, soft_wrap=True, no_color=True, color_system=None)
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -33,3 +61,13 @@ def print_json(doc: Any) -> None:
 
 def print_error(message: str) -> None:
     err_console().print(f"[bold red]Error:[/] {escape(message)}")
+
+
+def print_failure(exc: Any) -> None:
+    """A failed `--json` command still prints JSON: {ok: false, error, hint, problems}."""
+    problems = [
+        {"file": p.file, "line": p.line, "json_path": p.json_path, "severity": p.severity,
+         "message": p.message, "hint": p.hint}
+        for p in getattr(exc, "problems", None) or []
+    ]
+    print_json({"ok": False, "error": exc.message, "hint": exc.hint, "problems": problems})

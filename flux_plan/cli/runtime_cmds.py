@@ -50,7 +50,7 @@ def parse_payload(text: str) -> Any:
 def _workspace(stage: str | None) -> Any:
     from flux_plan.workspace import Workspace
 
-    return Workspace.open(stage=stage)
+    return Workspace.open_lenient(stage=stage)  # these commands deploy no code (DESIGN §6)
 
 
 def _hook(ws: Any, name: str) -> Any:
@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
     def invoke(
         function: str = typer.Argument(..., help="function name"),
         payload: str = typer.Option("{}", "--payload", "-p", help="JSON object, or @file.json"),
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
         """Call a function through its gateway route; print result, status, duration and request id."""
@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
         since: str | None = typer.Option(None, "--since", help="e.g. 10m, 2h"),
         request_id: str | None = typer.Option(None, "--request-id"),
         level: str = typer.Option("info", "--level", help="minimum level: debug, info, warn, error"),
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
         as_json: bool = typer.Option(False, "--json", help="one JSON record per line"),
     ) -> None:
         """Structured logs of the stage (ctx.log records carry their request id)."""
@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def dev(
         port: int | None = typer.Option(None, "--port", help="gateway port (default: the stage's, else free)"),
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
     ) -> None:
         """Run the project locally in the foreground, watch files and hot-reload what changed."""
         from flux_local.dev import run_dev
@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
 
     @migrations_app.command("list")
     def migrations_list(
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Migration files of the project, in the order they apply."""
@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
 
     @migrations_app.command("status")
     def migrations_status(
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Each migration file against the stage database: applied, pending, or changed since applied."""

@@ -134,7 +134,8 @@ def test_saved_plan_applied_exactly_or_refused_when_stale(tmp_path: Path, flux: 
     digest = json.loads((root / "p3.json").read_text())["artifacts"]["beta"]
     shutil.rmtree(root / ".flux" / "artifacts" / digest)
     rc, out, err = flux("apply", "p3.json", cwd=root)
-    assert rc == 1 and "missing from the artifact store (beta)" in err, out + err
+    assert rc == 1 and "the bundle of function 'beta' is missing from .flux/artifacts/" in err, out + err
+    assert out == ""  # refused before rendering anything
     assert "function.beta" in _state(root)["resources"] and "route.POST_/beta" not in _state(root)["resources"]
 
 
