@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from flux_plan.diff import AttrDiff, ResourceChange, diff, drift
-from flux_plan.errors import FluxError, ProviderError, StateError
+from flux_plan.errors import FluxError, ProviderError, StateError, ValidationFailed
 from flux_plan.graph import DesiredGraph, build_graph, route_address
 from flux_plan.model import Address, ResourceState
 from flux_plan.project import ENV_EXAMPLE_WARNING, read_keys, scan_warnings
@@ -340,6 +340,12 @@ def make_plan(
         for c in changes
         if c.type == "function" and c.action in ("create", "update", "replace")
     }
+    if plan.artifacts:  # code that would fail to bundle at apply time fails the plan, with its position
+        from flux_plan.check import syntax_problems
+
+        found = syntax_problems(ws.root, [specs[n] for n in sorted(plan.artifacts)])
+        if found:
+            raise ValidationFailed(problems=found)
     return plan
 
 

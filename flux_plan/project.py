@@ -141,7 +141,16 @@ def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
     elif err.validator == "pattern" and path and path[-1] == "name":
         hint = "names are lowercase letters, digits, _ or -, start with a letter, at most 64 characters"
     elif err.validator == "pattern" and path and path[-1] == "route":
-        hint = 'a route is a URL path starting with "/", e.g. "/todos"'
+        value = str(err.instance)
+        if "//" in value or re.search(r"(^|/)\.\.?(/|$)", value):
+            message = f"route {value!r} has an empty ('//') or a '.'/'..' segment"
+            hint = "write the path without them (gateways normalise such paths differently), e.g. \"/todos/{id}\""
+        else:
+            message = f"route {value!r} is not a URL path"
+            hint = 'a route is a URL path starting with "/", e.g. "/todos"'
+    elif err.validator == "maxLength" and path and path[-1] == "route":
+        message = f"route is {len(str(err.instance))} characters long, over the limit of {err.validator_value}"
+        hint = "use a shorter path"
     elif err.validator in ("minimum", "maximum"):
         lo = err.schema.get("minimum")
         hi = err.schema.get("maximum")
@@ -158,14 +167,37 @@ def read_json(path: Path, rel: str, problems: list[Problem]) -> tuple[Any, str] 
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(Problem(rel, f"cannot read file: {exc}", hint="make it a readable UTF-8 file"))
         return None
+    dupes: list[str] = []
     try:
-        return json.loads(text), text
+        data = json.loads(text, object_pairs_hook=functools.partial(_no_duplicates, dupes))
     except json.JSONDecodeError as exc:
         problems.append(
             Problem(rel, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno,
                     hint="fix the JSON syntax (a trailing comma or a missing quote is the usual cause)")
         )
         return None
+    except RecursionError:
+        problems.append(Problem(rel, "JSON nested too deeply to read", hint="a Flux config needs a few levels at most"))
+        return None
+    for key in dupes:  # json.loads keeps the last value silently; a reader of the file may see the first
+        problems.append(Problem(rel, f"duplicate key {key!r}", line=locate_last(text, key),
+                                hint="keep one of them: JSON tools disagree about which one wins"))
+    return None if dupes else (data, text)
+
+
+def _no_duplicates(found: list[str], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            found.append(k)
+        out[k] = v
+    return out
+
+
+def locate_last(text: str, key: str) -> int:
+    """Line of the last `"key":` in `text` (the duplicate)."""
+    hits = list(re.finditer(r'"' + re.escape(key) + r'"\s*:', text))
+    return line_of(text, hits[-1].start()) if hits else 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,18 +35,19 @@ def _no_color() -> bool:
     return bool(_SETTINGS["no_color"]) or bool(os.environ.get("NO_COLOR"))
 
 
+def _color() -> dict[str, Any]:
+    """Console options of --no-color / NO_COLOR: no colors and no styles at all."""
+    return {"no_color": True, "color_system": None} if _no_color() else {}
+
+
 @functools.cache
 def console() -> Console:
-    if _no_color():
-        return Console(highlight=False, soft_wrap=True, no_color=True, color_system=None)
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, **_color())
 
 
 @functools.cache
 def err_console() -> Console:
-    if _no_color():
-        return Console(stderr=True, highlight=False, soft_wrap=True, no_color=True, color_system=None)
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, **_color())
 
 
 def is_tty() -> bool:
@@ -66,7 +67,7 @@ def print_error(message: str) -> None:
 def print_failure(exc: Any) -> None:
     """A failed `--json` command still prints JSON: {ok: false, error, hint, problems}."""
     problems = [
-        {"file": p.file, "line": p.line, "json_path": p.json_path, "severity": p.severity,
+        {"file": p.file, "line": p.line, "column": p.column, "json_path": p.json_path, "severity": p.severity,
          "message": p.message, "hint": p.hint}
         for p in getattr(exc, "problems", None) or []
     ]

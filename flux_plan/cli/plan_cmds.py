@@ -22,7 +22,7 @@ from flux_plan.errors import FluxError, Problem
 
 
 def _problem_doc(p: Problem) -> dict[str, Any]:
-    return {"file": p.file, "line": p.line, "json_path": p.json_path, "severity": p.severity,
+    return {"file": p.file, "line": p.line, "column": p.column, "json_path": p.json_path, "severity": p.severity,
             "message": p.message, "hint": p.hint}
 
 
@@ -34,10 +34,12 @@ def register(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Scan and validate the project: every problem at once, with file and line."""
+        from flux_plan.check import provider_problems, syntax_problems
         from flux_plan.project import scan
 
         root = project_root(directory)
         project, problems = scan(root)
+        problems += provider_problems(project) + syntax_problems(root, project.functions)
         if strict:
             for p in problems:
                 p.severity = "error"

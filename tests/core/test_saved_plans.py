@@ -8,6 +8,7 @@ import base64
 import copy
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,52 @@ def test_commands_without_code_work_while_a_function_is_broken(tmp_path: Path, f
     rc, out, err = flux("destroy", "--auto-approve", cwd=root)
     assert rc == 0, out + err
     assert _world(root) == {}
+
+
+def test_validation_catches_what_apply_would_trip_on(tmp_path: Path, flux: FluxRunner,
+                                                     make_project: Callable[..., Path]) -> None:
+    broken = ('import { defineFunction } from "@flux/functions";\n'
+              'export default defineFunction({\n  name: "bad",\n'
+              '  handler: async ({ input }) => ({ a: input.x +* 2 }),\n});\n')
+    root = make_project(tmp_path, functions={"good": None, "bad": {"code": broken}})
+    rc, out, err = flux("validate", cwd=root)
+    assert rc == 1 and "Traceback" not in out + err
+    assert 'functions/bad/index.ts:4:48: error: syntax error: Unexpected "*"' in out
+    rc, out, err = flux("plan", "--json", cwd=root)  # the plan refuses it too, with the position, as JSON
+    assert rc == 1
+    problem = json.loads(out)["problems"][0]
+    assert (problem["file"], problem["line"], problem["column"]) == ("functions/bad/index.ts", 4, 48)
+    (root / "functions/bad/index.ts").write_text(broken.replace("+* 2", "* 2"))
+    (root / "functions/good/flux.json").write_text('{"name": "good", "route": "/a", "route": "/b"}')
+    (root / "functions/bad/flux.json").write_text(json.dumps({"name": "bad", "route": "/x/../admin"}))
+    write = root / "functions" / "deep"
+    write.mkdir()
+    (write / "flux.json").write_text("[" * 100_000 + "]" * 100_000)
+    (write / "index.ts").write_text("export default 1;\n")
+    rc, out, err = flux("validate", "--json", cwd=root)
+    assert rc == 1 and "Traceback" not in err
+    found = {(p["file"], p["message"]) for p in json.loads(out)["problems"]}
+    assert ("functions/good/flux.json", "duplicate key 'route'") in found
+    assert ("functions/bad/flux.json", "route '/x/../admin' has an empty ('//') or a '.'/'..' segment") in found
+    assert ("functions/deep/flux.json", "JSON nested too deeply to read") in found
+    (root / "functions/good/flux.json").write_text(json.dumps({"name": "good", "route": "/" + "a" * 600}))
+    (root / "functions/bad/flux.json").write_text(json.dumps({"name": "bad", "route": "/x//y"}))
+    (write / "flux.json").write_text(json.dumps({"name": "deep"}))
+    (write / "index.ts").write_text(broken.replace('"bad"', '"deep"').replace("+* 2", "* 2"))
+    (root / "flux.project.json").write_text(json.dumps({"name": "proj", "stages": {"dev": {"provider": "recrod"}}}))
+    rc, out, err = flux("validate", cwd=root)
+    assert rc == 1, out
+    assert "functions/good/flux.json:1 ($.route): error: route is 601 characters long, over the limit of 512" in out
+    assert "route '/x//y' has an empty ('//')" in out
+    assert "flux.project.json:1 ($.stages.dev.provider): error: stage 'dev': unknown provider 'recrod'" in out
+    # a .flux that cannot be written: a clear error naming the path, no traceback, nothing half-done
+    (root / "functions/good/flux.json").write_text(json.dumps({"name": "good"}))
+    (root / "functions/bad/flux.json").write_text(json.dumps({"name": "bad"}))
+    (root / "flux.project.json").write_text(json.dumps({"name": "proj", "stages": {"dev": {"provider": "record"}}}))
+    shutil.rmtree(root / ".flux", ignore_errors=True)
+    (root / ".flux").write_text("not a directory")
+    for args in (("apply", "--auto-approve"), ("secrets", "set", "A=b"), ("plan", "-o", "p.json")):
+        rc, out, err = flux(*args, cwd=root)
+        assert rc == 1 and "Traceback" not in err, err
+        assert f"{root}/.flux/" in err and "writable" in err
+    assert (root / ".flux").read_text() == "not a directory" and not (root / "p.json").exists()
