@@ -179,17 +179,16 @@ def _run(ws: Workspace, plan: Plan, *, parallelism: int, lock_timeout: float, js
 def _plan_and_apply(ws: Workspace, make: Callable[[], Plan], *, approve: bool, parallelism: int,
                     lock_timeout: float, json_out: bool, verb: str, what: str) -> ApplyResult:
     """Under one lock: recover, plan, show, confirm, apply (nobody can move the state in between)."""
+    from flux_plan.session import plan_and_apply
+
     if json_out and not approve:
         raise FluxError("--json needs --auto-approve (a prompt cannot be answered in JSON mode)",
                         hint="add --auto-approve, or apply a saved plan file")
-    with ws.state.locked(verb.lower(), lock_timeout):
-        ws.state.recover(read=ws.provider.read)
-        plan = make()
-        _show_plan(plan, json_out)
-        if plan.changes and not approve:
-            _confirm(what)
-        return _run(ws, plan, parallelism=parallelism, lock_timeout=lock_timeout, json_out=json_out,
-                    saved=False, verb=verb)
+    return plan_and_apply(
+        ws, make, operation=verb.lower(), show=lambda p: _show_plan(p, json_out),
+        confirm=None if approve else (lambda p: _confirm(what)), parallelism=parallelism, lock_timeout=lock_timeout,
+        run=lambda p: _run(ws, p, parallelism=parallelism, lock_timeout=lock_timeout, json_out=json_out,
+                           saved=False, verb=verb))
 
 
 def _exit(result: ApplyResult) -> None:
@@ -249,17 +248,16 @@ def register(app: typer.Typer) -> None:
             if target or replace or refresh_only or allow_out_of_order:
                 raise FluxError("--target/--replace/--refresh-only/--allow-out-of-order cannot change a saved plan",
                                 hint="pass them to `flux plan -o FILE` instead")
-            from flux_plan.plan import check_saved
+            from flux_plan.session import apply_saved
 
             plan = Plan.load(planfile)  # the seal is verified before anything else
             ws = _saved_workspace(plan, stage, directory, json_out, planfile)
-            with ws.state.locked("apply", timeout):
-                state = ws.state.recover(read=ws.provider.read)
-                check_saved(plan, ws, state, str(planfile))  # refuse before rendering anything
-                _show_plan(plan, json_out)
-                result = _run(ws, plan, parallelism=parallelism, lock_timeout=timeout, json_out=json_out,
-                              saved=True, verb="Destroy" if plan.destroy else "Apply")
-            _exit(result)
+            verb = "Destroy" if plan.destroy else "Apply"
+            _exit(apply_saved(  # every other check also comes before anything is rendered
+                ws, plan, str(planfile), show=lambda p: _show_plan(p, json_out), parallelism=parallelism,
+                lock_timeout=timeout,
+                run=lambda p: _run(ws, p, parallelism=parallelism, lock_timeout=timeout, json_out=json_out,
+                                   saved=True, verb=verb)))
             return
         from flux_plan.plan import make_plan
 
@@ -359,15 +357,10 @@ def _register_state(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Forget resources without deleting them (the next plan would create them again)."""
+        from flux_plan.session import state_rm as forget
+
         ws = open_workspace(stage, directory, lenient=True)
-        with ws.state.locked("state rm", parse_duration(lock_timeout)):
-            st = ws.state.recover()
-            missing = [a for a in addresses if a not in st.resources]
-            if missing:
-                raise FluxError(f"{ws.state.describe()}: no resource {', '.join(map(repr, missing))} in the state",
-                                hint="list addresses with `flux state list`")
-            resources = {a: r for a, r in st.resources.items() if a not in addresses}
-            new = ws.state.commit(st.model_copy(update={"resources": resources}))
+        new = forget(ws, addresses, parse_duration(lock_timeout))
         for a in addresses:
             typer.echo(f"Removed {a}")
         typer.echo(f"State serial {new.serial}.")
@@ -406,19 +399,9 @@ def _register_state(app: typer.Typer) -> None:
             data = file.read_bytes()
         except OSError as exc:
             raise FluxError(f"{file}: cannot read ({exc.strerror})") from exc
-        with ws.state.locked("state push", parse_duration(lock_timeout)):
-            current = ws.state.recover()
-            new = ws.state.parse(data, str(file))
-            exists = current.serial > 0 or bool(current.resources)
-            if exists and not force:
-                if new.lineage != current.lineage:
-                    raise FluxError(f"{file}: lineage {new.lineage} differs from the stage's {current.lineage}",
-                                    hint="it is another state; pass --force to replace it anyway")
-                if new.serial < current.serial:
-                    raise FluxError(f"{file}: serial {new.serial} is older than the stage's {current.serial}",
-                                    hint="pull the current state first, or pass --force")
-            # The serial moves past both, so plans saved against the replaced state become stale.
-            written = ws.state.write_snapshot(new.model_copy(update={"serial": max(new.serial, current.serial) + 1}))
+        from flux_plan.session import state_push as push
+
+        written = push(ws, data, str(file), force=force, lock_timeout=parse_duration(lock_timeout))
         typer.echo(f"Pushed {file} ({len(written.resources)} resources), state serial {written.serial}.")
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import typer
 
 from flux_plan.errors import FluxError
-from flux_plan.workspace import Workspace, find_root
+from flux_plan.units import parse_duration
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+__all__ = ["check_single_dash", "open_workspace", "parse_duration", "project_root"]
+from flux_plan.workspace import Workspace, find_root
 
 StageOption = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE",
                            help="Stage of flux.project.json (default: dev).")
@@ -34,14 +34,6 @@ def check_single_dash(args: list[str]) -> None:
             name = m.group(1)
             fixed = "--" + ("out" if name == "out" else name) + (m.group(2) or "")
             raise FluxError(f"{arg}: long options take two dashes", hint=f"did you mean {fixed}?")
-
-
-def parse_duration(text: str) -> float:
-    """'30s', '2m', '1.5h', '500ms' or plain seconds -> seconds."""
-    m = _DURATION_RE.match(text or "")
-    if not m:
-        raise FluxError(f"invalid duration {text!r}", hint="write a number with a unit: 500ms, 30s, 2m, 1h")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def project_root(directory: Path | None = None) -> Path:

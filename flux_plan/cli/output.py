@@ -18,6 +18,8 @@ def configure(*, no_color: bool, interactive: bool) -> None:
     """Global output options (`--no-color`, `--input=false`), set once by the root callback."""
     _SETTINGS["no_color"] = no_color
     _SETTINGS["interactive"] = interactive
+    if no_color:  # also for consoles outside the CLI (providers' `flux dev` output) and child processes
+        os.environ["NO_COLOR"] = "1"
     console.cache_clear()
     err_console.cache_clear()
 
