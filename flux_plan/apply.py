@@ -255,12 +255,12 @@ class _Engine:
                     addr, t0 = running.pop(fut)
                     change = by_addr[addr]
                     elapsed = time.monotonic() - t0
-                    exc = fut.exception()
-                    if exc is None:
+                    error = fut.exception()
+                    if error is None:
                         results[addr] = ResourceResult(addr, change.action, "applied", elapsed)
                         self.emit(ApplyEvent("finished", addr, change.action, elapsed))
                     else:
-                        err = self._error_text(exc)
+                        err = self._error_text(error)
                         results[addr] = ResourceResult(addr, change.action, "failed", elapsed, err)
                         self.emit(ApplyEvent("failed", addr, change.action, elapsed, error=err))
                     sorter.done(addr)
@@ -286,7 +286,11 @@ def _install_sigint(engine: _Engine) -> Callable[[], None]:
                                "operations, then saving state (Ctrl-C again to abandon)"))
 
     previous = signal.signal(signal.SIGINT, handler)
-    return lambda: signal.signal(signal.SIGINT, previous)
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, previous)
+
+    return restore
 
 
 def _refresh_only(plan: Plan, ws: Workspace, state: State) -> dict[str, ResourceState]:

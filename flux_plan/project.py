@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -111,16 +111,17 @@ def schema_problems(name: str, data: Any, text: str, file: str) -> list[Problem]
 
 def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
     path = list(err.absolute_path)
+    schema: Any = err.schema  # a dict for Flux's schemas (typed as a union with bool in jsonschema)
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        known = list(err.schema.get("properties", {}))
+        known = list(schema.get("properties", {}))
         out = []
         for key in err.instance:
             if key in known:
                 continue
-            hint = _did_you_mean(key, known) or f"allowed keys: {', '.join(k for k in known if k != '$schema')}"
+            tip = _did_you_mean(key, known) or f"allowed keys: {', '.join(k for k in known if k != '$schema')}"
             out.append(
                 Problem(file, f"unknown key {key!r}", line=locate(text, [*path, key]),
-                        json_path=json_path([*path, key]), hint=hint)
+                        json_path=json_path([*path, key]), hint=tip)
             )
         return out
     hint: str | None = None
@@ -131,7 +132,7 @@ def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
         if missing == "name":
             hint = 'add "name": "<function name>" (lowercase letters, digits, _ or -)'
     elif err.validator == "enum":
-        allowed = list(err.validator_value)
+        allowed = list(cast(Any, err.validator_value))
         value = err.instance
         message = f"{value!r} is not one of {', '.join(map(str, allowed))}"
         if isinstance(value, str) and value.upper() in allowed:
@@ -152,8 +153,8 @@ def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
         message = f"route is {len(str(err.instance))} characters long, over the limit of {err.validator_value}"
         hint = "use a shorter path"
     elif err.validator in ("minimum", "maximum"):
-        lo = err.schema.get("minimum")
-        hi = err.schema.get("maximum")
+        lo = schema.get("minimum")
+        hi = schema.get("maximum")
         hint = f"use a whole number from {lo} to {hi}"
     elif err.validator == "type":
         hint = f"expected {err.validator_value}"
@@ -486,11 +487,11 @@ def scan(root: Path) -> tuple[Project, list[Problem]]:
     documented = set(env_keys)
     for spec in functions:
         code = codes[spec.name]
-        for key, (file, line) in sorted({**code.env_keys, **code.secrets}.items()):
-            if key not in documented:
+        for env_key, (file, line) in sorted({**code.env_keys, **code.secrets}.items()):
+            if env_key not in documented:
                 problems.append(
-                    Problem(file, f"reads {key!r} but {ENV_EXAMPLE_WARNING}", line=line, severity="warning",
-                            hint=f"add {key}= to .env.example and set it with `flux secrets set {key}=...`")
+                    Problem(file, f"reads {env_key!r} but {ENV_EXAMPLE_WARNING}", line=line, severity="warning",
+                            hint=f"add {env_key}= to .env.example and set it with `flux secrets set {env_key}=...`")
                 )
     migrations = _scan_migrations(root, problems)
     project = Project(root=root, name=name, functions=functions, migrations=migrations,
