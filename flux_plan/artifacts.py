@@ -44,10 +44,20 @@ def cache_dir() -> Path:
 
 
 def esbuild_bin() -> Path:
-    """The checkout's esbuild, else one installed once into the user cache with npm."""
+    """esbuild, in this order: $FLUX_ESBUILD (a pipeline's own copy), the source checkout's node_modules,
+    `esbuild` on PATH, else esbuild@ESBUILD_VERSION installed once into the user cache with npm (what an
+    installed wheel does on first use)."""
+    pinned = os.environ.get("FLUX_ESBUILD")
+    if pinned:
+        if not Path(pinned).is_file():
+            raise FluxError(f"$FLUX_ESBUILD={pinned}: no such file", hint="point it at an esbuild executable")
+        return Path(pinned)
     local = REPO_DIR / "node_modules" / ".bin" / "esbuild"
     if local.exists():
         return local
+    on_path = shutil.which("esbuild")
+    if on_path:
+        return Path(on_path)
     tools = cache_dir() / "tools"
     exe = tools / "node_modules" / ".bin" / "esbuild"
     if exe.exists():
