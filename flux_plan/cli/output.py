@@ -73,4 +73,7 @@ def print_failure(exc: Any) -> None:
          "message": p.message, "hint": p.hint}
         for p in getattr(exc, "problems", None) or []
     ]
-    print_json({"ok": False, "error": exc.message, "hint": exc.hint, "problems": problems})
+    # One line: valid for `--json` documents and for the JSON-lines streams of apply/deploy/destroy alike.
+    doc = {"event": "error", "ok": False, "error": exc.message, "hint": exc.hint, "problems": problems}
+    sys.stdout.write(json.dumps(doc, default=str) + "\n")
+    sys.stdout.flush()

@@ -35,11 +35,29 @@ def test_saved_plan_serves_the_reviewed_code_and_destroy_plan_stops_the_stage(to
     nxt = json.loads(todo.flux("plan", "--json").stdout)
     assert nxt["drift"] == [] and [c["address"] for c in nxt["changes"]] == ["function.greet"]
 
+    # DESIGN §6: commands that deploy no code keep working while a function is broken
+    broken = todo.root / "functions" / "broken"
+    broken.mkdir()
+    (broken / "flux.json").write_text('{"name": "broken"}')
+    (broken / "index.ts").write_text("export const notAFunction = 1;\n")
+    assert todo.flux("plan", check=False).returncode == 1
+    inv = json.loads(todo.flux("invoke", "greet", "--payload", '{"name": "B"}', "--json").stdout)
+    assert inv["body"] == {"message": "Reviewed, B!"}
+    assert any(r.get("function") == "greet" for r in map(json.loads, todo.flux("logs", "--json").stdout.splitlines()))
+    status = json.loads(todo.flux("migrations", "status", "--json").stdout)
+    assert status and {r["status"] for r in status} == {"applied"}
+    todo.flux("secrets", "set", "EXTRA=value-while-broken")
+    assert "EXTRA" in todo.flux("secrets", "list").stdout
+    for f in broken.iterdir():
+        f.unlink()
+    broken.rmdir()
+
     info = todo.daemon_info()
     assert info is not None
     pids = [*process_tree(info["pid"]), info["pg_pid"]]
     assert all(pid_alive(p) for p in pids)
     todo.flux("plan", "--destroy", "-o", "destroy.json")
+    assert "sealed" not in todo.flux("show", "destroy.json").stderr
     out = todo.flux("apply", "destroy.json").stdout
     assert "Destroy complete!" in out
     wait_for(lambda: not any(pid_alive(p) for p in pids), 30)
