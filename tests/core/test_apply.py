@@ -206,7 +206,9 @@ def test_sigint_finishes_running_operations_and_saves(tmp_path: Path, flux: Flux
 def test_stage_lock_held_by_a_running_apply(tmp_path: Path, flux: FluxRunner, flux_env: dict[str, str],
                                             make_project: Callable[..., Path]) -> None:
     root = make_project(tmp_path, functions={"alpha": None, "beta": None})
-    env = {**flux_env, "FLUX_RECORD_DELAY": "1.0"}
+    # 5 operations x 4 s: the first apply still holds the lock when a second flux has started, even on a
+    # machine so loaded that a flux start-up takes seconds.
+    env = {**flux_env, "FLUX_RECORD_DELAY": "4.0"}
     proc = subprocess.Popen([str(FLUX_BIN), "apply", "--auto-approve", "--json", "--parallelism", "1"],
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
