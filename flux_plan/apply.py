@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from flux_plan.errors import FluxError, ProviderError, StateError, TransientProviderError
+from flux_plan.errors import FluxError, ProviderError, TransientProviderError
 from flux_plan.model import ResourceState
-from flux_plan.plan import Plan, ResourceChange, check_fresh
+from flux_plan.plan import Plan, ResourceChange, check_fresh, check_saved
 
 if TYPE_CHECKING:
     from flux_plan.journal import Journal
@@ -119,6 +119,15 @@ def build_order(changes: list[ResourceChange]) -> dict[str, set[str]]:
         for d in c.prior.dependencies if c.prior is not None else ():
             if d in nodes and nodes[d].action == "delete" and d != c.address:
                 waits[d].add(c.address)  # delete what is used only after its users changed
+    # Create before delete: a function's old route goes only once its new route exists, so a failed
+    # create leaves the old route serving (the delete is skipped) instead of a function without a route.
+    new_routes: dict[str, list[str]] = {}
+    for c in changes:
+        if c.type == "route" and c.action == "create" and c.resource is not None:
+            new_routes.setdefault(str(c.resource.attributes.get("function")), []).append(c.address)
+    for c in changes:
+        if c.type == "route" and c.action == "delete" and c.prior is not None:
+            waits[c.address].update(new_routes.get(str(c.prior.attributes.get("function")), []))
     return waits
 
 
@@ -195,6 +204,8 @@ class _Engine:
     def _error_text(self, exc: BaseException) -> str:
         if isinstance(exc, ProviderError):
             return self._mask(str(exc))
+        if isinstance(exc, FluxError):  # a user mistake found late (e.g. a bundling error): say so plainly
+            return self._mask(exc.render())
         return self._mask(f"internal error in provider {self.provider.name!r}: {type(exc).__name__}: {exc}")
 
     def _run(self, change: ResourceChange) -> None:
@@ -244,12 +255,12 @@ class _Engine:
                     addr, t0 = running.pop(fut)
                     change = by_addr[addr]
                     elapsed = time.monotonic() - t0
-                    exc = fut.exception()
-                    if exc is None:
+                    error = fut.exception()
+                    if error is None:
                         results[addr] = ResourceResult(addr, change.action, "applied", elapsed)
                         self.emit(ApplyEvent("finished", addr, change.action, elapsed))
                     else:
-                        err = self._error_text(exc)
+                        err = self._error_text(error)
                         results[addr] = ResourceResult(addr, change.action, "failed", elapsed, err)
                         self.emit(ApplyEvent("failed", addr, change.action, elapsed, error=err))
                     sorter.done(addr)
@@ -275,20 +286,11 @@ def _install_sigint(engine: _Engine) -> Callable[[], None]:
                                "operations, then saving state (Ctrl-C again to abandon)"))
 
     previous = signal.signal(signal.SIGINT, handler)
-    return lambda: signal.signal(signal.SIGINT, previous)
 
+    def restore() -> None:
+        signal.signal(signal.SIGINT, previous)
 
-def _check_saved_plan(plan: Plan, ws: Workspace, state: State) -> None:
-    check_fresh(plan, state)
-    if plan.stage != ws.stage.name:
-        raise StateError(f"saved plan is for stage {plan.stage!r}, not {ws.stage.name!r}",
-                         hint=f"apply it with --stage {plan.stage}")
-    missing = sorted(fn for fn, digest in plan.artifacts.items() if not ws.artifacts.has(digest))
-    if missing:
-        raise StateError(
-            f"saved plan refers to bundles missing from the artifact store ({', '.join(missing)})",
-            hint="run `flux plan -o FILE` again: it builds the bundles the plan deploys",
-        )
+    return restore
 
 
 def _refresh_only(plan: Plan, ws: Workspace, state: State) -> dict[str, ResourceState]:
@@ -327,7 +329,7 @@ def apply_plan(
     with ws.state.locked(operation, lock_timeout):
         state = ws.state.recover(read=ws.provider.read)
         if saved:
-            _check_saved_plan(plan, ws, state)
+            check_saved(plan, ws, state, "saved plan")
         else:
             check_fresh(plan, state)
         if plan.refresh_only:
@@ -356,4 +358,20 @@ def apply_plan(
                 engine.emit(ApplyEvent("message", message=f"provider could not report outputs: "
                                        f"{ws.secrets.mask(str(exc))}"))
         new = ws.state.commit(state.model_copy(update={"resources": engine.resources, "outputs": outputs}))
-        return ApplyResult(results=results, outputs=outputs, serial=new.serial, interrupted=engine.stop.is_set())
+        result = ApplyResult(results=results, outputs=outputs, serial=new.serial, interrupted=engine.stop.is_set())
+        if plan.destroy and not plan.targeted and result.ok:
+            _destroy_stage(ws)
+        return result
+
+
+def _destroy_stage(ws: Workspace) -> None:
+    """A whole-stage destroy (from `flux destroy` or a saved destroy plan) also stops what the provider
+    runs for the stage (daemons, hosts, databases)."""
+    hook = getattr(ws.provider, "destroy_stage", None)
+    if hook is None:
+        return
+    try:
+        hook()
+    except ProviderError as exc:
+        raise FluxError(f"every resource was deleted, but provider {ws.provider.name!r} could not stop the "
+                        f"stage: {ws.secrets.mask(str(exc))}", hint="run `flux destroy` again") from exc

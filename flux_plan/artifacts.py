@@ -90,10 +90,20 @@ def cache_dir() -> Path:
 
 
 def esbuild_bin() -> Path:
-    """The checkout's esbuild, else one installed once into the user cache with npm."""
+    """esbuild, in this order: $FLUX_ESBUILD (a pipeline's own copy), the source checkout's node_modules,
+    `esbuild` on PATH, else esbuild@ESBUILD_VERSION installed once into the user cache with npm (what an
+    installed wheel does on first use)."""
+    pinned = os.environ.get("FLUX_ESBUILD")
+    if pinned:
+        if not Path(pinned).is_file():
+            raise FluxError(f"$FLUX_ESBUILD={pinned}: no such file", hint="point it at an esbuild executable")
+        return Path(pinned)
     local = REPO_DIR / "node_modules" / ".bin" / "esbuild"
     if local.exists():
         return local
+    on_path = shutil.which("esbuild")
+    if on_path:
+        return Path(on_path)
     tools = cache_dir() / "tools"
     exe = tools / "node_modules" / ".bin" / "esbuild"
     if exe.exists():
@@ -124,9 +134,20 @@ def _npm(args: list[str], *, cwd: Path, what: str, source: str | None = None) ->
 class ArtifactStore:
     """`.flux/artifacts/<digest>/{index.mjs, meta.json}` of one project."""
 
-    def __init__(self, project_root: Path) -> None:
+    def __init__(self, project_root: Path, *, pinned: bool = False) -> None:
         self.root = Path(project_root).resolve()
         self.dir = artifacts_dir(self.root)
+        # A saved plan's apply: hand out the bundles the plan pinned, never build from the working tree.
+        self.pinned = pinned
+
+    @staticmethod
+    def bundle_sha256(bundle_dir: Path) -> str:
+        """sha256 of a bundle's code file: what a saved plan pins (meta.json differs per build)."""
+        h = hashlib.sha256()
+        with open(Path(bundle_dir) / BUNDLE_FILE, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
 
     def path(self, digest: str) -> Path:
         return self.dir / digest
@@ -140,6 +161,9 @@ class ArtifactStore:
         digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
         if self.has(digest):
             return self.path(digest)
+        if self.pinned:
+            raise FluxError(f"{spec.dir}: the bundle {digest[:12]}… pinned by the saved plan is missing from "
+                            f"{self.dir}", hint="run `flux plan -o FILE` again where you apply it")
         self.dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.dir / f".{digest}.lock")):
             if self.has(digest):

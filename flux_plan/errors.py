@@ -15,11 +15,12 @@ class Problem:
     json_path: str | None = None
     hint: str | None = None
     severity: str = "error"  # "error" | "warning"
+    column: int | None = None
 
     def location(self) -> str:
         loc = self.file
         if self.line is not None:
-            loc += f":{self.line}"
+            loc += f":{self.line}" + (f":{self.column}" if self.column is not None else "")
         if self.json_path:
             loc += f" ({self.json_path})"
         return loc

@@ -8,6 +8,7 @@ lineage + serial so `apply plan.json` can refuse it once the state moved on (`ch
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from flux_plan.diff import AttrDiff, ResourceChange, diff, drift
-from flux_plan.errors import FluxError, ProviderError, StateError
+from flux_plan.errors import FluxError, ProviderError, StateError, ValidationFailed
 from flux_plan.graph import DesiredGraph, build_graph, route_address
 from flux_plan.model import Address, ResourceState
 from flux_plan.project import ENV_EXAMPLE_WARNING, read_keys, scan_warnings
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from flux_plan.state import State
     from flux_plan.workspace import Workspace
 
-__all__ = ["AttrDiff", "Plan", "ResourceChange", "check_fresh", "make_plan", "refresh"]
+__all__ = ["AttrDiff", "Plan", "ResourceChange", "check_fresh", "check_saved", "make_plan", "pin", "refresh"]
 
 FORMAT_VERSION = 1
 REFRESH_THREADS = 10
@@ -50,6 +51,10 @@ class Plan(BaseModel):
     artifacts: dict[str, str] = {}
     destroy: bool = False
     refresh_only: bool = False
+    targeted: bool = False  # --target/function dir: a destroy plan then leaves the stage's processes
+    # Saved plans only (`flux plan -o`): what apply deploys instead of the working tree.
+    bundles: dict[str, str] = {}  # function name -> sha256 of its pinned bundle file
+    snapshot: dict[str, Any] | None = None  # functions, migrations, .env.example keys, stage config
 
     def summary(self) -> dict[str, int]:
         """Counts like Terraform's: a replace is one add plus one destroy."""
@@ -68,28 +73,47 @@ class Plan(BaseModel):
 
     def to_doc(self) -> dict[str, Any]:
         """The JSON document (plan file and `--json`), valid against schemas/plan.schema.json."""
-        doc = self.model_dump(mode="json")
+        doc = self.model_dump(mode="json", exclude={"snapshot", "bundles"})
+        if self.snapshot is not None:
+            doc["bundles"] = dict(self.bundles)
+            doc["snapshot"] = self.snapshot
         doc["summary"] = self.summary()
         return doc
 
     def save(self, path: Path | str) -> None:
+        """Write the plan sealed with the project's plan key (created with the project key if none)."""
+        from flux_plan.backends.local import atomic_write
+        from flux_plan.seal import plan_key, seal
+
+        doc = seal(self.to_doc(), plan_key(self.project, create=True))
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_doc(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        try:
+            atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise FluxError(f"{path}: cannot write the plan file ({exc.strerror})",
+                            hint="pass -o a path in a writable directory") from exc
 
     @classmethod
-    def load(cls, path: Path | str) -> Plan:
+    def load(cls, path: Path | str, *, verify: bool = True, action: str = "apply") -> Plan:
+        """Read a saved plan; with `verify` (apply, show) its seal is checked before anything else."""
         from flux_plan.project import validator
+        from flux_plan.seal import SEAL_FIELD, plan_key
+        from flux_plan.seal import verify as verify_seal
 
         path = Path(path)
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise FluxError(f"{path}: plan file not found", hint="create one with `flux plan -o FILE`") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise FluxError(f"{path}: not a readable plan file ({exc})",
                             hint="create a new one with `flux plan -o FILE`") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("project"), str):
+            raise FluxError(f"{path}: not a Flux plan file (no project name)",
+                            hint="create one with `flux plan -o FILE`")
+        if verify:
+            verify_seal(doc, plan_key(doc["project"], create=False), str(path), action)
+        doc.pop(SEAL_FIELD, None)
         errors = sorted(validator("plan").iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
         if errors:
             where = "/".join(map(str, errors[0].absolute_path)) or "(root)"
@@ -219,6 +243,24 @@ def _secret_warnings(ws: Workspace, fingerprints: dict[str, str], strict: bool) 
     return out
 
 
+def _check_migration_order(changes: list[ResourceChange], current: dict[str, ResourceState]) -> None:
+    """A new migration that sorts before one already applied would run after it: refuse, naming both
+    (Flyway's outOfOrder, Supabase's --include-all are the opt-ins; ours is --allow-out-of-order)."""
+    applied = sorted(((int(rs.attributes.get("version", 0)), a.split(".", 1)[1]) for a, rs in current.items()
+                      if rs.type == "migration"), reverse=True)
+    if not applied:
+        return
+    latest_version, latest_file = applied[0]
+    late = sorted((int(c.resource.attributes.get("version", 0)), c.resource.name) for c in changes
+                  if c.type == "migration" and c.action == "create" and c.resource is not None
+                  and c.address not in current)
+    out = [f"schema/{file}: new migration sorts before schema/{latest_file}, which is already applied; it would run "
+           "after it, out of order" for version, file in late if version < latest_version]
+    if out:
+        raise FluxError("\n".join(out), hint="renumber the new file after the applied one (flux migrations new NAME "
+                        "picks the next number), or pass --allow-out-of-order if it is independent of them")
+
+
 def make_plan(
     ws: Workspace,
     *,
@@ -228,6 +270,7 @@ def make_plan(
     destroy: bool = False,
     function_dir: str | None = None,
     strict: bool = False,
+    allow_out_of_order: bool = False,
 ) -> Plan:
     state = ws.state.load()
     current: dict[str, ResourceState] = dict(state.resources)
@@ -256,7 +299,7 @@ def make_plan(
                 provider=ws.stage.provider, project=ws.project.name, serial=state.serial,
                 # A state never written has a random lineage per load: pin "none yet" instead.
                 lineage=state.lineage if (state.serial or state.resources) else None,
-                destroy=destroy, refresh_only=refresh_only, drift=drifted)
+                destroy=destroy, refresh_only=refresh_only, drift=drifted, targeted=wanted is not None)
     if refresh_only:
         plan.unchanged = len(current)
         plan.warnings = warnings
@@ -275,6 +318,8 @@ def make_plan(
         return plan
 
     all_changes = diff(graph.resources, current, live, ws.provider.force_replace, replace=set(replace))
+    if not allow_out_of_order:
+        _check_migration_order(all_changes, current)
     for c in all_changes:
         if c.action == "noop" and c.resource is None and c.reasons:
             warnings.append(c.reasons[0])
@@ -295,4 +340,84 @@ def make_plan(
         for c in changes
         if c.type == "function" and c.action in ("create", "update", "replace")
     }
+    if plan.artifacts:  # code that would fail to bundle at apply time fails the plan, with its position
+        from flux_plan.check import syntax_problems
+
+        found = syntax_problems(ws.root, [specs[n] for n in sorted(plan.artifacts)])
+        if found:
+            raise ValidationFailed(problems=found)
     return plan
+
+
+def pin(ws: Workspace, plan: Plan) -> None:
+    """Make `plan` a contract before it is saved: build every bundle it deploys, record each bundle's
+    sha256 and snapshot the function specs, migrations and stage settings, so that applying the file
+    later deploys exactly this and never the working tree of that moment."""
+    specs = {f.name: f for f in ws.project.functions}
+    bundles: dict[str, str] = {}
+    for name in sorted(plan.artifacts):
+        spec = specs[name]
+        try:
+            bundle = ws.artifacts.ensure(spec)
+        except FluxError:
+            raise
+        except Exception as exc:
+            raise FluxError(f"{spec.dir}/index.ts: bundling function {name!r} failed: {exc}",
+                            hint="fix the build error, then run `flux plan -o FILE` again") from exc
+        bundles[name] = ws.artifacts.bundle_sha256(bundle)
+    plan.bundles = bundles
+    plan.snapshot = {
+        "functions": [f.model_dump(mode="json", by_alias=True) for f in ws.project.functions],
+        "migrations": [m.model_dump(mode="json") for m in ws.project.migrations],
+        "env_example_keys": list(ws.project.env_example_keys),
+        "stage": ws.stage.model_dump(mode="json"),
+    }
+
+
+def check_saved(plan: Plan, ws: Workspace, state: State, where: str) -> None:
+    """Everything a saved plan's apply depends on, checked before anything is shown or changed: the
+    state it was made against, the stage, every pinned bundle (present, same bytes), every migration
+    file it applies (same checksum) and every secret it sets (same fingerprint)."""
+    redo = "run `flux plan -o FILE` again and review the new plan"
+    if plan.stage != ws.stage.name:
+        raise StateError(f"{where}: refusing to apply: the plan is for stage {plan.stage!r}, not {ws.stage.name!r}. "
+                         "Nothing was changed.", hint=f"apply it with --stage {plan.stage}")
+    try:
+        check_fresh(plan, state)
+    except StateError as exc:
+        raise StateError(f"{where}: refusing to apply: {exc.message}. Nothing was changed.", hint=exc.hint) from exc
+    if plan.snapshot is None:
+        raise StateError(f"{where}: refusing to apply: the plan pins no project snapshot (made by an older flux). "
+                         "Nothing was changed.", hint=redo)
+    problems: list[str] = []
+    for name, digest in sorted(plan.artifacts.items()):
+        want = plan.bundles.get(name)
+        if not ws.artifacts.has(digest):
+            problems.append(f"the bundle of function {name!r} is missing from .flux/artifacts/{digest[:12]}…")
+        elif want is None or ws.artifacts.bundle_sha256(ws.artifacts.path(digest)) != want:
+            problems.append(f"the bundle of function {name!r} in .flux/artifacts/{digest[:12]}… is not the one "
+                            "the plan pinned")
+    migrations = {m["file"]: m for m in plan.snapshot.get("migrations", [])}
+    for c in plan.changes:
+        if c.type == "migration" and c.action in ("create", "update", "replace"):
+            m = migrations.get(c.address.split(".", 1)[1])
+            path = ws.root / m["path"] if m else None
+            try:
+                now = hashlib.sha256(path.read_bytes()).hexdigest() if path else None
+            except OSError:
+                now = None
+            if m is None or now != m["checksum"]:
+                problems.append(f"migration {m['path'] if m else c.address} changed or disappeared since the plan "
+                                "was made")
+        if c.type == "secret" and c.action in ("create", "update", "replace") and c.resource is not None:
+            key = c.resource.name
+            try:
+                now = ws.secrets.fingerprint(key)
+            except FluxError:
+                now = None
+            if now != c.resource.attributes.get("fingerprint"):
+                problems.append(f"secret {key} was changed or unset since the plan was made")
+    if problems:
+        raise StateError(f"{where}: refusing to apply: " + "; ".join(problems) + ". Nothing was changed.",
+                         hint="run `flux plan -o FILE` again on the machine that applies it (bundles live in "
+                              ".flux/artifacts/), and review the new plan")

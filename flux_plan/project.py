@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -114,16 +114,17 @@ def schema_problems(name: str, data: Any, text: str, file: str) -> list[Problem]
 
 def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
     path = list(err.absolute_path)
+    schema: Any = err.schema  # a dict for Flux's schemas (typed as a union with bool in jsonschema)
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        known = list(err.schema.get("properties", {}))
+        known = list(schema.get("properties", {}))
         out = []
         for key in err.instance:
             if key in known:
                 continue
-            hint = _did_you_mean(key, known) or f"allowed keys: {', '.join(k for k in known if k != '$schema')}"
+            tip = _did_you_mean(key, known) or f"allowed keys: {', '.join(k for k in known if k != '$schema')}"
             out.append(
                 Problem(file, f"unknown key {key!r}", line=locate(text, [*path, key]),
-                        json_path=json_path([*path, key]), hint=hint)
+                        json_path=json_path([*path, key]), hint=tip)
             )
         return out
     hint: str | None = None
@@ -134,7 +135,7 @@ def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
         if missing == "name":
             hint = 'add "name": "<function name>" (lowercase letters, digits, _ or -)'
     elif err.validator == "enum":
-        allowed = list(err.validator_value)
+        allowed = list(cast(Any, err.validator_value))
         value = err.instance
         message = f"{value!r} is not one of {', '.join(map(str, allowed))}"
         if isinstance(value, str) and value.upper() in allowed:
@@ -144,10 +145,19 @@ def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
     elif err.validator == "pattern" and path and path[-1] == "name":
         hint = "names are lowercase letters, digits, _ or -, start with a letter, at most 64 characters"
     elif err.validator == "pattern" and path and path[-1] == "route":
-        hint = 'a route is a URL path starting with "/", e.g. "/todos"'
+        value = str(err.instance)
+        if "//" in value or re.search(r"(^|/)\.\.?(/|$)", value):
+            message = f"route {value!r} has an empty ('//') or a '.'/'..' segment"
+            hint = "write the path without them (gateways normalise such paths differently), e.g. \"/todos/{id}\""
+        else:
+            message = f"route {value!r} is not a URL path"
+            hint = 'a route is a URL path starting with "/", e.g. "/todos"'
+    elif err.validator == "maxLength" and path and path[-1] == "route":
+        message = f"route is {len(str(err.instance))} characters long, over the limit of {err.validator_value}"
+        hint = "use a shorter path"
     elif err.validator in ("minimum", "maximum"):
-        lo = err.schema.get("minimum")
-        hi = err.schema.get("maximum")
+        lo = schema.get("minimum")
+        hi = schema.get("maximum")
         hint = f"use a whole number from {lo} to {hi}"
     elif err.validator == "type":
         hint = f"expected {err.validator_value}"
@@ -161,14 +171,37 @@ def read_json(path: Path, rel: str, problems: list[Problem]) -> tuple[Any, str] 
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(Problem(rel, f"cannot read file: {exc}", hint="make it a readable UTF-8 file"))
         return None
+    dupes: list[str] = []
     try:
-        return json.loads(text), text
+        data = json.loads(text, object_pairs_hook=functools.partial(_no_duplicates, dupes))
     except json.JSONDecodeError as exc:
         problems.append(
             Problem(rel, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno,
                     hint="fix the JSON syntax (a trailing comma or a missing quote is the usual cause)")
         )
         return None
+    except RecursionError:
+        problems.append(Problem(rel, "JSON nested too deeply to read", hint="a Flux config needs a few levels at most"))
+        return None
+    for key in dupes:  # json.loads keeps the last value silently; a reader of the file may see the first
+        problems.append(Problem(rel, f"duplicate key {key!r}", line=locate_last(text, key),
+                                hint="keep one of them: JSON tools disagree about which one wins"))
+    return None if dupes else (data, text)
+
+
+def _no_duplicates(found: list[str], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            found.append(k)
+        out[k] = v
+    return out
+
+
+def locate_last(text: str, key: str) -> int:
+    """Line of the last `"key":` in `text` (the duplicate)."""
+    hits = list(re.finditer(r'"' + re.escape(key) + r'"\s*:', text))
+    return line_of(text, hits[-1].start()) if hits else 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,11 +493,11 @@ def scan(root: Path) -> tuple[Project, list[Problem]]:
     documented = set(env_keys)
     for spec in functions:
         code = codes[spec.name]
-        for key, (file, line) in sorted({**code.env_keys, **code.secrets}.items()):
-            if key not in documented:
+        for env_key, (file, line) in sorted({**code.env_keys, **code.secrets}.items()):
+            if env_key not in documented:
                 problems.append(
-                    Problem(file, f"reads {key!r} but {ENV_EXAMPLE_WARNING}", line=line, severity="warning",
-                            hint=f"add {key}= to .env.example and set it with `flux secrets set {key}=...`")
+                    Problem(file, f"reads {env_key!r} but {ENV_EXAMPLE_WARNING}", line=line, severity="warning",
+                            hint=f"add {env_key}= to .env.example and set it with `flux secrets set {env_key}=...`")
                 )
     migrations = _scan_migrations(root, problems)
     project = Project(root=root, name=name, functions=functions, migrations=migrations,

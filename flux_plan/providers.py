@@ -115,7 +115,24 @@ class ProviderHooks(Protocol):
         ...
 
     def destroy_stage(self) -> None:
-        """After `flux destroy` removed every resource: stop daemons, free ports."""
+        """After a whole-stage destroy (`flux destroy` or a saved destroy plan): stop daemons, free ports."""
+
+    def dev(self, *, port: int | None = None) -> int:
+        """`flux dev`: run the stage in the foreground, watch the files, hot-reload; returns the exit code."""
+        ...
+
+    def rollback(self, function: str, to_version: str | None = None) -> dict[str, str]:
+        """`flux rollback`: point the function at a previous version; {function, from_version, to_version}."""
+        ...
+
+    def applied_migrations(self) -> dict[int, Any] | None:
+        """`flux migrations status`: the stage database's applied migrations by version (rows with file,
+        checksum, applied_at, duration_ms), or None when the database cannot be reached."""
+        ...
+
+
+OPTIONAL_HOOKS = ("read_many", "before_apply", "after_apply", "state_backend", "invoke", "logs", "destroy_stage",
+                  "dev", "rollback", "applied_migrations")
 
 
 def available_providers() -> dict[str, Any]:

@@ -118,7 +118,9 @@ def _md_block(c: ResourceChange) -> str:
     rows = [f"<details><summary><code>{SYMBOL[c.action]} {c.address}</code> — {VERB[c.action]}</summary>", ""]
     for r in c.reasons:
         rows.append(f"- {r}")
-    if c.diffs:
+    if c.diffs and c.type == "secret":  # not even the fingerprint: a comment is public to the repository
+        rows += ["", "value: (sensitive) changed" if c.action != "delete" else "value: (sensitive) removed"]
+    elif c.diffs:
         rows += ["", "| attribute | before | after |", "|---|---|---|"]
         for d in c.diffs:
             rows.append(f"| `{d.path}` | {_md_cell(d.before)} | {_md_cell(d.after)} |")
@@ -140,26 +142,39 @@ def render_markdown(plan: Plan, cap: int = MARKDOWN_CAP) -> str:
     risky = [c.address for c in plan.changes if c.action in ("delete", "replace")]
     if risky:
         shown = ", ".join(f"`{a}`" for a in risky[:20]) + (f" and {len(risky) - 20} more" if len(risky) > 20 else "")
-        head += [f"> ⚠️ **This plan destroys or replaces {len(risky)} resource(s):** {shown}", ""]
+        head += ["> [!WARNING]", f"> ⚠️ **This plan destroys or replaces {len(risky)} resource(s):** {shown}"]
+        migs = [a for a in risky if a.startswith("migration.")]
+        secrets = [a for a in risky if a.startswith("secret.")]
+        if migs:
+            head.append(f"> - **migrations**: {', '.join(f'`{a}`' for a in migs[:20])} (removing an applied "
+                        "migration drops nothing from the database)")
+        if secrets:
+            head.append(f"> - **secrets**: {', '.join(f'`{a}`' for a in secrets[:20])} (functions lose access "
+                        "to these values)")
+        head.append("")
     for w in plan.warnings[:20]:
         head.append(f"> ⚠️ {w}")
     if plan.warnings:
         head.append("")
     text = "\n".join(head) + "\n"
-    blocks: list[str] = []
+    blocks: list[tuple[ResourceChange | None, str]] = []
     if plan.drift:
-        blocks.append("#### Changed outside of Flux\n\n")
-        blocks += [_md_block(c) for c in plan.drift]
+        blocks.append((None, "#### Changed outside of Flux\n\n"))
+        blocks += [(c, _md_block(c)) for c in plan.drift]
     if plan.changes and not plan.refresh_only:
-        blocks.append("#### Changes\n\n")
-        blocks += [_md_block(c) for c in plan.changes]
-    total = len(blocks)
-    reserve = 300
-    for i, block in enumerate(blocks):
+        blocks.append((None, "#### Changes\n\n"))
+        blocks += [(c, _md_block(c)) for c in plan.changes]
+    reserve = 1200
+    for i, (_, block) in enumerate(blocks):
         if len(text) + len(block) > cap - reserve:
-            left = total - i
-            text += (f"\n_… {left} more block(s) not shown: the comment is capped at {cap:,} characters. "
-                     "Run `flux plan` for the full plan._\n")
+            left = [c for c, _ in blocks[i:] if c is not None]
+            counts: dict[str, int] = {}
+            for c in left:
+                counts[c.action] = counts.get(c.action, 0) + 1
+            kinds = ", ".join(f"{n} {VERB[a].split(' ')[0]}" for a, n in sorted(counts.items()))
+            names = ", ".join(f"`{c.address}`" for c in left[:10]) + (" …" if len(left) > 10 else "")
+            text += (f"\n_… {len(left)} more block(s) not shown ({kinds}): {names}. The comment is capped at "
+                     f"{cap:,} characters; run `flux show` on the plan file for the full plan._\n")
             break
         text += block
     return text[:cap]

@@ -197,6 +197,12 @@ class SecretStore:
         self._derived[purpose] = key
         return key
 
+    def derive_key(self, purpose: str, *, create: bool = False) -> bytes:
+        """A 32-byte key for `purpose` derived from the project key (created first when `create`): one
+        secret for CI to hold, independent keys for independent uses (e.g. sealing saved plans)."""
+        self._load_master(create=create)
+        return self._derive(purpose)
+
     def _aad(self) -> bytes:
         return f"flux-secrets/{self.project_name}/{self.stage}/v{FORMAT}".encode()
 

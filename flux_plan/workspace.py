@@ -14,6 +14,7 @@ from flux_plan.paths import stage_dir
 
 if TYPE_CHECKING:
     from flux_plan.artifacts import ArtifactStore
+    from flux_plan.plan import Plan
     from flux_plan.providers import Provider
     from flux_plan.secrets import SecretStore
     from flux_plan.state import StateManager
@@ -56,6 +57,40 @@ class Workspace:
         root = (root or find_root()).resolve()
         project = load_project(root)
         return cls(root=root, project=project, stage=project.stage(stage), options=options)
+
+    @classmethod
+    def open_lenient(cls, root: Path | None = None, stage: str | None = None, **options: Any) -> Workspace:
+        """For commands that do not deploy code (secrets, logs, invoke, state, destroy, migrations
+        status): a broken function is left out instead of failing the command (DESIGN §6). Problems
+        in flux.project.json still fail: without it there is no stage to act on."""
+        from flux_plan.errors import ValidationFailed
+        from flux_plan.project import PROJECT_FILE, scan
+
+        root = (root or find_root()).resolve()
+        project, problems = scan(root)
+        fatal = [p for p in problems if p.severity == "error" and p.file == PROJECT_FILE]
+        if fatal:
+            raise ValidationFailed(problems=fatal)
+        return cls(root=root, project=project, stage=project.stage(stage), options=options)
+
+    @classmethod
+    def for_plan(cls, root: Path, plan: Plan, **options: Any) -> Workspace:
+        """The workspace a saved plan applies in: the project as the plan pinned it (function specs,
+        migrations, stage settings) and an artifact store that never builds from the working tree."""
+        from flux_plan.artifacts import ArtifactStore
+        from flux_plan.model import FunctionSpec, Migration
+
+        snap = plan.snapshot or {}
+        stage = StageConfig.model_validate(snap.get("stage") or {"name": plan.stage, "provider": plan.provider})
+        project = Project(
+            root=root.resolve(), name=plan.project,
+            functions=[FunctionSpec.model_validate(f) for f in snap.get("functions", [])],
+            migrations=[Migration.model_validate(m) for m in snap.get("migrations", [])],
+            env_example_keys=list(snap.get("env_example_keys", [])), stages={stage.name: stage},
+        )
+        ws = cls(root=project.root, project=project, stage=stage, options=options)
+        ws.__dict__["artifacts"] = ArtifactStore(project.root, pinned=True)
+        return ws
 
     @property
     def state_dir(self) -> Path:

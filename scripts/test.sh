@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check .
+./scripts/typecheck.sh
 set +e
 .venv/bin/python -m pytest -n "${FLUX_TEST_WORKERS:-2}" --dist loadgroup "$@"
 rc=$?

@@ -28,20 +28,58 @@ def _register() -> None:
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    no_color: bool = typer.Option(False, "--no-color", envvar="FLUX_NO_COLOR",
+                                  help="No colors or styles in the output (also NO_COLOR)."),
+    input_: str = typer.Option("true", "--input", envvar="FLUX_INPUT", metavar="true|false",
+                               help="--input=false: never wait on stdin; fail where an answer is needed."),
+) -> None:
     """Plan, diff and deploy serverless TypeScript functions."""
+    from flux_plan.cli.output import configure
+
+    configure(no_color=no_color, interactive=_flag(input_, "--input"))
+
+
+def _flag(text: str, option: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise FluxError(f"{option}={text}: expected true or false", hint=f"e.g. {option}=false")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes (FluxError) print a message and exit 1, never a traceback."""
+    """Entry point: user mistakes (FluxError) print a message and exit 1, never a traceback; with
+    --json the failure is also printed as JSON on stdout, so a pipeline parsing it sees why."""
     from flux_plan.cli.output import err_console
 
-    _register()
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_mode = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     try:
-        app(args=argv, prog_name="flux")
+        from flux_plan.cli.common import check_single_dash
+
+        check_single_dash(args)
+        _register()
+        app(args=args, prog_name="flux")
     except FluxError as exc:
-        err_console().print(f"[bold red]Error:[/] {escape(exc.render())}")
-        sys.exit(exc.exit_code)
+        _fail(exc, json_mode)
+    except RecursionError:
+        _fail(FluxError("the input is nested too deeply to read",
+                        hint="flatten the JSON file named by the command (a few levels are enough)"), json_mode)
+    except OSError as exc:
+        where = exc.filename or "a file"
+        _fail(FluxError(f"{where}: {exc.strerror or exc}",
+                        hint="check that the file and its directory (e.g. .flux/) are writable by you"), json_mode)
     except KeyboardInterrupt:
         err_console().print("Interrupted.")
         sys.exit(130)
+
+
+def _fail(exc: FluxError, json_mode: bool) -> None:
+    from flux_plan.cli.output import err_console, print_failure
+
+    if json_mode:
+        print_failure(exc)
+    err_console().print(f"[bold red]Error:[/] {escape(exc.render())}")
+    sys.exit(exc.exit_code)

@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
 PROMPT = "Do you want to perform these actions? Only 'yes' will be accepted"
 PAST = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted", "read": "read"}
-ParallelismOption = typer.Option(10, "--parallelism", "-p", min=1, max=256,
+ParallelismOption = typer.Option(10, "--parallelism", "-p", min=1, max=256, envvar="FLUX_PARALLELISM",
                                  help="At most this many provider operations at once.")
+AllowOutOfOrderOption = typer.Option(False, "--allow-out-of-order",
+                                     help="Apply a new migration that sorts before one already applied.")
 JsonOption = typer.Option(False, "--json", help="Stream one JSON object per line (events, then a summary).")
 
 
@@ -139,7 +141,14 @@ def _show_plan(plan: Plan, json_out: bool) -> None:
 
 
 def _confirm(what: str) -> None:
-    """Ask for 'yes' on a terminal; refuse when nobody can answer."""
+    """Ask for 'yes' on a terminal; refuse when nobody can answer (no terminal, or --input=false)."""
+    from flux_plan.cli.output import input_disabled
+
+    if input_disabled():
+        raise FluxError(
+            f"refusing to {what}: it needs a 'yes' and --input=false forbids asking. Nothing was changed.",
+            hint="pass --auto-approve, or save a plan with `flux plan -o FILE` and run `flux apply FILE`",
+        )
     if not sys.stdin.isatty():
         raise FluxError(
             f"refusing to {what} without confirmation: stdin is not a terminal",
@@ -170,17 +179,16 @@ def _run(ws: Workspace, plan: Plan, *, parallelism: int, lock_timeout: float, js
 def _plan_and_apply(ws: Workspace, make: Callable[[], Plan], *, approve: bool, parallelism: int,
                     lock_timeout: float, json_out: bool, verb: str, what: str) -> ApplyResult:
     """Under one lock: recover, plan, show, confirm, apply (nobody can move the state in between)."""
+    from flux_plan.session import plan_and_apply
+
     if json_out and not approve:
         raise FluxError("--json needs --auto-approve (a prompt cannot be answered in JSON mode)",
                         hint="add --auto-approve, or apply a saved plan file")
-    with ws.state.locked(verb.lower(), lock_timeout):
-        ws.state.recover(read=ws.provider.read)
-        plan = make()
-        _show_plan(plan, json_out)
-        if plan.changes and not approve:
-            _confirm(what)
-        return _run(ws, plan, parallelism=parallelism, lock_timeout=lock_timeout, json_out=json_out,
-                    saved=False, verb=verb)
+    return plan_and_apply(
+        ws, make, operation=verb.lower(), show=lambda p: _show_plan(p, json_out),
+        confirm=None if approve else (lambda p: _confirm(what)), parallelism=parallelism, lock_timeout=lock_timeout,
+        run=lambda p: _run(ws, p, parallelism=parallelism, lock_timeout=lock_timeout, json_out=json_out,
+                           saved=False, verb=verb))
 
 
 def _exit(result: ApplyResult) -> None:
@@ -188,9 +196,27 @@ def _exit(result: ApplyResult) -> None:
         raise typer.Exit(result.exit_code)
 
 
-def _workspace(stage: str | None, directory: Path | None, json_out: bool) -> Workspace:
-    ws = open_workspace(stage, directory)
+def _workspace(stage: str | None, directory: Path | None, json_out: bool, *, lenient: bool = False) -> Workspace:
+    ws = open_workspace(stage, directory, lenient=lenient)
     if json_out:  # provider progress lines must not corrupt the JSON stream
+        ws.log = lambda msg: err_console().print(escape(str(msg)))
+    return ws
+
+
+def _saved_workspace(plan: Plan, stage: str | None, directory: Path | None, json_out: bool,
+                     planfile: Path) -> Workspace:
+    """The plan's own project snapshot, in the project found from the current (or --dir) directory."""
+    from flux_plan.workspace import Workspace
+
+    here = open_workspace(stage or plan.stage, directory, lenient=True)
+    if plan.project != here.project.name:
+        raise FluxError(f"{planfile}: refusing to apply: the plan is for project {plan.project!r}, not "
+                        f"{here.project.name!r}. Nothing was changed.", hint="run it in the plan's project")
+    if stage is not None and stage != plan.stage:
+        raise FluxError(f"{planfile}: refusing to apply: the plan is for stage {plan.stage!r}, not {stage!r}. "
+                        "Nothing was changed.", hint=f"drop --stage or pass --stage {plan.stage}")
+    ws = Workspace.for_plan(here.root, plan)
+    if json_out:
         ws.log = lambda msg: err_console().print(escape(str(msg)))
     return ws
 
@@ -205,6 +231,9 @@ def register(app: typer.Typer) -> None:
         auto_approve: bool = typer.Option(False, "--auto-approve", help="Skip the interactive approval."),
         target: list[str] = typer.Option([], "--target", help="Only this address and what it needs."),
         replace: list[str] = typer.Option([], "--replace", help="Force replacing this address."),
+        refresh_only: bool = typer.Option(False, "--refresh-only",
+                                          help="Only record drift (what the provider sees) into the state."),
+        allow_out_of_order: bool = AllowOutOfOrderOption,
         parallelism: int = ParallelismOption,
         stage: str | None = StageOption,
         lock_timeout: str = LockTimeoutOption,
@@ -216,27 +245,32 @@ def register(app: typer.Typer) -> None:
         if planfile is not None:
             from flux_plan.plan import Plan
 
-            if target or replace:
-                raise FluxError("--target/--replace cannot change a saved plan",
+            if target or replace or refresh_only or allow_out_of_order:
+                raise FluxError("--target/--replace/--refresh-only/--allow-out-of-order cannot change a saved plan",
                                 hint="pass them to `flux plan -o FILE` instead")
-            plan = Plan.load(planfile)
-            ws = _workspace(stage or plan.stage, directory, json_out)
-            if plan.project != ws.project.name:
-                raise FluxError(f"{planfile}: plan is for project {plan.project!r}, not {ws.project.name!r}")
-            _show_plan(plan, json_out)
-            _exit(_run(ws, plan, parallelism=parallelism, lock_timeout=timeout, json_out=json_out,
-                       saved=True, verb="Apply"))
+            from flux_plan.session import apply_saved
+
+            plan = Plan.load(planfile)  # the seal is verified before anything else
+            ws = _saved_workspace(plan, stage, directory, json_out, planfile)
+            verb = "Destroy" if plan.destroy else "Apply"
+            _exit(apply_saved(  # every other check also comes before anything is rendered
+                ws, plan, str(planfile), show=lambda p: _show_plan(p, json_out), parallelism=parallelism,
+                lock_timeout=timeout,
+                run=lambda p: _run(ws, p, parallelism=parallelism, lock_timeout=timeout, json_out=json_out,
+                                   saved=True, verb=verb)))
             return
         from flux_plan.plan import make_plan
 
         ws = _workspace(stage, directory, json_out)
-        result = _plan_and_apply(ws, lambda: make_plan(ws, targets=target, replace=replace),
+        result = _plan_and_apply(ws, lambda: make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only,
+                                                       allow_out_of_order=allow_out_of_order),
                                  approve=auto_approve, parallelism=parallelism, lock_timeout=timeout,
                                  json_out=json_out, verb="Apply", what="apply")
         _exit(result)
 
     @app.command()
     def deploy(
+        allow_out_of_order: bool = AllowOutOfOrderOption,
         stage: str | None = StageOption,
         parallelism: int = ParallelismOption,
         lock_timeout: str = LockTimeoutOption,
@@ -251,7 +285,8 @@ def register(app: typer.Typer) -> None:
         fn_dir = function_dir_of(ws.root)
         if fn_dir is not None and not json_out:
             console().print(f"Deploying only {escape(fn_dir)} and what it needs.")
-        result = _plan_and_apply(ws, lambda: make_plan(ws, function_dir=fn_dir), approve=True,
+        result = _plan_and_apply(ws, lambda: make_plan(ws, function_dir=fn_dir,
+                                                                     allow_out_of_order=allow_out_of_order), approve=True,
                                  parallelism=parallelism, lock_timeout=parse_duration(lock_timeout),
                                  json_out=json_out, verb="Deploy", what="deploy")
         _exit(result)
@@ -269,13 +304,11 @@ def register(app: typer.Typer) -> None:
         """Delete every resource of the stage, then stop what the provider runs for it."""
         from flux_plan.plan import make_plan
 
-        ws = _workspace(stage, directory, json_out)
+        ws = _workspace(stage, directory, json_out, lenient=True)
         timeout = parse_duration(lock_timeout)
         result = _plan_and_apply(ws, lambda: make_plan(ws, destroy=True, targets=target), approve=auto_approve,
                                  parallelism=parallelism, lock_timeout=timeout, json_out=json_out,
                                  verb="Destroy", what="destroy")
-        if result.ok and not target and hasattr(ws.provider, "destroy_stage"):
-            ws.provider.destroy_stage()
         _exit(result)
 
     _register_state(app)
@@ -293,7 +326,7 @@ def _register_state(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Addresses recorded in the state."""
-        st = open_workspace(stage, directory).state.load()
+        st = open_workspace(stage, directory, lenient=True).state.load()
         if json_out:
             print_json({"serial": st.serial, "lineage": st.lineage, "resources": sorted(st.resources),
                         "pending": st.pending})
@@ -309,7 +342,7 @@ def _register_state(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """One resource as recorded: attributes, outputs, dependencies, status (JSON)."""
-        ws = open_workspace(stage, directory)
+        ws = open_workspace(stage, directory, lenient=True)
         st = ws.state.load()
         if address not in st.resources:
             raise FluxError(f"{ws.state.describe()}: no resource {address!r} in the state",
@@ -324,15 +357,10 @@ def _register_state(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Forget resources without deleting them (the next plan would create them again)."""
-        ws = open_workspace(stage, directory)
-        with ws.state.locked("state rm", parse_duration(lock_timeout)):
-            st = ws.state.recover()
-            missing = [a for a in addresses if a not in st.resources]
-            if missing:
-                raise FluxError(f"{ws.state.describe()}: no resource {', '.join(map(repr, missing))} in the state",
-                                hint="list addresses with `flux state list`")
-            resources = {a: r for a, r in st.resources.items() if a not in addresses}
-            new = ws.state.commit(st.model_copy(update={"resources": resources}))
+        from flux_plan.session import state_rm as forget
+
+        ws = open_workspace(stage, directory, lenient=True)
+        new = forget(ws, addresses, parse_duration(lock_timeout))
         for a in addresses:
             typer.echo(f"Removed {a}")
         typer.echo(f"State serial {new.serial}.")
@@ -344,7 +372,7 @@ def _register_state(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Release a stage lock left by a command that is gone (or hung)."""
-        ws = open_workspace(stage, directory)
+        ws = open_workspace(stage, directory, lenient=True)
         holder = ws.state.backend.lock_info()
         ws.state.backend.unlock(lock_id, force=True)
         typer.echo(f"Released lock {lock_id}.")
@@ -355,7 +383,7 @@ def _register_state(app: typer.Typer) -> None:
     @state_app.command("pull")
     def state_pull(stage: str | None = StageOption, directory: Path | None = DirOption) -> None:
         """Print the state as JSON."""
-        sys.stdout.write(open_workspace(stage, directory).state.load().to_bytes().decode())
+        sys.stdout.write(open_workspace(stage, directory, lenient=True).state.load().to_bytes().decode())
 
     @state_app.command("push")
     def state_push(
@@ -366,24 +394,14 @@ def _register_state(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Replace the state with FILE (refused when it is of another lineage or older, unless --force)."""
-        ws = open_workspace(stage, directory)
+        ws = open_workspace(stage, directory, lenient=True)
         try:
             data = file.read_bytes()
         except OSError as exc:
             raise FluxError(f"{file}: cannot read ({exc.strerror})") from exc
-        with ws.state.locked("state push", parse_duration(lock_timeout)):
-            current = ws.state.recover()
-            new = ws.state.parse(data, str(file))
-            exists = current.serial > 0 or bool(current.resources)
-            if exists and not force:
-                if new.lineage != current.lineage:
-                    raise FluxError(f"{file}: lineage {new.lineage} differs from the stage's {current.lineage}",
-                                    hint="it is another state; pass --force to replace it anyway")
-                if new.serial < current.serial:
-                    raise FluxError(f"{file}: serial {new.serial} is older than the stage's {current.serial}",
-                                    hint="pull the current state first, or pass --force")
-            # The serial moves past both, so plans saved against the replaced state become stale.
-            written = ws.state.write_snapshot(new.model_copy(update={"serial": max(new.serial, current.serial) + 1}))
+        from flux_plan.session import state_push as push
+
+        written = push(ws, data, str(file), force=force, lock_timeout=parse_duration(lock_timeout))
         typer.echo(f"Pushed {file} ({len(written.resources)} resources), state serial {written.serial}.")
 
 
@@ -406,7 +424,7 @@ def _register_secrets(app: typer.Typer) -> None:
             if not sep:
                 raise FluxError(f"{key!r}: expected KEY=VALUE", hint="e.g. flux secrets set API_KEY=abc123")
             values[check_key_name(key.strip())] = value
-        ws = open_workspace(stage, directory)
+        ws = open_workspace(stage, directory, lenient=True)
         ws.secrets.set(values)
         typer.echo(f"Set {', '.join(sorted(values))} for stage {ws.stage.name} "
                    f"(encrypted in {ws.secrets.path.relative_to(ws.root)}). Run `flux deploy` to roll them out.")
@@ -418,7 +436,7 @@ def _register_secrets(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Names and fingerprints (never values)."""
-        ws = open_workspace(stage, directory)
+        ws = open_workspace(stage, directory, lenient=True)
         items = [{"key": k, "fingerprint": ws.secrets.fingerprint(k)} for k in ws.secrets.keys()]  # noqa: SIM118
         if json_out:
             print_json({"stage": ws.stage.name, "secrets": items})
@@ -435,7 +453,7 @@ def _register_secrets(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Remove a secret."""
-        ws = open_workspace(stage, directory)
+        ws = open_workspace(stage, directory, lenient=True)
         if not ws.secrets.unset(key):
             raise FluxError(f"secret {key!r} is not set for stage {ws.stage.name!r}",
                             hint="see the names with `flux secrets list`")
@@ -448,6 +466,6 @@ def _register_secrets(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Set every KEY=VALUE of a .env file."""
-        ws = open_workspace(stage, directory)
+        ws = open_workspace(stage, directory, lenient=True)
         keys = ws.secrets.import_file(file)
         typer.echo(f"Imported {len(keys)} key(s) for stage {ws.stage.name}: {', '.join(keys)}")

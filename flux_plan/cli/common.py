@@ -9,22 +9,31 @@ from typing import Any
 import typer
 
 from flux_plan.errors import FluxError
+from flux_plan.units import parse_duration
+
+__all__ = ["check_single_dash", "open_workspace", "parse_duration", "project_root"]
 from flux_plan.workspace import Workspace, find_root
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+StageOption = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE",
+                           help="Stage of flux.project.json (default: dev).")
+LockTimeoutOption = typer.Option("30s", "--lock-timeout", envvar="FLUX_LOCK_TIMEOUT",
+                                 help="How long to wait for the stage lock (30s, 2m).")
+DirOption = typer.Option(None, "--dir", "-C", envvar="FLUX_DIR",
+                         help="Project directory (default: found from the current one).")
+# Terraform-style `-out=FILE` would parse as `-o ut=FILE` and silently write a file named `ut=FILE`.
+_SINGLE_DASH_LONG = re.compile(r"^-([A-Za-z][A-Za-z-]+)(=.*)?$")
 
-StageOption = typer.Option(None, "--stage", "-s", help="Stage of flux.project.json (default: dev).")
-LockTimeoutOption = typer.Option("30s", "--lock-timeout", help="How long to wait for the stage lock (30s, 2m).")
-DirOption = typer.Option(None, "--dir", "-C", help="Project directory (default: found from the current one).")
 
-
-def parse_duration(text: str) -> float:
-    """'30s', '2m', '1.5h', '500ms' or plain seconds -> seconds."""
-    m = _DURATION_RE.match(text or "")
-    if not m:
-        raise FluxError(f"invalid duration {text!r}", hint="write a number with a unit: 500ms, 30s, 2m, 1h")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+def check_single_dash(args: list[str]) -> None:
+    """Refuse `-out=FILE`, `-auto-approve`, `-input=false`: flux's long options take two dashes."""
+    for arg in args:
+        if arg == "--":
+            return
+        m = _SINGLE_DASH_LONG.match(arg)
+        if m:
+            name = m.group(1)
+            fixed = "--" + ("out" if name == "out" else name) + (m.group(2) or "")
+            raise FluxError(f"{arg}: long options take two dashes", hint=f"did you mean {fixed}?")
 
 
 def project_root(directory: Path | None = None) -> Path:
@@ -34,6 +43,10 @@ def project_root(directory: Path | None = None) -> Path:
     return find_root(directory)
 
 
-def open_workspace(stage: str | None = None, directory: Path | None = None, **options: Any) -> Workspace:
-    """Scan the project (raising every validation problem at once) and bind the stage."""
+def open_workspace(stage: str | None = None, directory: Path | None = None, *, lenient: bool = False,
+                   **options: Any) -> Workspace:
+    """Scan the project (raising every validation problem at once) and bind the stage. `lenient`:
+    for commands that deploy no code, broken functions are left out instead (DESIGN §6)."""
+    if lenient:
+        return Workspace.open_lenient(project_root(directory), stage, **options)
     return Workspace.open(project_root(directory), stage, **options)

@@ -4,21 +4,52 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
+_SETTINGS = {"no_color": False, "interactive": True}
+
+
+def configure(*, no_color: bool, interactive: bool) -> None:
+    """Global output options (`--no-color`, `--input=false`), set once by the root callback."""
+    _SETTINGS["no_color"] = no_color
+    _SETTINGS["interactive"] = interactive
+    if no_color:  # also for consoles outside the CLI (providers' `flux dev` output) and child processes
+        os.environ["NO_COLOR"] = "1"
+    console.cache_clear()
+    err_console.cache_clear()
+
+
+def interactive() -> bool:
+    """Whether a command may wait on stdin for an answer (False with --input=false)."""
+    return bool(_SETTINGS["interactive"]) and sys.stdin.isatty()
+
+
+def input_disabled() -> bool:
+    return not _SETTINGS["interactive"]
+
+
+def _no_color() -> bool:
+    return bool(_SETTINGS["no_color"]) or bool(os.environ.get("NO_COLOR"))
+
+
+def _color() -> dict[str, Any]:
+    """Console options of --no-color / NO_COLOR: no colors and no styles at all."""
+    return {"no_color": True, "color_system": None} if _no_color() else {}
+
 
 @functools.cache
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, **_color())
 
 
 @functools.cache
 def err_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, **_color())
 
 
 def is_tty() -> bool:
@@ -33,3 +64,16 @@ def print_json(doc: Any) -> None:
 
 def print_error(message: str) -> None:
     err_console().print(f"[bold red]Error:[/] {escape(message)}")
+
+
+def print_failure(exc: Any) -> None:
+    """A failed `--json` command still prints JSON: {ok: false, error, hint, problems}."""
+    problems = [
+        {"file": p.file, "line": p.line, "column": p.column, "json_path": p.json_path, "severity": p.severity,
+         "message": p.message, "hint": p.hint}
+        for p in getattr(exc, "problems", None) or []
+    ]
+    # One line: valid for `--json` documents and for the JSON-lines streams of apply/deploy/destroy alike.
+    doc = {"event": "error", "ok": False, "error": exc.message, "hint": exc.hint, "problems": problems}
+    sys.stdout.write(json.dumps(doc, default=str) + "\n")
+    sys.stdout.flush()

@@ -22,21 +22,8 @@ from flux_plan.errors import FluxError, Problem
 
 
 def _problem_doc(p: Problem) -> dict[str, Any]:
-    return {"file": p.file, "line": p.line, "json_path": p.json_path, "severity": p.severity,
+    return {"file": p.file, "line": p.line, "column": p.column, "json_path": p.json_path, "severity": p.severity,
             "message": p.message, "hint": p.hint}
-
-
-def pin_artifacts(ws: Any, plan: Any) -> None:
-    """Bundle every function the plan creates or updates, so apply deploys exactly these builds."""
-    specs = {f.name: f for f in ws.project.functions}
-    for name in plan.artifacts:
-        try:
-            ws.artifacts.ensure(specs[name])
-        except FluxError:
-            raise
-        except Exception as exc:
-            raise FluxError(f"{specs[name].dir}/index.ts: bundling function {name!r} failed: {exc}",
-                            hint="fix the build error above, then run `flux plan -o FILE` again") from exc
 
 
 def register(app: typer.Typer) -> None:
@@ -47,10 +34,12 @@ def register(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Scan and validate the project: every problem at once, with file and line."""
+        from flux_plan.check import provider_problems, syntax_problems
         from flux_plan.project import scan
 
         root = project_root(directory)
         project, problems = scan(root)
+        problems += provider_problems(project) + syntax_problems(root, project.functions)
         if strict:
             for p in problems:
                 p.severity = "error"
@@ -88,10 +77,12 @@ def register(app: typer.Typer) -> None:
         stage: str | None = StageOption,
         lock_timeout: str = LockTimeoutOption,
         strict: bool = typer.Option(False, "--strict", help="Keys read but set nowhere are errors."),
+        allow_out_of_order: bool = typer.Option(False, "--allow-out-of-order",
+                                                help="Allow a new migration that sorts before an applied one."),
         directory: Path | None = DirOption,
     ) -> None:
         """Preview what apply would change: scan, refresh, diff."""
-        from flux_plan.plan import make_plan
+        from flux_plan.plan import make_plan, pin
         from flux_plan.render import render_markdown, render_text
 
         parse_duration(lock_timeout)  # plan takes no lock; the flag is validated for scripts' sake
@@ -99,9 +90,9 @@ def register(app: typer.Typer) -> None:
             raise FluxError("--json and --markdown are exclusive", hint="pick one output format")
         ws = open_workspace(stage, directory)
         p = make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only, destroy=destroy,
-                      strict=strict)
+                      strict=strict, allow_out_of_order=allow_out_of_order)
         if out is not None:
-            pin_artifacts(ws, p)
+            pin(ws, p)
             p.save(out)
         if json_out:
             print_json(p.to_doc())
@@ -115,6 +106,29 @@ def register(app: typer.Typer) -> None:
                                 f"flux apply {escape(str(out))}")
         if detailed_exitcode and p.has_changes():
             raise typer.Exit(2)
+
+    @app.command()
+    def show(
+        planfile: Path = typer.Argument(..., help="A plan saved with `flux plan -o FILE`."),
+        json_out: bool = typer.Option(False, "--json", help="The plan document as JSON."),
+        markdown: bool = typer.Option(False, "--markdown", help="A Markdown summary for a PR comment."),
+    ) -> None:
+        """Render a saved plan again (its seal is verified first), as `terraform show` does."""
+        from flux_plan.plan import Plan
+        from flux_plan.render import render_markdown, render_text
+
+        if json_out and markdown:
+            raise FluxError("--json and --markdown are exclusive", hint="pick one output format")
+        p = Plan.load(planfile, action="show")
+        if json_out:
+            doc = p.to_doc()
+            doc.pop("snapshot", None)  # the pinned specs are for apply; --json shows what the plan does
+            print_json(doc)
+        elif markdown:
+            sys.stdout.write(render_markdown(p))
+            sys.stdout.flush()
+        else:
+            render_text(p)
 
     @app.command()
     def graph(

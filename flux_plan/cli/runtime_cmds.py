@@ -14,17 +14,10 @@ from rich.markup import escape
 
 from flux_plan.cli.output import console, is_tty, print_json
 from flux_plan.errors import FluxError
+from flux_plan.logfmt import format_record
+from flux_plan.units import parse_duration
 
-_LEVEL_STYLE = {"debug": "dim", "info": "cyan", "warn": "yellow", "error": "bold red"}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """`10m`, `2h`, `30s`, `1d`, `45` (seconds) -> seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise FluxError(f"--since {text!r}: not a duration", hint="use e.g. 30s, 10m, 2h or 1d")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+_LEVEL_STYLE = {"debug": "dim", "info": "cyan", "warn": "yellow", "error": "bold red"}  # = logfmt's levels
 
 
 def parse_payload(text: str) -> Any:
@@ -50,7 +43,7 @@ def parse_payload(text: str) -> Any:
 def _workspace(stage: str | None) -> Any:
     from flux_plan.workspace import Workspace
 
-    return Workspace.open(stage=stage)
+    return Workspace.open_lenient(stage=stage)  # these commands deploy no code (DESIGN §6)
 
 
 def _hook(ws: Any, name: str) -> Any:
@@ -60,27 +53,12 @@ def _hook(ws: Any, name: str) -> Any:
     return fn
 
 
-def format_record(rec: dict[str, Any], *, color: bool) -> str:
-    ts = str(rec.get("ts", ""))[11:23] or "-"
-    level = str(rec.get("level", "info"))
-    fn = rec.get("function") or "-"
-    rid = rec.get("request_id") or "-"
-    data = rec.get("data")
-    extra = "" if data in (None, {}, []) else " " + json.dumps(data, ensure_ascii=False, default=str)
-    msg = str(rec.get("msg", ""))
-    if not color:
-        return f"{ts} {level.upper():5} {fn} {rid} {msg}{extra}"
-    style = _LEVEL_STYLE.get(level, "")
-    return (f"[dim]{ts}[/] [{style}]{level.upper():5}[/] [bold]{escape(fn)}[/] [dim]{escape(rid)}[/] "
-            f"{escape(msg)}{escape(extra)}")
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def invoke(
         function: str = typer.Argument(..., help="function name"),
         payload: str = typer.Option("{}", "--payload", "-p", help="JSON object, or @file.json"),
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
         """Call a function through its gateway route; print result, status, duration and request id."""
@@ -107,14 +85,14 @@ def register(app: typer.Typer) -> None:
         since: str | None = typer.Option(None, "--since", help="e.g. 10m, 2h"),
         request_id: str | None = typer.Option(None, "--request-id"),
         level: str = typer.Option("info", "--level", help="minimum level: debug, info, warn, error"),
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
         as_json: bool = typer.Option(False, "--json", help="one JSON record per line"),
     ) -> None:
         """Structured logs of the stage (ctx.log records carry their request id)."""
         if level not in _LEVEL_STYLE:
             raise FluxError(f"--level {level!r}: unknown level", hint="use debug, info, warn or error")
         ws = _workspace(stage)
-        records = _hook(ws, "logs")(function, since_s=parse_duration(since) if since else None,
+        records = _hook(ws, "logs")(function, since_s=parse_duration(since, "--since") if since else None,
                                     request_id=request_id, level=level, follow=follow)
         color = is_tty() and not as_json
         try:
@@ -133,14 +111,11 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def dev(
         port: int | None = typer.Option(None, "--port", help="gateway port (default: the stage's, else free)"),
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
     ) -> None:
         """Run the project locally in the foreground, watch files and hot-reload what changed."""
-        from flux_local.dev import run_dev
-
-        from flux_plan.workspace import find_root
-
-        raise typer.Exit(run_dev(find_root(), stage=stage, port=port))
+        ws = _workspace(stage)
+        raise typer.Exit(_hook(ws, "dev")(port=port))
 
     migrations_app = typer.Typer(help="Schema migrations (schema/*.sql) and their history in the database.",
                                  no_args_is_help=True)
@@ -148,7 +123,7 @@ def register(app: typer.Typer) -> None:
 
     @migrations_app.command("list")
     def migrations_list(
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Migration files of the project, in the order they apply."""
@@ -164,29 +139,14 @@ def register(app: typer.Typer) -> None:
 
     @migrations_app.command("status")
     def migrations_status(
-        stage: str | None = typer.Option(None, "--stage", "-s"),
+        stage: str | None = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Each migration file against the stage database: applied, pending, or changed since applied."""
         ws = _workspace(stage)
-        applied = _applied_in_db(ws)
-        rows = []
-        for m in ws.project.migrations:
-            row = applied.pop(m.version, None) if applied is not None else None
-            if applied is None:
-                status = "unknown (database not running)"
-            elif row is None:
-                status = "pending"
-            elif row.checksum != m.checksum:
-                status = "CHANGED after it was applied"
-            else:
-                status = "applied"
-            rows.append({"version": m.version, "file": m.file, "status": status,
-                         "applied_at": row.applied_at.isoformat() if row else None,
-                         "duration_ms": row.duration_ms if row else None})
-        for row in (applied or {}).values():
-            rows.append({"version": row.version, "file": row.file, "status": "applied, file missing",
-                         "applied_at": row.applied_at.isoformat(), "duration_ms": row.duration_ms})
+        from flux_plan.session import migration_status
+
+        rows = migration_status(ws.project.migrations, _applied_in_db(ws))
         if as_json:
             print_json(rows)
             return

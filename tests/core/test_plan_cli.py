@@ -126,7 +126,8 @@ def test_each_edit_gives_exactly_the_expected_actions(applied: Path, flux: FluxR
     assert "schema/001_init.sql: applied migration changed" in err and "Traceback" not in err
 
 
-def test_json_plan_file_roundtrip_and_staleness(applied: Path, flux: FluxRunner) -> None:
+def test_json_plan_file_roundtrip_and_staleness(applied: Path, flux: FluxRunner, flux_env: dict[str, str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from flux_plan.errors import FluxError, StateError
     from flux_plan.plan import Plan, check_fresh
     from flux_plan.workspace import Workspace
@@ -137,6 +138,7 @@ def test_json_plan_file_roundtrip_and_staleness(applied: Path, flux: FluxRunner)
     assert "Saved the plan to plan.json" in out
     doc = json.loads((applied / "plan.json").read_text())
     Draft202012Validator(json.loads(schema_path("plan").read_text())).validate(doc)
+    monkeypatch.setenv("XDG_CONFIG_HOME", flux_env["XDG_CONFIG_HOME"])  # the project key the CLI sealed with
     plan = Plan.load(applied / "plan.json")
     assert [c.address for c in plan.changes] == ["function.greet"]
     assert set(plan.artifacts) == {"greet"}
@@ -148,8 +150,10 @@ def test_json_plan_file_roundtrip_and_staleness(applied: Path, flux: FluxRunner)
     with pytest.raises(StateError, match="stale"):
         check_fresh(plan, Workspace.open(applied).state.load())
     (applied / "bad.json").write_text(json.dumps({**doc, "changes": [{"address": "nope"}]}))
-    with pytest.raises(FluxError, match="not a valid Flux plan file"):
+    with pytest.raises(FluxError, match="changed after it was sealed"):
         Plan.load(applied / "bad.json")
+    with pytest.raises(FluxError, match="not a valid Flux plan file"):
+        Plan.load(applied / "bad.json", verify=False)
 
 
 def test_target_closure_and_function_dir(tmp_path: Path, flux: FluxRunner, make_project: Callable[..., Path]) -> None:
@@ -202,7 +206,8 @@ def test_markdown_warning_and_cap(applied: Path, flux: FluxRunner, write_functio
     assert "**Plan: 300 to add, 0 to change, 2 to destroy.**" in out
     assert "> ⚠️ **This plan destroys or replaces 2 resource(s):** `route.POST_/greet`, `function.greet`" in out
     assert len(out) <= 60_000
-    assert re.search(r"_… \d+ more block\(s\) not shown: the comment is capped at 60,000 characters", out)
+    assert re.search(r"_… \d+ more block\(s\) not shown \([^)]*created[^)]*\): `[^`]+`.* The comment is capped at 60,000 "
+                     r"characters", out)
     assert out.count("<details>") == out.count("</details>") > 50
 
 

@@ -20,8 +20,8 @@ from rich.markup import escape
 
 from flux_local.daemon import Daemon, port_free
 from flux_local.provider import function_config
-from flux_plan.cli.output import console, err_console
 from flux_plan.errors import FluxError, ProviderError
+from flux_plan.logfmt import console, err_console, format_record
 from flux_plan.paths import stage_dir
 
 TREES = ("functions", "schema")  # watched recursively
@@ -30,8 +30,6 @@ SECRETS_FILE = "secrets.enc"
 
 
 def _print_record(rec: dict[str, Any]) -> None:
-    from flux_plan.cli.runtime_cmds import format_record
-
     console().print(format_record(rec, color=True), highlight=False)
 
 

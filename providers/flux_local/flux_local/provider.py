@@ -87,6 +87,12 @@ class LocalProvider:
             self._ctx.log(f"starting the local runtime of stage {ctx.stage.name} ...")
             return self.client.start(ctx.project.root, ctx.stage.name, ctx.project.name, ctx.stage.settings)
 
+    def dev(self, *, port: int | None = None) -> int:
+        """`flux dev`: run the stage in the foreground with file watching (the Provider `dev` hook)."""
+        from flux_local.dev import run_dev
+
+        return run_dev(self._ctx.project.root, stage=self._ctx.stage.name, port=port)
+
     def _spec(self, name: str) -> FunctionSpec:
         for spec in self._ctx.project.functions:
             if spec.name == name:

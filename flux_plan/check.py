@@ -1,0 +1,91 @@
+"""Checks deeper than the scan, for what apply would otherwise trip on late: syntax errors in a
+function's code (located file:line:col by esbuild, one process for many files, no bundling) and stage
+providers that are not installed. `flux validate` runs both over the whole project; `flux plan` runs
+the syntax check over the functions whose code changed, so a no-op plan pays nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from flux_plan.errors import Problem
+from flux_plan.model import FunctionSpec, Project
+
+_CODE_SUFFIXES = (".ts", ".tsx", ".js", ".mjs", ".jsx")
+_SKIP_DIRS = {"node_modules", ".flux", ".git"}
+_CHUNK = 1500  # files per esbuild process (command-line length), chunks run in parallel
+_ERROR = re.compile(r"\[ERROR\]\s+(?P<msg>.+?)\n(?:\s*\n)?\s+(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+):")
+
+
+def _code_files(root: Path, spec: FunctionSpec) -> list[str]:
+    out: list[str] = []
+    for d, dirs, files in os.walk(root / spec.dir):
+        dirs[:] = sorted(x for x in dirs if x not in _SKIP_DIRS)
+        for f in sorted(files):
+            if f.endswith(_CODE_SUFFIXES):
+                out.append(Path(d, f).relative_to(root).as_posix())
+    return out
+
+
+def _esbuild(root: Path, files: list[str]) -> list[Problem]:
+    from flux_plan.artifacts import esbuild_bin
+
+    with tempfile.TemporaryDirectory(prefix="flux-check-") as out:
+        proc = subprocess.run(
+            [str(esbuild_bin()), *files, f"--outdir={out}", "--outbase=.", "--log-level=error", "--color=false",
+             "--log-limit=0", "--format=esm", "--target=esnext"],
+            cwd=root, capture_output=True, text=True, check=False,
+        )
+    if proc.returncode == 0:
+        return []
+    problems = [
+        Problem(m.group("file"), f"syntax error: {m.group('msg').strip()}", line=int(m.group("line")),
+                column=int(m.group("col")) + 1,  # esbuild counts columns from 0, editors from 1
+                hint="fix the code; `deno check` or your editor shows the same position")
+        for m in _ERROR.finditer(proc.stderr)
+    ]
+    if not problems:
+        text = (proc.stderr or proc.stdout).strip().splitlines()
+        problems.append(Problem(files[0] if len(files) == 1 else "functions/", "the code check failed: "
+                                + " ".join(text[:3]), hint="run `flux validate` again; is esbuild installed?"))
+    return problems
+
+
+def syntax_problems(root: Path, specs: Iterable[FunctionSpec]) -> list[Problem]:
+    """Every syntax error in the code files of `specs`, each with file, line and column."""
+    files = [f for spec in specs for f in _code_files(root, spec)]
+    if not files:
+        return []
+    chunks = [files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK)]
+    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 2)) as pool:
+        return [p for found in pool.map(lambda c: _esbuild(root, c), chunks) for p in found]
+
+
+def provider_problems(project: Project) -> list[Problem]:
+    """Stages whose provider is not installed (a plan would fail on them later)."""
+    from flux_plan.project import PROJECT_FILE, locate
+    from flux_plan.providers import available_providers
+
+    installed = set(available_providers())
+    problems = []
+    text = ""
+    path = project.root / PROJECT_FILE
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+    for name, stage in sorted(project.stages.items()):
+        if stage.provider not in installed:
+            problems.append(Problem(
+                PROJECT_FILE, f"stage {name!r}: unknown provider {stage.provider!r} "
+                              f"(installed: {', '.join(sorted(installed)) or 'none'})",
+                line=locate(text, ["stages", name, "provider"]) if text else None,
+                json_path=f"$.stages.{name}.provider",
+                hint="fix the stage's \"provider\", or install the provider package"))
+    return problems
