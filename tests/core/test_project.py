@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -189,13 +188,11 @@ def test_plan_refuses_invalid_project_without_traceback(tmp_path: Path, flux: Fl
     assert "Traceback" not in err
 
 
-def test_scan_is_fast_for_many_functions(tmp_path: Path, make_project: Callable[..., Path], write_function: Callable[..., Path]) -> None:
-    """Linear and cheap: 1000 functions must scan well under a second per thousand (5000 in a few s)."""
+def test_scan_of_many_functions_is_complete(tmp_path: Path, make_project: Callable[..., Path], write_function: Callable[..., Path]) -> None:
+    """1000 functions scan without a problem (speed is measured by bench/plan_scale.py, not asserted here)."""
     root = make_project(tmp_path, functions={}, env_example="")
     for i in range(1000):
         write_function(root, f"fn{i:04d}")
-    t0 = time.perf_counter()
     project, problems = scan(root)
-    elapsed = time.perf_counter() - t0
     assert len(project.functions) == 1000 and not [p for p in problems if p.severity == "error"]
-    assert elapsed < 3.0, f"scan of 1000 functions took {elapsed:.2f}s"
+    assert sorted(f.name for f in project.functions) == [f"fn{i:04d}" for i in range(1000)]
