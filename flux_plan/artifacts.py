@@ -23,7 +23,7 @@ from filelock import FileLock
 from flux_plan.digest import source_digest
 from flux_plan.errors import FluxError
 from flux_plan.model import FunctionSpec
-from flux_plan.paths import REPO_DIR, SDK_DIR, artifacts_dir
+from flux_plan.paths import REPO_DIR, SDK_DIR, artifacts_dir, user_cache_dir
 
 ESBUILD_VERSION = "0.28.2"
 BUNDLE_FILE = "index.mjs"
@@ -39,8 +39,7 @@ _ESBUILD_ERR = re.compile(r"\[ERROR\]\s+(?P<msg>.+?)\n(?:\s*\n)?\s+(?P<file>[^\s
 
 def cache_dir() -> Path:
     """Flux's per-user cache (tools, npm dependency installs); honours XDG_CACHE_HOME."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "flux"
+    return user_cache_dir()
 
 
 def esbuild_bin() -> Path:

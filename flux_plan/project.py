@@ -16,15 +16,17 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from flux_plan.digest import source_digest
 from flux_plan.errors import Problem, ValidationFailed
 from flux_plan.model import DEFAULT_PROVIDER, DEFAULT_STAGE, FunctionSpec, Migration, Project, StageConfig
 from flux_plan.paths import schema_path
+from flux_plan.schema_check import Check, compile_accept
+
+if TYPE_CHECKING:  # jsonschema is imported only when a document is not plainly valid (see schema_check)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 FUNCTIONS_DIR = "functions"
 SCHEMA_DIR = "schema"
@@ -65,9 +67,17 @@ class CodeScan:
 @functools.cache
 def validator(name: str) -> Draft202012Validator:
     """The compiled validator of schemas/<name>.schema.json (compiled once: scans call it N times)."""
+    from jsonschema import Draft202012Validator
+
     schema = json.loads(schema_path(name).read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
+
+
+@functools.cache
+def fast_accept(name: str) -> Check | None:
+    """The quick validity check of schemas/<name>.schema.json (None: always use `validator`)."""
+    return compile_accept(json.loads(schema_path(name).read_text(encoding="utf-8")))
 
 
 def json_path(parts: Iterable[Any]) -> str:
@@ -102,6 +112,9 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
 
 def schema_problems(name: str, data: Any, text: str, file: str) -> list[Problem]:
     """Every schema violation of `data` as a Problem with JSON path, line and a hint."""
+    quick = fast_accept(name)
+    if quick is not None and quick(data):
+        return []
     problems: list[Problem] = []
     errors = sorted(validator(name).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     for err in errors:
@@ -365,11 +378,10 @@ def _scan_function(root: Path, d: Path, problems: list[Problem]) -> tuple[Functi
 
 
 def _scan_migrations(root: Path, problems: list[Problem]) -> list[Migration]:
-    import pglast
-
     schema_dir = root / SCHEMA_DIR
     if not schema_dir.is_dir():
         return []
+    import pglast  # ~100 ms of imports: only for projects that have migrations
     by_version: dict[int, Migration] = {}
     for p in sorted(schema_dir.iterdir()):
         if p.name.startswith(".") or p.is_dir():

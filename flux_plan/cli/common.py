@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from flux_plan.errors import FluxError
-from flux_plan.workspace import Workspace, find_root
+
+if TYPE_CHECKING:  # the workspace pulls in pydantic: loaded by the commands that open one, not by --help
+    from flux_plan.workspace import Workspace
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -31,9 +33,13 @@ def project_root(directory: Path | None = None) -> Path:
     """The project root from `--dir`, or found upwards from the current directory."""
     if directory is not None and not directory.is_dir():
         raise FluxError(f"{directory}: no such directory", hint="pass the project directory to --dir")
+    from flux_plan.workspace import find_root
+
     return find_root(directory)
 
 
 def open_workspace(stage: str | None = None, directory: Path | None = None, **options: Any) -> Workspace:
     """Scan the project (raising every validation problem at once) and bind the stage."""
+    from flux_plan.workspace import Workspace
+
     return Workspace.open(project_root(directory), stage, **options)

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from flux_plan import __version__
 from flux_plan.errors import FluxError
@@ -112,7 +111,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def init(directory: Path = typer.Argument(Path("."), help="Where to create the project.")) -> None:
         """Write a working starter project (one function, one migration, editor config)."""
-        from flux_plan.cli.output import console
+        from flux_plan.cli.output import console, escape
 
         written = init_project(directory)
         out = console()
