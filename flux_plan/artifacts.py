@@ -4,6 +4,11 @@ Same digest <=> same bundle (see digest.py), so a bundle is built once and reuse
 and provider. A bundle dir holds `index.mjs` (ESM, default export = the defineFunction result, the SDK
 and npm dependencies inlined) and `meta.json`. It is built in a temp dir and renamed into place under a
 per-digest file lock, so concurrent applies never see a half-written bundle.
+
+`prepare(specs)` bundles many functions in the background with one esbuild process per batch (esbuild
+takes many entry points and uses every core): an apply starts it before its first operation, and
+`ensure` waits for the batch that holds its digest. A batch that fails builds nothing; its functions
+are then bundled one by one, so each error still names its own file.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from filelock import FileLock
@@ -34,6 +42,7 @@ _SDK_ENTRY = SDK_DIR / "functions" / "index.ts"
 _NODE_BANNER = 'import { createRequire as __fluxCreateRequire } from "node:module"; ' \
                "const require = __fluxCreateRequire(import.meta.url);"
 # esbuild diagnostics: "✘ [ERROR] message\n\n    file:line:col:"
+BATCH_SIZE = 200  # entry points per esbuild process: bounds argv and lets a long apply start early
 _ESBUILD_ERR = re.compile(r"\[ERROR\]\s+(?P<msg>.+?)\n(?:\s*\n)?\s+(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+):")
 
 
@@ -80,6 +89,9 @@ class ArtifactStore:
     def __init__(self, project_root: Path) -> None:
         self.root = Path(project_root).resolve()
         self.dir = artifacts_dir(self.root)
+        self._pending: dict[str, Future[None]] = {}
+        self._pending_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     def path(self, digest: str) -> Path:
         return self.dir / digest
@@ -93,6 +105,12 @@ class ArtifactStore:
         digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
         if self.has(digest):
             return self.path(digest)
+        with self._pending_lock:
+            batch = self._pending.get(digest)
+        if batch is not None:
+            batch.result()  # never raises: a failed batch leaves the bundle to the single build below
+            if self.has(digest):
+                return self.path(digest)
         self.dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.dir / f".{digest}.lock")):
             if self.has(digest):
@@ -109,7 +127,106 @@ class ArtifactStore:
                     shutil.rmtree(tmp, ignore_errors=True)
         return self.path(digest)
 
+    def prepare(self, specs: Iterable[FunctionSpec]) -> None:
+        """Start bundling, in the background and in batches, every function of `specs` without a bundle."""
+        todo: dict[str, FunctionSpec] = {}
+        for spec in specs:
+            digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
+            # functions with their own package.json build alone (NODE_PATH is per process)
+            if digest not in todo and not self.has(digest) and not (self.root / spec.dir / "package.json").is_file():
+                todo[digest] = spec
+        with self._pending_lock:
+            todo = {d: s for d, s in todo.items() if d not in self._pending}
+            if not todo:
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flux-bundle")
+            by_runtime: dict[str, list[tuple[str, FunctionSpec]]] = {}
+            for digest, spec in todo.items():
+                by_runtime.setdefault(spec.runtime, []).append((digest, spec))
+            for items in by_runtime.values():
+                for i in range(0, len(items), BATCH_SIZE):
+                    chunk = items[i:i + BATCH_SIZE]
+                    fut = self._pool.submit(self._build_batch_quietly, chunk)
+                    for digest, _ in chunk:
+                        self._pending[digest] = fut
+
+    def ensure_many(self, specs: Iterable[FunctionSpec]) -> dict[str, Path]:
+        """Bundle dirs by function name, built in batches; raises the first function's FluxError."""
+        specs = list(specs)
+        self.prepare(specs)
+        return {spec.name: self.ensure(spec) for spec in specs}
+
     # -- building ---------------------------------------------------------------------------------------
+    def _esbuild_args(self, runtime: str) -> list[str]:
+        """The bundling recipe of a runtime (the same for a batch and a single build)."""
+        args = [
+            str(esbuild_bin()), "--bundle", "--format=esm", "--log-level=error", "--color=false",
+            "--legal-comments=none", f"--alias:@flux/functions={_SDK_ENTRY}", "--charset=utf8",
+            "--out-extension:.js=.mjs",
+        ]
+        if runtime == "node":
+            args += ["--platform=node", "--target=node20", f"--banner:js={_NODE_BANNER}"]
+        else:
+            # Deno: web platform + node: built-ins; no node resolution conditions, no npm:/jsr: fetching.
+            args += ["--platform=neutral", "--target=es2022", "--main-fields=module,main",
+                     "--conditions=deno,worker,browser", "--external:node:*"]
+        return args
+
+    def _write_meta(self, spec: FunctionSpec, digest: str, out: Path) -> None:
+        size = (out / BUNDLE_FILE).stat().st_size
+        meta = {"digest": digest, "runtime": spec.runtime, "function": spec.name,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bytes": size}
+        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    def _build_batch_quietly(self, items: list[tuple[str, FunctionSpec]]) -> None:
+        try:
+            self._build_batch(items)
+        except Exception:  # whatever went wrong, `ensure` builds each one alone and says why
+            pass
+        finally:
+            with self._pending_lock:
+                for digest, _ in items:
+                    self._pending.pop(digest, None)
+
+    def _build_batch(self, items: list[tuple[str, FunctionSpec]]) -> None:
+        """One esbuild process for many functions of one runtime; each output moves into its own dir."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-batch-", dir=self.dir))
+        try:
+            for _attempt in range(2):
+                entries = [f"{d}={self._entry(spec).relative_to(self.root).as_posix()}" for d, spec in items]
+                args = [*self._esbuild_args(items[0][1].runtime), f"--outdir={tmp}", *entries]
+                proc = subprocess.run(args, cwd=self.root, capture_output=True, text=True, check=False)
+                if proc.returncode == 0:
+                    break
+                # esbuild wrote nothing: drop the functions its errors name and build the rest once more
+                bad = {m.group("file").split("/")[1] for m in _ESBUILD_ERR.finditer(proc.stderr or "")
+                       if m.group("file").startswith("functions/")}
+                kept = [(d, spec) for d, spec in items if spec.dir.split("/", 1)[1] not in bad]
+                if not bad or not kept or len(kept) == len(items):
+                    return
+                items = kept
+            else:
+                return
+            for digest, spec in items:
+                with FileLock(str(self.dir / f".{digest}.lock")):
+                    if self.has(digest):
+                        continue
+                    out = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=self.dir))
+                    try:
+                        os.replace(tmp / f"{digest}.mjs", out / BUNDLE_FILE)
+                        self._write_meta(spec, digest, out)
+                        final = self.path(digest)
+                        if final.exists():
+                            shutil.rmtree(final)
+                        os.replace(out, final)
+                    finally:
+                        if out.exists():
+                            shutil.rmtree(out, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def _entry(self, spec: FunctionSpec) -> Path:
         fn_dir = self.root / spec.dir
         for name in _ENTRY_NAMES:
@@ -149,27 +266,16 @@ class ArtifactStore:
     def _build(self, spec: FunctionSpec, digest: str, out: Path) -> None:
         entry = self._entry(spec)
         deps = self._deps_dir(spec)
-        args = [
-            str(esbuild_bin()), entry.relative_to(self.root).as_posix(), "--bundle", "--format=esm",
-            f"--outfile={out / BUNDLE_FILE}", "--log-level=error", "--color=false", "--legal-comments=none",
-            f"--alias:@flux/functions={_SDK_ENTRY}", "--charset=utf8",
-        ]
-        if spec.runtime == "node":
-            args += ["--platform=node", "--target=node20", f"--banner:js={_NODE_BANNER}"]
-        else:
-            # Deno: web platform + node: built-ins; no node resolution conditions, no npm:/jsr: fetching.
-            args += ["--platform=neutral", "--target=es2022", "--main-fields=module,main",
-                     "--conditions=deno,worker,browser", "--external:node:*"]
+        # the batch recipe with one entry named like the bundle file: same bytes either way
+        args = [*self._esbuild_args(spec.runtime), f"--outdir={out}",
+                f"{Path(BUNDLE_FILE).stem}={entry.relative_to(self.root).as_posix()}"]
         env = dict(os.environ)
         if deps is not None:
             env["NODE_PATH"] = str(deps)
         proc = subprocess.run(args, cwd=self.root, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
             raise self._bundle_error(spec, entry, proc.stderr or proc.stdout)
-        size = (out / BUNDLE_FILE).stat().st_size
-        meta = {"digest": digest, "runtime": spec.runtime, "function": spec.name,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bytes": size}
-        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        self._write_meta(spec, digest, out)
 
     def _bundle_error(self, spec: FunctionSpec, entry: Path, output: str) -> FluxError:
         m = _ESBUILD_ERR.search(output)

@@ -28,6 +28,7 @@ def _problem_doc(p: Problem) -> dict[str, Any]:
 def pin_artifacts(ws: Any, plan: Any) -> None:
     """Bundle every function the plan creates or updates, so apply deploys exactly these builds."""
     specs = {f.name: f for f in ws.project.functions}
+    ws.artifacts.prepare(specs[name] for name in plan.artifacts)  # many per bundler run
     for name in plan.artifacts:
         try:
             ws.artifacts.ensure(specs[name])
