@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -42,8 +43,53 @@ _SDK_ENTRY = SDK_DIR / "functions" / "index.ts"
 _NODE_BANNER = 'import { createRequire as __fluxCreateRequire } from "node:module"; ' \
                "const require = __fluxCreateRequire(import.meta.url);"
 # esbuild diagnostics: "✘ [ERROR] message\n\n    file:line:col:"
+_INPUTS_FILE = ".esbuild-inputs.json"  # esbuild's metafile: read by check_bundle_inputs, then removed
 BATCH_SIZE = 200  # entry points per esbuild process: bounds argv and lets a long apply start early
 _ESBUILD_ERR = re.compile(r"\[ERROR\]\s+(?P<msg>.+?)\n(?:\s*\n)?\s+(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+):")
+
+
+def check_bundle_inputs(root: Path, spec: FunctionSpec, metafile: Path, deps: Path | None) -> None:
+    """The bundling sandbox (DESIGN §8): a function may bundle files of its own folder, the project's shared code
+    (functions/_shared/), its npm dependencies and @flux/functions, nothing else: never `.flux/` (state, secrets,
+    other bundles), `.env*`, or anything outside the project. Raises naming the importing file:line."""
+    doc = json.loads(metafile.read_text(encoding="utf-8"))
+    metafile.unlink()
+    fn_dir = (root / spec.dir).resolve()
+    allowed = [fn_dir, (root / "functions" / "_shared").resolve(), (root / "node_modules").resolve(),
+               SDK_DIR.resolve()] + ([deps.resolve()] if deps is not None else [])
+    inputs: dict[str, Any] = doc.get("inputs", {})
+    for rel in inputs:
+        path = (root / rel).resolve()
+        if rel.startswith("(disabled)") or not path.exists():
+            continue  # esbuild's virtual modules
+        inside = next((a for a in allowed if path.is_relative_to(a)), None)
+        hidden = any(part == ".flux" or part.startswith(".env") for part in path.relative_to(inside).parts) \
+            if inside is not None else False
+        if inside is not None and not hidden:
+            continue
+        where, spec_text = _importer_of(root, inputs, rel)
+        shown = path.relative_to(root.resolve()).as_posix() if path.is_relative_to(root.resolve()) else str(path)
+        raise FluxError(f"{where}: function {spec.name} imports {spec_text!r} ({shown}), which is outside what a "
+                        "function may bundle",
+                        hint=f"import only from {spec.dir}/, functions/_shared/, npm dependencies and "
+                             "@flux/functions (never .flux/, .env or files outside the project)")
+
+
+def _importer_of(root: Path, inputs: dict[str, Any], target: str) -> tuple[str, str]:
+    """`file:line` of the first import of `target` in the bundle's inputs, and the specifier as written."""
+    for rel, info in inputs.items():
+        for imp in info.get("imports", []):
+            if imp.get("path") != target:
+                continue
+            original = str(imp.get("original") or target)
+            try:
+                text = (root / rel).read_text(encoding="utf-8")
+            except OSError:
+                return rel, original
+            idx = text.find(original)
+            line = text.count("\n", 0, idx) + 1 if idx >= 0 else 1
+            return f"{rel}:{line}", original
+    return target, target
 
 
 def cache_dir() -> Path:
@@ -164,6 +210,8 @@ class ArtifactStore:
             str(esbuild_bin()), "--bundle", "--format=esm", "--log-level=error", "--color=false",
             "--legal-comments=none", f"--alias:@flux/functions={_SDK_ENTRY}", "--charset=utf8",
             "--out-extension:.js=.mjs",
+            # stacks in the logs point at functions/<fn>/index.ts:line, not at the bundle (no source text inside)
+            "--sourcemap=linked", "--sources-content=false",
         ]
         if runtime == "node":
             args += ["--platform=node", "--target=node20", f"--banner:js={_NODE_BANNER}"]
@@ -190,13 +238,22 @@ class ArtifactStore:
                     self._pending.pop(digest, None)
 
     def _build_batch(self, items: list[tuple[str, FunctionSpec]]) -> None:
-        """One esbuild process for many functions of one runtime; each output moves into its own dir."""
+        """One esbuild process for many functions of one runtime. Each output lands in its own temp dir
+        beside the final one (source maps hold paths relative to it), passes the bundling sandbox check
+        and is renamed into place."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-batch-", dir=self.dir))
+        token = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+        metafile = self.dir / f".tmp-b{token}.json"
+
+        def out_dir(digest: str) -> Path:
+            return self.dir / f".tmp-b{token}-{digest}"
+
         try:
             for _attempt in range(2):
-                entries = [f"{d}={self._entry(spec).relative_to(self.root).as_posix()}" for d, spec in items]
-                args = [*self._esbuild_args(items[0][1].runtime), f"--outdir={tmp}", *entries]
+                entries = [f"{out_dir(d).name}/{Path(BUNDLE_FILE).stem}="
+                           f"{self._entry(spec).relative_to(self.root).as_posix()}" for d, spec in items]
+                args = [*self._esbuild_args(items[0][1].runtime), f"--outdir={self.dir}", f"--metafile={metafile}",
+                        *entries]
                 proc = subprocess.run(args, cwd=self.root, capture_output=True, text=True, check=False)
                 if proc.returncode == 0:
                     break
@@ -209,23 +266,29 @@ class ArtifactStore:
                 items = kept
             else:
                 return
+            doc = json.loads(metafile.read_text(encoding="utf-8"))
+            outputs: dict[str, Any] = doc.get("outputs", {})
             for digest, spec in items:
+                out = out_dir(digest)
+                key = (out / BUNDLE_FILE).relative_to(self.root).as_posix()
+                own = {k: doc["inputs"][k] for k in outputs.get(key, {}).get("inputs", {}) if k in doc["inputs"]}
+                (out / _INPUTS_FILE).write_text(json.dumps({"inputs": own}), encoding="utf-8")
+                try:
+                    check_bundle_inputs(self.root, spec, out / _INPUTS_FILE, None)
+                except FluxError:
+                    continue  # not installed: `ensure` builds it alone and reports the import
+                self._write_meta(spec, digest, out)
                 with FileLock(str(self.dir / f".{digest}.lock")):
                     if self.has(digest):
                         continue
-                    out = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=self.dir))
-                    try:
-                        os.replace(tmp / f"{digest}.mjs", out / BUNDLE_FILE)
-                        self._write_meta(spec, digest, out)
-                        final = self.path(digest)
-                        if final.exists():
-                            shutil.rmtree(final)
-                        os.replace(out, final)
-                    finally:
-                        if out.exists():
-                            shutil.rmtree(out, ignore_errors=True)
+                    final = self.path(digest)
+                    if final.exists():
+                        shutil.rmtree(final)
+                    os.replace(out, final)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            metafile.unlink(missing_ok=True)
+            for digest, _ in items:
+                shutil.rmtree(out_dir(digest), ignore_errors=True)
 
     def _entry(self, spec: FunctionSpec) -> Path:
         fn_dir = self.root / spec.dir
@@ -267,7 +330,7 @@ class ArtifactStore:
         entry = self._entry(spec)
         deps = self._deps_dir(spec)
         # the batch recipe with one entry named like the bundle file: same bytes either way
-        args = [*self._esbuild_args(spec.runtime), f"--outdir={out}",
+        args = [*self._esbuild_args(spec.runtime), f"--outdir={out}", f"--metafile={out / _INPUTS_FILE}",
                 f"{Path(BUNDLE_FILE).stem}={entry.relative_to(self.root).as_posix()}"]
         env = dict(os.environ)
         if deps is not None:
@@ -275,6 +338,7 @@ class ArtifactStore:
         proc = subprocess.run(args, cwd=self.root, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
             raise self._bundle_error(spec, entry, proc.stderr or proc.stdout)
+        check_bundle_inputs(self.root, spec, out / _INPUTS_FILE, deps)
         self._write_meta(spec, digest, out)
 
     def _bundle_error(self, spec: FunctionSpec, entry: Path, output: str) -> FluxError:

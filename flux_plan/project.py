@@ -45,6 +45,8 @@ _SECRET_GET_RE = re.compile(r"""ctx\s*\.\s*secrets\s*\.\s*get\s*\(\s*(["'`])([A-
 _ENV_DOT_RE = re.compile(r"ctx\s*\.\s*env\s*\??\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 _ENV_INDEX_RE = re.compile(r"""ctx\s*\.\s*env\s*(?:\?\.)?\[\s*(["'`])([A-Za-z_][A-Za-z0-9_]*)\1\s*\]""")
 _ENV_DESTRUCTURE_RE = re.compile(r"\{([^{}]*)\}\s*=\s*ctx\s*\.\s*env\b")
+# ctx.db / ctx?.db / const { db } = ctx: the database is granted only to code that names it (DESIGN §6)
+_DB_RE = re.compile(r"ctx\s*\??\.\s*db\b|\{[^{}]*\bdb\b[^{}]*\}\s*=\s*ctx\b")
 _ENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 ENV_EXAMPLE_WARNING = ".env.example does not list it"
 _CODE_SUFFIXES = {".ts", ".tsx", ".js", ".mjs", ".jsx"}
@@ -60,6 +62,7 @@ class CodeScan:
     name_line: int | None = None
     secrets: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (file, line)
     env_keys: dict[str, tuple[str, int]] = field(default_factory=dict)
+    uses_db: bool = False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,6 +204,8 @@ def scan_code(files: list[tuple[str, str]], entry: str) -> CodeScan:
                     found.name_line = line_of(text, nm.start())
         if "ctx" not in text:
             continue
+        if not found.uses_db and _DB_RE.search(text):
+            found.uses_db = True
         for m in _SECRET_GET_RE.finditer(text):
             found.secrets.setdefault(m.group(2), (rel, line_of(text, m.start())))
         for m in _ENV_DOT_RE.finditer(text):
@@ -307,10 +312,9 @@ def _scan_function(root: Path, d: Path, problems: list[Problem],
         if hit is not None:
             try:
                 spec = FunctionSpec.model_validate(hit["spec"])
-                code = CodeScan(defines=True, name_literal=hit["code"]["name_literal"],
-                                name_line=hit["code"]["name_line"],
-                                secrets={k: (f, n) for k, (f, n) in hit["code"]["secrets"].items()},
-                                env_keys={k: (f, n) for k, (f, n) in hit["code"]["env_keys"].items()})
+                code = CodeScan(**{**hit["code"],
+                                   "secrets": {k: (f, n) for k, (f, n) in hit["code"]["secrets"].items()},
+                                   "env_keys": {k: (f, n) for k, (f, n) in hit["code"]["env_keys"].items()}})
                 found_problems = [Problem(**p) for p in hit["problems"]]
             except (KeyError, TypeError, ValueError):
                 pass  # an entry of another shape: scan again
@@ -329,8 +333,7 @@ def _scan_function(root: Path, d: Path, problems: list[Problem],
         if code.defines and not errors_of(local):
             cache.put(d, deps, {
                 "spec": spec.model_dump(mode="json", by_alias=True),
-                "code": {"name_literal": code.name_literal, "name_line": code.name_line,
-                         "secrets": code.secrets, "env_keys": code.env_keys},
+                "code": dataclasses.asdict(code),
                 "problems": [dataclasses.asdict(p) for p in local],
             })
         else:
@@ -414,6 +417,7 @@ def _scan_function_files(root: Path, d: Path,
             "concurrency": data.get("concurrency", 10),
             "secrets": tuple(secrets),
             "env_keys": tuple(sorted(code.env_keys)),
+            "uses_db": code.uses_db,
             "source_digest": digest,
         }
     )

@@ -24,6 +24,9 @@ interface HostConfig {
   control_token?: string;
   node_bin?: string;
   max_body_bytes?: number;
+  project_root?: string; // stacks in the logs name files relative to it
+  deno_threads?: boolean;
+  deno_dir?: string; // DENO_DIR of deno function processes (they run only .mjs: nothing is cached in it)
 }
 
 interface FnConfig {
@@ -36,6 +39,7 @@ interface FnConfig {
   queue_limit?: number;
   idle_ms?: number;
   async?: boolean;
+  memory_mb?: number; // flux.json `memory`: V8 heap limit of each of its worker processes (default 256)
   max_workers?: number; // workers of one function (default: min(concurrency, cores - 1), at least 1)
   per_worker?: number; // in-flight invocations on every worker before another worker is started
 }
@@ -71,7 +75,13 @@ const MAX_BODY = CFG.max_body_bytes ?? 6 * 1024 * 1024;
 const WORKER_URL = new URL("./worker.ts", import.meta.url);
 const NODE_HOST = decodeURIComponent(new URL("./node_host.mjs", import.meta.url).pathname);
 const RUNTIME_DIR = decodeURIComponent(new URL(".", import.meta.url).pathname).replace(/\/$/, "");
+/** the shared worker runtime (flux_plan/runtime/core.mjs), located through the import map of host_command() */
+const CORE_PATH = decodeURIComponent(new URL(import.meta.resolve("flux:core")).pathname);
 const CORES = Math.max(1, navigator.hardwareConcurrency || 1);
+/** deno functions as in-process Workers (faster, no memory limit: a runaway one kills the host) instead of
+ * processes; only for benchmarks comparing the two (FLUX_HOST_CONFIG "deno_threads": true). */
+const THREAD_WORKERS = CFG.deno_threads === true;
+const DENO_DIR_OF_WORKERS = CFG.deno_dir ?? "/tmp/flux-deno-workers";
 const JSON_TYPE = "application/json";
 const SWEEP_MS = 20;
 
@@ -118,6 +128,20 @@ let ridSeq = 0;
 /** Unique per host run (random prefix) and cheap: no UUID per request on the hot path. */
 function newRequestId(): string {
   return RID_PREFIX + (++ridSeq).toString(36);
+}
+
+/** The generic 500 of a thrown error (DESIGN §7): never the error's message. */
+function handlerFailed(fn: string): string {
+  return `function ${fn} failed; its error is in flux logs under this request id`;
+}
+
+const PROJECT_ROOT = CFG.project_root ? CFG.project_root.replace(/\/$/, "") + "/" : null;
+/** A source-mapped stack with project paths made relative (functions/<fn>/index.ts:line, as the user sees them). */
+function projectStack(stack: unknown): string | null {
+  if (typeof stack !== "string") return null;
+  if (!PROJECT_ROOT) return stack;
+  return stack.replaceAll("file://" + encodeURI(PROJECT_ROOT), "").replaceAll("file://" + PROJECT_ROOT, "")
+    .replaceAll(PROJECT_ROOT, "");
 }
 
 function errorOutcome(status: number, rid: string, error: string): Outcome {
@@ -170,8 +194,10 @@ abstract class WorkerHandle {
         if (m.ok) outcome = { status: 200, json: m.json ?? JSON.stringify(m.value ?? null) };
         else if (m.bad_input) outcome = errorOutcome(400, job.rid, m.error);
         else {
-          log("error", this.pool.name, job.rid, "handler failed", { error: m.error, stack: m.stack ?? null });
-          outcome = errorOutcome(500, job.rid, m.error);
+          // The message may carry anything the function held (secret values included): it goes to the logs (masked
+          // by the supervisor's log store), the caller gets the request id and a generic message only.
+          log("error", this.pool.name, job.rid, "handler failed", { error: m.error, stack: projectStack(m.stack) });
+          outcome = errorOutcome(500, job.rid, handlerFailed(this.pool.name));
         }
         this.pool.finish(job, outcome);
         this.afterJob();
@@ -204,8 +230,9 @@ abstract class WorkerHandle {
     this.kill();
   }
 
-  /** The worker died under us: its in-flight requests get 502, the pool replaces it on demand. */
-  crashed(reason: string): void {
+  /** The worker died under us: its in-flight requests get 502, the pool replaces it on demand. `oom`: it went
+   * over its memory limit (the 502 names the limit). */
+  crashed(reason: string, oom = false): void {
     if (this.state === "dead") return;
     const wasStarting = this.state === "starting";
     this.state = "dead";
@@ -213,10 +240,12 @@ abstract class WorkerHandle {
     this.pool.detach(this);
     this.kill();
     const rids = [...this.inflight.values()].map((j) => j.rid);
-    log("error", this.pool.name, rids[0] ?? null, "worker crashed", { reason, worker: this.seq, requests: rids });
-    for (const job of this.inflight.values()) {
-      this.pool.finish(job, errorOutcome(502, job.rid, `function ${this.pool.name} crashed while handling the request`));
-    }
+    log("error", this.pool.name, rids[0] ?? null, oom ? "worker exceeded its memory limit" : "worker crashed",
+      { reason, worker: this.seq, requests: rids, memory_mb: memoryMb(this.pool.fc) });
+    const why = oom
+      ? `function ${this.pool.name} exceeded its memory limit (${memoryMb(this.pool.fc)} MB, flux.json "memory")`
+      : `function ${this.pool.name} crashed while handling the request`;
+    for (const job of this.inflight.values()) this.pool.finish(job, errorOutcome(502, job.rid, why));
     this.inflight.clear();
     if (wasStarting) this.pool.startFailed(this, 502, `function ${this.pool.name} crashed while starting (details in flux logs)`);
   }
@@ -299,6 +328,15 @@ class DenoWorker extends WorkerHandle {
   }
 }
 
+function memoryMb(fc: FnConfig): number {
+  return Math.max(16, Math.floor(fc.memory_mb ?? 256));
+}
+
+/** V8's report of a heap over its --max-old-space-size (node: "FATAL ERROR: ... heap limit ... out of memory"). */
+const OOM_RE = /heap limit|heap out of memory|Fatal JavaScript out of memory/i;
+
+/** A function in its own OS process (every node function; every deno function, see the constructor), speaking the
+ * worker channel as JSON lines over stdin/stdout (node_host.mjs, which Deno runs unchanged too). */
 class NodeWorker extends WorkerHandle {
   private readonly child: Deno.ChildProcess;
   private readonly writer: WritableStreamDefaultWriter<Uint8Array>;
@@ -309,17 +347,30 @@ class NodeWorker extends WorkerHandle {
   constructor(pool: Pool) {
     super(pool);
     const bundleDir = pool.fc.bundle.replace(/\/[^/]*$/, "");
+    const heap = `--max-old-space-size=${memoryMb(pool.fc)}`;
     // Node 20 permission model: fs reads limited to the runtime files + the bundle; no child processes, no
     // worker threads, no addons; environment scrubbed (the function's keys come in the init message).
-    this.child = new Deno.Command(CFG.node_bin || "node", {
-      args: [
-        "--experimental-permission", "--no-warnings",
+    // Deno functions run as `deno run` processes with the same reads, net only, no env/run/write/ffi/sys (the
+    // function's keys come in the init message, as for Workers).
+    // Why processes for deno too: a V8 heap limit is per process (Deno Workers have none: one runaway Worker
+    // took the whole host down with "Fatal JavaScript out of memory"); a process over its limit dies alone.
+    const [cmd, args] = pool.fc.runtime === "node"
+      ? [CFG.node_bin || "node", [
+        "--experimental-permission", "--no-warnings", "--enable-source-maps", heap,
         // one flag per path: node 20.x does not split a comma-separated list reliably
-        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${RUNTIME_DIR}/core.mjs`,
+        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${CORE_PATH}`,
         `--allow-fs-read=${bundleDir}/*`,
-        NODE_HOST,
-      ],
-      cwd: bundleDir, clearEnv: true, env: {}, stdin: "piped", stdout: "piped", stderr: "piped",
+        NODE_HOST, CORE_PATH,
+      ]]
+      : [Deno.execPath(), [
+        "run", "--quiet", "--no-prompt", "--no-config", "--no-lock", `--v8-flags=${heap}`,
+        `--allow-read=${NODE_HOST},${CORE_PATH},${bundleDir}`, "--allow-net",
+        NODE_HOST, CORE_PATH,
+      ]];
+    this.child = new Deno.Command(cmd, {
+      args, cwd: bundleDir, clearEnv: true, // PATH only so that a denied subprocess reads NotCapable, not NotFound
+      env: pool.fc.runtime === "node" ? {} : { DENO_DIR: DENO_DIR_OF_WORKERS, PATH: "/usr/bin:/bin" },
+      stdin: "piped", stdout: "piped", stderr: "piped",
     }).spawn();
     this.writer = this.child.stdin.getWriter();
     this.readLines(this.child.stdout, (line) => {
@@ -338,7 +389,8 @@ class NodeWorker extends WorkerHandle {
     });
     this.child.status.then((s) => {
       const tail = this.stderrTail.join("\n").trim();
-      this.crashed(`node exited with code ${s.code}${s.signal ? ` (${s.signal})` : ""}${tail ? `: ${tail}` : ""}`);
+      this.crashed(`${pool.fc.runtime} exited with code ${s.code}${s.signal ? ` (${s.signal})` : ""}${tail ? `: ${tail}` : ""}`,
+        OOM_RE.test(tail));
     });
     this.init();
   }
@@ -456,7 +508,7 @@ class Pool {
   }
 
   spawn(): WorkerHandle {
-    const w = this.fc.runtime === "node" ? new NodeWorker(this) : new DenoWorker(this);
+    const w = this.fc.runtime === "node" || !THREAD_WORKERS ? new NodeWorker(this) : new DenoWorker(this);
     this.workers.push(w);
     return w;
   }
@@ -472,9 +524,11 @@ class Pool {
   onReady(w: WorkerHandle, m: Msg): void {
     if (w.state !== "starting") return;
     if (m.ok === false) {
-      log("error", this.name, this.waiting[0]?.rid ?? null, "function failed to initialize", { error: m.error, stack: m.stack ?? null });
+      log("error", this.name, this.waiting[0]?.rid ?? null, "function failed to initialize", { error: m.error, stack: projectStack(m.stack) });
       w.stop();
-      this.startFailed(w, 500, String(m.error));
+      // a module that threw while loading: its message is the function's (may hold secrets), not ours
+      const own = String(m.error).startsWith(`function ${this.name} failed to load`);
+      this.startFailed(w, 500, own ? `function ${this.name} failed to load (the error is in flux logs)` : String(m.error));
       return;
     }
     w.state = "ready";
