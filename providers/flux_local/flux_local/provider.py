@@ -177,6 +177,10 @@ class LocalProvider:
     def before_apply(self, changes: list[tuple[str, str]]) -> None:
         if any(action not in ("noop", "read", "delete") for _, action in changes):
             self.ensure_daemon()
+        if self.client.running():
+            # the daemon serves this apply's edits in one push at its end (after_apply), or as soon as
+            # this process is gone: one push of the table per edit made an apply of N resources O(N^2)
+            self.client.call("PUT", "/admin/hold", {"pid": os.getpid()})  # a daemon without holds: one push per edit
 
     def create(self, resource: Resource) -> ProviderResult:
         return self._put(resource)
@@ -264,6 +268,8 @@ class LocalProvider:
         return doc if isinstance(doc, dict) else None
 
     def after_apply(self, resources: dict[str, ResourceState]) -> dict[str, Any]:
+        if self.client.running():
+            self.client.ok("DELETE", "/admin/hold")  # returns once the host serves every edit
         info = self.client.info()
         return {"url": f"http://127.0.0.1:{info['gateway_port']}"} if info else {}
 
