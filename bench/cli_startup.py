@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_scale import FLUX, RESULTS, machine, write_function
+from plan_scale import FLUX, RESULTS, compile_bytecode, machine, write_function
 
 PY = Path(sys.executable)
 
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15, help="counted runs of each command (after one warm-up)")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/cli_startup.json")
     args = ap.parse_args()
+    compile_bytecode()
     work = Path(tempfile.mkdtemp(prefix="flux-startup-"))
     try:
         root = work / "p5"

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_scale import FLUX, RESULTS, free_port, machine, write_function
+from plan_scale import FLUX, RESULTS, compile_bytecode, free_port, machine, write_function
 
 BARE = """Deno.serve({{ hostname: "127.0.0.1", port: {port}, onListen() {{}} }}, () =>
   Response.json({{ fn: "bare", version: {version} }}));
@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--functions", type=int, default=20, help="functions in the project (one is edited)")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
+    compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="flux-devbench-") as tmp:
         work = Path(tmp)
         fx = bench_flux(work, args.functions, args.rounds)

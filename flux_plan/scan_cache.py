@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,14 @@ def _salt() -> str:
 
 
 def _stat_row(path: str, rel: str) -> list[Any] | None:
-    """None when the path is a link (links are resolved by the scanner: never cached)."""
+    """One lstat: None when the path is a link (links are resolved by the scanner: never cached)."""
     try:
         st = os.lstat(path)
     except OSError:
         return [rel, None]
-    if os.path.islink(path):
+    if stat.S_ISLNK(st.st_mode):
         return None
-    return [rel, st.st_size if not os.path.isdir(path) else 0, st.st_mtime_ns, st.st_ino, st.st_mode]
+    return [rel, 0 if stat.S_ISDIR(st.st_mode) else st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode]
 
 
 class ScanCache:
@@ -92,9 +93,10 @@ class ScanCache:
             path, rel = stack.pop()
             try:
                 with os.scandir(path) as it:
-                    entries = sorted(it, key=lambda e: e.name)
+                    entries = list(it)
             except OSError:
                 return None
+            entries.sort(key=lambda e: e.name)
             for e in entries:
                 if e.is_symlink():
                     return None
@@ -104,10 +106,11 @@ class ScanCache:
                     if e.name in _SKIP_DIRS:
                         continue
                     stack.append((e.path, sub_rel))
-                    rows.append([sub_rel, 0, st.st_mtime_ns, st.st_ino, st.st_mode])
+                    rows.append((sub_rel, 0, st.st_mtime_ns, st.st_ino, st.st_mode))
                 else:
-                    rows.append([sub_rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode])
-                newest = max(newest, st.st_mtime_ns)
+                    rows.append((sub_rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode))
+                if st.st_mtime_ns > newest:
+                    newest = st.st_mtime_ns
         return rows, newest
 
     def _fingerprint(self, d: Path, deps: list[str]) -> tuple[str, int] | None:
