@@ -35,9 +35,8 @@ from typing import Any
 from flux_local.asyncqueue import AsyncQueue
 from flux_local.logstore import LogStore, Masker
 from flux_local.pg import ConnectionPool, EmbeddedPostgres, external_url
-from flux_local.procs import pid_alive
+from flux_local.procs import DAEMON_FILE, pid_alive
 
-DAEMON_FILE = "daemon.json"
 RUNTIME_FILE = "runtime.json"
 LOCK_FILE = "daemon.lock"
 MAX_BODY_BYTES = 6 * 1024 * 1024

@@ -7,6 +7,8 @@ import signal
 import time
 from collections.abc import Sequence
 
+DAEMON_FILE = "daemon.json"  # what a running daemon writes: here so clients need not import the daemon
+
 
 def pid_alive(pid: int | None) -> bool:
     """Whether `pid` runs (a zombie does not)."""

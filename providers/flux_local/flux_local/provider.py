@@ -30,8 +30,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from flux_local.client import DaemonClient
-from flux_local.daemon import ADMIN_REVISION
-from flux_local.pg import external_url
 from flux_plan.errors import FluxError, ProviderError
 from flux_plan.model import FunctionSpec, ProviderResult, Resource, ResourceState
 from flux_plan.providers import InvokeResult, ProviderContext
@@ -76,6 +74,8 @@ class LocalProvider:
         return self.ctx
 
     def ensure_daemon(self) -> dict[str, Any]:
+        from flux_local.daemon import ADMIN_REVISION  # the daemon module (and psycopg) only when applying
+
         with self._start_lock:
             info = self.client.info()
             if info and info.get("revision") == ADMIN_REVISION:
@@ -94,6 +94,8 @@ class LocalProvider:
         raise ProviderError(f"function {name} is not in the project", address=f"function.{name}")
 
     def _db_uri(self) -> str | None:
+        from flux_local.pg import external_url
+
         url = external_url(self._ctx.stage.settings)
         if url:
             return url
