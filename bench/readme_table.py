@@ -74,6 +74,13 @@ def section() -> str:
         for name, row in start["results"].items():
             lines.append(f"| `{name}` | {row['wall_ms']:.0f} ms | {row['cpu_ms']:.0f} ms | {row['wall_ratio']:.2f} |")
         lines.append("")
+    dev = _load("dev_reload")
+    if dev:
+        bare = dev.get("deno_watch_ms")
+        lines += [f"`flux dev`, save -> new code served, median of {dev['rounds']} saves, {dev['when']}, on "
+                  f"{dev['machine']}: {dev['flux_dev_ms']:.0f} ms with {dev['functions']} functions"
+                  + (f"; `deno run --watch` of a bare `Deno.serve`, same run: {bare:.0f} ms "
+                     f"(ratio {dev['flux_dev_ms'] / bare:.2f})." if bare else "."), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
