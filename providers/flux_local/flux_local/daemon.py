@@ -35,15 +35,12 @@ from typing import Any
 from flux_local.asyncqueue import AsyncQueue
 from flux_local.logstore import LogStore, Masker
 from flux_local.pg import ConnectionPool, EmbeddedPostgres, external_url
-from flux_local.procs import DAEMON_FILE, pid_alive
+from flux_local.procs import ADMIN_REVISION, DAEMON_FILE, pid_alive
 
 RUNTIME_FILE = "runtime.json"
 LOCK_FILE = "daemon.lock"
 MAX_BODY_BYTES = 6 * 1024 * 1024
 DEFAULT_PORT = 8787
-# Bumped when the admin API changes: a provider finding a daemon of another revision restarts it
-# (the table survives in runtime.json), instead of talking to endpoints it does not have.
-ADMIN_REVISION = 3
 _MAX_LINE = 65536  # request line / header line
 _MAX_HEADERS = 100
 

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flux_local.client import DaemonClient
+from flux_local.procs import ADMIN_REVISION
 from flux_plan.errors import FluxError, ProviderError
 from flux_plan.model import FunctionSpec, ProviderResult, Resource, ResourceState
 from flux_plan.providers import InvokeResult, ProviderContext
@@ -74,8 +75,6 @@ class LocalProvider:
         return self.ctx
 
     def ensure_daemon(self) -> dict[str, Any]:
-        from flux_local.daemon import ADMIN_REVISION  # the daemon module (and psycopg) only when applying
-
         with self._start_lock:
             info = self.client.info()
             if info and info.get("revision") == ADMIN_REVISION:
