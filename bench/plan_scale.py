@@ -1,34 +1,46 @@
 #!/usr/bin/env python3
-"""How plan/apply cost grows with the number of functions, against Terraform on the same graph.
+"""How plan/apply cost grows with the number of functions, against Terraform on the same graph, in one run.
 
-For each N it generates a project of N functions on the test-only `record` provider (like
-`terraform_data`: the "cloud" is a local file), then times, with the real `flux` executable:
-`flux validate`, create-apply (`flux apply --auto-approve`), no-op `flux plan` (with refresh) and an
-update-one apply (one function's code edited). When `terraform` is on PATH it builds the same graph of
-`terraform_data` resources (per function: the function + its route depending on it, plus one API),
-runs `terraform init` once, then times `apply` (create), `plan -refresh=true` (no-op) and an update-one
-apply. Prints seconds, ratios flux/terraform and time per function (constant = linear scaling).
+For each N it generates a project of N deno functions and times the real `flux` executable on it:
+`flux validate`, create-apply (`flux apply --auto-approve`), no-op `flux plan` (with refresh), an
+update-one apply (one function's code edited) and `flux destroy`. It does so with the REAL local
+provider (daemon, Deno host, embedded PostgreSQL, real esbuild bundles: what a user gets), and once
+more with the test-only `record` provider, whose "cloud" is a local file: that line measures the engine
+alone. When `terraform` is on PATH it builds the same graph of `terraform_data` resources (per function:
+the function + its route depending on it, plus one API) and times `apply` (create), `plan -refresh=true`
+(no-op), an update-one apply and `destroy`. Above --terraform-max, Terraform's create-apply would take
+many minutes, so its state is synthesized (every resource as `terraform apply` writes it) and only its
+no-op plan is timed. Prints seconds, ratios terraform/flux (> 1: flux faster) and growth factors.
 
-    .venv/bin/python bench/plan_scale.py --quick          # N = 20, 100, 300
-    .venv/bin/python bench/plan_scale.py                   # N = 100, 1000, 5000
-    .venv/bin/python bench/plan_scale.py -n 2000 --no-terraform
+    .venv/bin/python bench/plan_scale.py --quick             # N = 20, 100
+    .venv/bin/python bench/plan_scale.py                     # N = 100, 1000
+    .venv/bin/python bench/plan_scale.py --big               # N = 100, 1000, 5000 (bounded: --op-timeout)
+    .venv/bin/python bench/plan_scale.py -n 1000 --providers record --no-terraform
+
+Results also go to bench/results/plan_scale.json (bench/readme_table.py turns them into the README table).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import os
+import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 FLUX = REPO / ".venv" / "bin" / "flux"
+RESULTS = REPO / "bench" / "results"
 CODE = """import {{ defineFunction }} from "@flux/functions";
 
 export default defineFunction({{
@@ -60,16 +72,30 @@ resource "terraform_data" "route" {{
 }}
 """
 
-OPS = ("validate", "create_apply", "noop_plan", "update_one_apply")
+OPS = ("validate", "create_apply", "noop_plan", "update_one_apply", "destroy")
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+class OpFailed(SystemExit):
+    pass
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, ok: tuple[int, ...] = (0, 2)) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise OpFailed(f"{' '.join(cmd)} took more than {timeout:.0f} s in {cwd}") from exc
     elapsed = time.perf_counter() - t0
-    if proc.returncode not in (0, 2):
-        raise SystemExit(f"{' '.join(cmd)} failed in {cwd} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    if proc.returncode not in ok:
+        raise OpFailed(f"{' '.join(cmd)} failed in {cwd} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return elapsed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write_function(root: Path, i: int, version: int = 0) -> None:
@@ -79,99 +105,242 @@ def write_function(root: Path, i: int, version: int = 0) -> None:
     (d / "index.ts").write_text(CODE.format(name=f"fn{i}", version=version))
 
 
-def bench_flux(n: int, work: Path, parallelism: int) -> dict[str, float]:
-    root = work / f"flux-{n}"
+def _age(root: Path, seconds: float = 10.0) -> None:
+    """Date the generated files a few seconds back, as files of a real checkout are (the scan cache
+    never trusts files written within the last two seconds)."""
+    old = time.time() - seconds
+    for dirpath, dirnames, filenames in os.walk(root / "functions"):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), (old, old))
+        os.utime(dirpath, (old, old))
+
+
+def bench_flux(n: int, work: Path, provider: str, parallelism: int, timeout: float) -> dict[str, float]:
+    root = work / f"flux-{provider}-{n}"
     root.mkdir()
-    (root / "flux.project.json").write_text(json.dumps({"name": "bench", "stages": {"dev": {"provider": "record"}}}))
+    stage: dict[str, Any] = {"provider": provider}
+    if provider == "local":
+        stage["port"] = free_port()
+    (root / "flux.project.json").write_text(json.dumps({"name": "bench", "stages": {"dev": stage}}))
     (root / ".env.example").write_text("")
     for i in range(n):
         write_function(root, i)
-    env = {**os.environ, "HOME": str(work / "home"), "XDG_CONFIG_HOME": str(work / "home" / ".config"),
-           "NO_COLOR": "1", "TERM": "dumb"}
+    _age(root)
+    home = work / "home"
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_CACHE_HOME": str(home / ".cache"), "NO_COLOR": "1", "TERM": "dumb"}
     env.pop("FLUX_RECORD_DELAY", None)
-    out = {"validate": run([str(FLUX), "validate"], root, env)}
-    out["create_apply"] = run([str(FLUX), "apply", "--auto-approve", "--parallelism", str(parallelism)], root, env)
-    out["noop_plan"] = run([str(FLUX), "plan", "--detailed-exitcode"], root, env)
-    write_function(root, 0, version=1)
-    out["update_one_apply"] = run([str(FLUX), "apply", "--auto-approve", "--parallelism", str(parallelism)],
-                                  root, env)
-    state = json.loads((root / ".flux" / "dev" / "state.json").read_text())
-    if len(state["resources"]) != 2 * n + 1:
-        raise SystemExit(f"flux state has {len(state['resources'])} resources, expected {2 * n + 1}")
+    apply = [str(FLUX), "apply", "--auto-approve", "--parallelism", str(parallelism)]
+    out: dict[str, float] = {}
+    try:
+        out["validate"] = run([str(FLUX), "validate"], root, env, timeout, ok=(0,))
+        out["create_apply"] = run(apply, root, env, timeout, ok=(0,))
+        out["noop_plan"] = run([str(FLUX), "plan", "--detailed-exitcode"], root, env, timeout, ok=(0,))
+        write_function(root, 0, version=1)
+        out["update_one_apply"] = run(apply, root, env, timeout, ok=(0,))
+        state = json.loads((root / ".flux" / "dev" / "state.json").read_text())
+        if len(state["resources"]) != 2 * n + 1:
+            raise OpFailed(f"flux state has {len(state['resources'])} resources, expected {2 * n + 1}")
+        out["destroy"] = run([str(FLUX), "destroy", "--auto-approve", "--parallelism", str(parallelism)],
+                             root, env, timeout, ok=(0,))
+    finally:
+        if provider == "local":
+            _stop_local(root)
     return out
 
 
-def bench_terraform(n: int, work: Path, parallelism: int) -> dict[str, float]:
+def _stop_local(root: Path) -> None:
+    """Whatever happened: no daemon, host or database of this bench outlives it (by PID, ours only)."""
+    from flux_local.client import DaemonClient
+    from flux_local.pg import EmbeddedPostgres
+
+    stage = root / ".flux" / "dev"
+    if stage.is_dir():
+        DaemonClient(stage).stop()
+        EmbeddedPostgres(stage / "pg").stop()
+
+
+def _tf_env() -> dict[str, str]:
+    return {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_CLI_CONFIG_FILE": "/dev/null"}
+
+
+def synthesize_tfstate(root: Path, n: int, template: dict[str, Any]) -> None:
+    """terraform.tfstate of N functions + routes + api, shaped like `template` (the state terraform
+    itself wrote for a tiny N): same attributes, fresh ids, routes pointing at their function."""
+    state = copy.deepcopy(template)
+    state["lineage"] = str(uuid.uuid4())
+    state["serial"] = 1
+    blocks = {r["name"]: r for r in state["resources"]}
+    api_id = blocks["api"]["instances"][0]["attributes"]["id"]
+    fn_tpl, route_tpl = blocks["function"]["instances"][0], blocks["route"]["instances"][0]
+    fns, routes = [], []
+    for i in range(n):
+        fid, rid = str(uuid.uuid4()), str(uuid.uuid4())
+        f = copy.deepcopy(fn_tpl)
+        f["index_key"] = i
+        f["attributes"]["id"] = fid
+        for side in ("input", "output"):
+            f["attributes"][side]["value"]["name"] = f"fn{i}"
+        fns.append(f)
+        r = copy.deepcopy(route_tpl)
+        r["index_key"] = i
+        r["attributes"]["id"] = rid
+        for side in ("input", "output"):
+            r["attributes"][side]["value"].update({"path": f"/fn{i}", "function": fid, "api": api_id})
+        routes.append(r)
+    blocks["function"]["instances"] = fns
+    blocks["route"]["instances"] = routes
+    (root / "terraform.tfstate").write_text(json.dumps(state))
+
+
+def tf_template(work: Path, parallelism: int, timeout: float) -> dict[str, Any]:
+    root = work / "tf-template"
+    root.mkdir()
+    (root / "main.tf").write_text(TF_MAIN.format(n=2))
+    tf = shutil.which("terraform") or "terraform"
+    run([tf, "init", "-input=false", "-no-color"], root, _tf_env(), timeout, ok=(0,))
+    run([tf, "apply", "-auto-approve", "-input=false", "-no-color"], root, _tf_env(), timeout, ok=(0,))
+    return dict(json.loads((root / "terraform.tfstate").read_text()))
+
+
+def bench_terraform(n: int, work: Path, parallelism: int, timeout: float, synth: dict[str, Any] | None,
+                    ) -> dict[str, float]:
     root = work / f"tf-{n}"
     root.mkdir()
     (root / "main.tf").write_text(TF_MAIN.format(n=n))
-    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_CLI_CONFIG_FILE": "/dev/null"}
+    env = _tf_env()
     tf = shutil.which("terraform") or "terraform"
-    run([tf, "init", "-input=false", "-no-color"], root, env)
-    out = {"validate": run([tf, "validate", "-no-color"], root, env)}
+    run([tf, "init", "-input=false", "-no-color"], root, env, timeout, ok=(0,))
+    out = {"validate": run([tf, "validate", "-no-color"], root, env, timeout, ok=(0,))}
     common = ["-input=false", "-no-color", f"-parallelism={parallelism}"]
-    out["create_apply"] = run([tf, "apply", "-auto-approve", *common], root, env)
-    out["noop_plan"] = run([tf, "plan", "-refresh=true", "-detailed-exitcode", *common], root, env)
-    out["update_one_apply"] = run([tf, "apply", "-auto-approve", "-var", "edited=1", *common], root, env)
+    if synth is not None:
+        synthesize_tfstate(root, n, synth)
+    else:
+        out["create_apply"] = run([tf, "apply", "-auto-approve", *common], root, env, timeout, ok=(0,))
+    # exit 0 only: a synthesized state that terraform would change is a broken anchor, not a result
+    out["noop_plan"] = run([tf, "plan", "-refresh=true", "-detailed-exitcode", *common], root, env, timeout, ok=(0,))
+    if synth is None:
+        out["update_one_apply"] = run([tf, "apply", "-auto-approve", "-var", "edited=1", *common], root, env,
+                                      timeout, ok=(0,))
+        out["destroy"] = run([tf, "destroy", "-auto-approve", *common], root, env, timeout, ok=(0,))
     return out
+
+
+def compile_bytecode() -> None:
+    """Byte-compile flux and its providers, as installing a wheel does: with PYTHONDONTWRITEBYTECODE set
+    (as here) an editable checkout would otherwise compile every changed module on every command."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "flux_plan"), str(REPO / "providers"),
+                    str(REPO / "tests" / "fixtures")], stdout=subprocess.DEVNULL, check=False)
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    load = os.getloadavg()[0]
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB, load {load:.1f}"
+
+
+def _fmt_row(n: int, vals: dict[str, float]) -> str:
+    return f"{n:>6} | " + " | ".join(f"{vals[op]:8.2f}" if op in vals else f"{'-':>8}" for op in OPS)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", "--sizes", default="100,1000,5000", help="comma-separated numbers of functions")
-    ap.add_argument("--quick", action="store_true", help="small sizes (20,100,300) for a smoke run")
+    ap.add_argument("-n", "--sizes", default="100,1000", help="comma-separated numbers of functions")
+    ap.add_argument("--big", action="store_true", help="add N=5000 (local create-apply takes minutes)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (20,100) for a smoke run")
+    ap.add_argument("--providers", default="local,record", help="local (what users get), record (engine alone)")
     ap.add_argument("--no-terraform", action="store_true", help="skip the terraform comparison")
     ap.add_argument("--terraform-max", type=int, default=1000,
-                    help="skip terraform above this N (its create-apply grows quadratically: hours at 5000)")
+                    help="above this N terraform's state is synthesized and only its no-op plan is timed")
     ap.add_argument("--parallelism", type=int, default=10, help="for both tools (terraform's default is 10)")
+    ap.add_argument("--op-timeout", type=float, default=900, help="bound on each timed command (seconds)")
     ap.add_argument("--keep", action="store_true", help="keep the generated projects")
+    ap.add_argument("--no-save", action="store_true", help="do not write bench/results/plan_scale.json")
     args = ap.parse_args()
-    sizes = [20, 100, 300] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
-    with_tf = not args.no_terraform and shutil.which("terraform") is not None
+    sizes = [20, 100] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.big and 5000 not in sizes:
+        sizes.append(5000)
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    tf_bin = shutil.which("terraform")
+    with_tf = not args.no_terraform and tf_bin is not None
     if not FLUX.exists():
         raise SystemExit(f"{FLUX} missing: run ./scripts/setup.sh first")
+    compile_bytecode()
     work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
-    print(f"# plan/apply scaling, record provider vs terraform_data ({'with' if with_tf else 'without'} terraform);"
-          f" {2} resources per function + 1; parallelism {args.parallelism}; work dir {work}")
-    rows: list[tuple[int, dict[str, float], dict[str, float] | None]] = []
+    info = machine()
+    print(f"# plan/apply scaling: flux ({', '.join(providers)}) vs terraform_data; 2 resources per function + 1; "
+          f"parallelism {args.parallelism}\n# machine: {info}")
+    if not with_tf:
+        print("# terraform: skipped: " + ("--no-terraform" if args.no_terraform else "terraform not on PATH"))
+    results: dict[str, dict[int, dict[str, float]]] = {p: {} for p in [*providers, "terraform"]}
     try:
+        synth = tf_template(work, args.parallelism, args.op_timeout) if with_tf and max(sizes) > args.terraform_max \
+            else None
         for n in sizes:
-            fx = bench_flux(n, work, args.parallelism)
-            tf = bench_terraform(n, work, args.parallelism) if with_tf and n <= args.terraform_max else None
-            rows.append((n, fx, tf))
-            line = "  ".join(f"{op}={fx[op]:.2f}s" for op in OPS)
-            print(f"N={n:<6} flux: {line}", flush=True)
-            if tf:
-                line = "  ".join(f"{op}={tf[op]:.2f}s" for op in OPS)
-                print(f"N={n:<6} terraform: {line}", flush=True)
+            if with_tf:
+                tf = bench_terraform(n, work, args.parallelism, args.op_timeout,
+                                     synth if n > args.terraform_max else None)
+                results["terraform"][n] = tf
+                print(f"N={n:<6} terraform: " + "  ".join(f"{k}={v:.2f}s" for k, v in tf.items()), flush=True)
+            for provider in providers:
+                fx = bench_flux(n, work, provider, args.parallelism, args.op_timeout)
+                results[provider][n] = fx
+                print(f"N={n:<6} flux/{provider}: " + "  ".join(f"{k}={v:.2f}s" for k, v in fx.items()), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print()
-    header = f"{'N':>6} | " + " | ".join(f"{op:>16}" for op in OPS)
-    print("flux seconds (ms per function)")
-    print(header)
-    for n, fx, _ in rows:
-        print(f"{n:>6} | " + " | ".join(f"{fx[op]:7.2f} ({fx[op] / n * 1000:5.2f})" for op in OPS))
-    tf_rows = [(n, fx, tf) for n, fx, tf in rows if tf is not None]
-    if tf_rows:
-        print("\nterraform seconds (ms per function)")
-        print(header)
-        for n, _, tf in tf_rows:
-            print(f"{n:>6} | " + " | ".join(f"{tf[op]:7.2f} ({tf[op] / n * 1000:5.2f})" for op in OPS))
-        print("\nratio flux / terraform (< 1: flux faster)")
-        print(header)
-        for n, fx, tf in tf_rows:
-            print(f"{n:>6} | " + " | ".join(f"{fx[op] / tf[op]:16.2f}" for op in OPS))
-    for label, col in (("flux", 1), ("terraform", 2)):
-        pts = [(r[0], r[col]) for r in rows if r[col] is not None]
-        if len(pts) < 2:
-            continue
-        print(f"\n{label}: marginal ms per added function between sizes (constant = linear growth)")
-        for (n0, a), (n1, b) in itertools.pairwise(pts):
-            print(f"  {n0:>5} -> {n1:<5} " + "  ".join(
-                f"{op} {(b[op] - a[op]) / (n1 - n0) * 1000:6.2f}" for op in OPS))
+    header = f"{'N':>6} | " + " | ".join(f"{op[:8]:>8}" for op in OPS)
+    labels = {"local": "flux, local provider (what a user gets)", "record": "flux, record provider (engine alone)",
+              "terraform": "terraform " + ("(no-op plan on a synthesized state above N="
+                                           f"{args.terraform_max})" if with_tf else "")}
+    print(f"\nseconds; columns: {', '.join(OPS)}")
+    for name, rows in results.items():
+        if rows:
+            print(f"\n{labels[name]}\n{header}")
+            for n, vals in rows.items():
+                print(_fmt_row(n, vals))
+    tf_rows = results["terraform"]
+    for provider in providers:
+        common = [n for n in results[provider] if n in tf_rows]
+        if common:
+            print(f"\nterraform / flux-{provider} (> 1: flux faster)\n{header}")
+            for n in common:
+                fx, tf = results[provider][n], tf_rows[n]
+                print(_fmt_row(n, {op: tf[op] / fx[op] for op in OPS if op in tf and op in fx}))
+    for name, rows in results.items():
+        ns = sorted(rows)
+        if len(ns) >= 2:
+            print(f"\n{labels[name]}: growth factor cost(N1)/cost(N0) (linear: N1/N0)")
+            for n0, n1 in itertools.pairwise(ns):
+                a, b = rows[n0], rows[n1]
+                print(f"  {n0:>5} -> {n1:<5} ({n1 / n0:.0f}x the work): " + "  ".join(
+                    f"{op} {b[op] / a[op]:.2f}" for op in OPS if op in a and op in b))
+    if not args.no_save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        doc = {"bench": "plan_scale", "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info,
+               "parallelism": args.parallelism, "terraform_max": args.terraform_max,
+               "terraform_version": _tf_version(tf_bin) if with_tf else None,
+               "results": {k: {str(n): v for n, v in rows.items()} for k, rows in results.items()}}
+        (RESULTS / "plan_scale.json").write_text(json.dumps(doc, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def _tf_version(tf: str | None) -> str | None:
+    if not tf:
+        return None
+    proc = subprocess.run([tf, "version", "-json"], capture_output=True, text=True, check=False)
+    try:
+        return str(json.loads(proc.stdout)["terraform_version"])
+    except (ValueError, KeyError):
+        return None
 
 
 if __name__ == "__main__":

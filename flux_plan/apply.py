@@ -337,6 +337,8 @@ def apply_plan(
             new = ws.state.commit(state)
             return ApplyResult(outputs=dict(new.outputs), serial=new.serial)
         changes = [c for c in plan.changes if c.action not in ("noop", "read")]
+        if plan.artifacts and not plan.destroy:  # bundle in batches while the provider gets ready
+            ws.artifacts.prepare(f for f in ws.project.functions if f.name in plan.artifacts)
         if changes and hasattr(ws.provider, "before_apply"):
             try:
                 ws.provider.before_apply([(c.address, c.action) for c in changes])

@@ -4,6 +4,11 @@ Same digest <=> same bundle (see digest.py), so a bundle is built once and reuse
 and provider. A bundle dir holds `index.mjs` (ESM, default export = the defineFunction result, the SDK
 and npm dependencies inlined) and `meta.json`. It is built in a temp dir and renamed into place under a
 per-digest file lock, so concurrent applies never see a half-written bundle.
+
+`prepare(specs)` bundles many functions in the background with one esbuild process per batch (esbuild
+takes many entry points and uses every core): an apply starts it before its first operation, and
+`ensure` waits for the batch that holds its digest. A batch that fails builds nothing; its functions
+are then bundled one by one, so each error still names its own file.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +32,7 @@ from filelock import FileLock
 from flux_plan.digest import source_digest
 from flux_plan.errors import FluxError
 from flux_plan.model import FunctionSpec
-from flux_plan.paths import REPO_DIR, SDK_DIR, artifacts_dir
+from flux_plan.paths import REPO_DIR, SDK_DIR, artifacts_dir, user_cache_dir
 
 ESBUILD_VERSION = "0.28.2"
 BUNDLE_FILE = "index.mjs"
@@ -36,6 +44,7 @@ _NODE_BANNER = 'import { createRequire as __fluxCreateRequire } from "node:modul
                "const require = __fluxCreateRequire(import.meta.url);"
 # esbuild diagnostics: "✘ [ERROR] message\n\n    file:line:col:"
 _INPUTS_FILE = ".esbuild-inputs.json"  # esbuild's metafile: read by check_bundle_inputs, then removed
+BATCH_SIZE = 200  # entry points per esbuild process: bounds argv and lets a long apply start early
 _ESBUILD_ERR = re.compile(r"\[ERROR\]\s+(?P<msg>.+?)\n(?:\s*\n)?\s+(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+):")
 
 
@@ -85,8 +94,7 @@ def _importer_of(root: Path, inputs: dict[str, Any], target: str) -> tuple[str, 
 
 def cache_dir() -> Path:
     """Flux's per-user cache (tools, npm dependency installs); honours XDG_CACHE_HOME."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "flux"
+    return user_cache_dir()
 
 
 def esbuild_bin() -> Path:
@@ -139,6 +147,9 @@ class ArtifactStore:
         self.dir = artifacts_dir(self.root)
         # A saved plan's apply: hand out the bundles the plan pinned, never build from the working tree.
         self.pinned = pinned
+        self._pending: dict[str, Future[None]] = {}
+        self._pending_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     @staticmethod
     def bundle_sha256(bundle_dir: Path) -> str:
@@ -164,6 +175,12 @@ class ArtifactStore:
         if self.pinned:
             raise FluxError(f"{spec.dir}: the bundle {digest[:12]}… pinned by the saved plan is missing from "
                             f"{self.dir}", hint="run `flux plan -o FILE` again where you apply it")
+        with self._pending_lock:
+            batch = self._pending.get(digest)
+        if batch is not None:
+            batch.result()  # never raises: a failed batch leaves the bundle to the single build below
+            if self.has(digest):
+                return self.path(digest)
         self.dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.dir / f".{digest}.lock")):
             if self.has(digest):
@@ -180,7 +197,125 @@ class ArtifactStore:
                     shutil.rmtree(tmp, ignore_errors=True)
         return self.path(digest)
 
+    def prepare(self, specs: Iterable[FunctionSpec]) -> None:
+        """Start bundling, in the background and in batches, every function of `specs` without a bundle."""
+        if self.pinned:  # a saved plan's apply deploys its pinned bundles and never builds
+            return
+        todo: dict[str, FunctionSpec] = {}
+        for spec in specs:
+            digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
+            # functions with their own package.json build alone (NODE_PATH is per process)
+            if digest not in todo and not self.has(digest) and not (self.root / spec.dir / "package.json").is_file():
+                todo[digest] = spec
+        with self._pending_lock:
+            todo = {d: s for d, s in todo.items() if d not in self._pending}
+            if not todo:
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flux-bundle")
+            by_runtime: dict[str, list[tuple[str, FunctionSpec]]] = {}
+            for digest, spec in todo.items():
+                by_runtime.setdefault(spec.runtime, []).append((digest, spec))
+            for items in by_runtime.values():
+                for i in range(0, len(items), BATCH_SIZE):
+                    chunk = items[i:i + BATCH_SIZE]
+                    fut = self._pool.submit(self._build_batch_quietly, chunk)
+                    for digest, _ in chunk:
+                        self._pending[digest] = fut
+
+    def ensure_many(self, specs: Iterable[FunctionSpec]) -> dict[str, Path]:
+        """Bundle dirs by function name, built in batches; raises the first function's FluxError."""
+        specs = list(specs)
+        self.prepare(specs)
+        return {spec.name: self.ensure(spec) for spec in specs}
+
     # -- building ---------------------------------------------------------------------------------------
+    def _esbuild_args(self, runtime: str) -> list[str]:
+        """The bundling recipe of a runtime (the same for a batch and a single build)."""
+        args = [
+            str(esbuild_bin()), "--bundle", "--format=esm", "--log-level=error", "--color=false",
+            "--legal-comments=none", f"--alias:@flux/functions={_SDK_ENTRY}", "--charset=utf8",
+            "--out-extension:.js=.mjs",
+            # stacks in the logs point at functions/<fn>/index.ts:line, not at the bundle (no source text inside)
+            "--sourcemap=linked", "--sources-content=false",
+        ]
+        if runtime == "node":
+            args += ["--platform=node", "--target=node20", f"--banner:js={_NODE_BANNER}"]
+        else:
+            # Deno: web platform + node: built-ins; no node resolution conditions, no npm:/jsr: fetching.
+            args += ["--platform=neutral", "--target=es2022", "--main-fields=module,main",
+                     "--conditions=deno,worker,browser", "--external:node:*"]
+        return args
+
+    def _write_meta(self, spec: FunctionSpec, digest: str, out: Path) -> None:
+        size = (out / BUNDLE_FILE).stat().st_size
+        meta = {"digest": digest, "runtime": spec.runtime, "function": spec.name,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bytes": size}
+        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    def _build_batch_quietly(self, items: list[tuple[str, FunctionSpec]]) -> None:
+        try:
+            self._build_batch(items)
+        except Exception:  # whatever went wrong, `ensure` builds each one alone and says why
+            pass
+        finally:
+            with self._pending_lock:
+                for digest, _ in items:
+                    self._pending.pop(digest, None)
+
+    def _build_batch(self, items: list[tuple[str, FunctionSpec]]) -> None:
+        """One esbuild process for many functions of one runtime. Each output lands in its own temp dir
+        beside the final one (source maps hold paths relative to it), passes the bundling sandbox check
+        and is renamed into place."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        token = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+        metafile = self.dir / f".tmp-b{token}.json"
+
+        def out_dir(digest: str) -> Path:
+            return self.dir / f".tmp-b{token}-{digest}"
+
+        try:
+            for _attempt in range(2):
+                entries = [f"{out_dir(d).name}/{Path(BUNDLE_FILE).stem}="
+                           f"{self._entry(spec).relative_to(self.root).as_posix()}" for d, spec in items]
+                args = [*self._esbuild_args(items[0][1].runtime), f"--outdir={self.dir}", f"--metafile={metafile}",
+                        *entries]
+                proc = subprocess.run(args, cwd=self.root, capture_output=True, text=True, check=False)
+                if proc.returncode == 0:
+                    break
+                # esbuild wrote nothing: drop the functions its errors name and build the rest once more
+                bad = {m.group("file").split("/")[1] for m in _ESBUILD_ERR.finditer(proc.stderr or "")
+                       if m.group("file").startswith("functions/")}
+                kept = [(d, spec) for d, spec in items if spec.dir.split("/", 1)[1] not in bad]
+                if not bad or not kept or len(kept) == len(items):
+                    return
+                items = kept
+            else:
+                return
+            doc = json.loads(metafile.read_text(encoding="utf-8"))
+            outputs: dict[str, Any] = doc.get("outputs", {})
+            for digest, spec in items:
+                out = out_dir(digest)
+                key = (out / BUNDLE_FILE).relative_to(self.root).as_posix()
+                own = {k: doc["inputs"][k] for k in outputs.get(key, {}).get("inputs", {}) if k in doc["inputs"]}
+                (out / _INPUTS_FILE).write_text(json.dumps({"inputs": own}), encoding="utf-8")
+                try:
+                    check_bundle_inputs(self.root, spec, out / _INPUTS_FILE, None)
+                except FluxError:
+                    continue  # not installed: `ensure` builds it alone and reports the import
+                self._write_meta(spec, digest, out)
+                with FileLock(str(self.dir / f".{digest}.lock")):
+                    if self.has(digest):
+                        continue
+                    final = self.path(digest)
+                    if final.exists():
+                        shutil.rmtree(final)
+                    os.replace(out, final)
+        finally:
+            metafile.unlink(missing_ok=True)
+            for digest, _ in items:
+                shutil.rmtree(out_dir(digest), ignore_errors=True)
+
     def _entry(self, spec: FunctionSpec) -> Path:
         fn_dir = self.root / spec.dir
         for name in _ENTRY_NAMES:
@@ -220,19 +355,9 @@ class ArtifactStore:
     def _build(self, spec: FunctionSpec, digest: str, out: Path) -> None:
         entry = self._entry(spec)
         deps = self._deps_dir(spec)
-        args = [
-            str(esbuild_bin()), entry.relative_to(self.root).as_posix(), "--bundle", "--format=esm",
-            f"--outfile={out / BUNDLE_FILE}", "--log-level=error", "--color=false", "--legal-comments=none",
-            f"--alias:@flux/functions={_SDK_ENTRY}", "--charset=utf8",
-            # stacks in the logs point at functions/<fn>/index.ts:line, not at the bundle (no source text inside)
-            "--sourcemap=linked", "--sources-content=false", f"--metafile={out / _INPUTS_FILE}",
-        ]
-        if spec.runtime == "node":
-            args += ["--platform=node", "--target=node20", f"--banner:js={_NODE_BANNER}"]
-        else:
-            # Deno: web platform + node: built-ins; no node resolution conditions, no npm:/jsr: fetching.
-            args += ["--platform=neutral", "--target=es2022", "--main-fields=module,main",
-                     "--conditions=deno,worker,browser", "--external:node:*"]
+        # the batch recipe with one entry named like the bundle file: same bytes either way
+        args = [*self._esbuild_args(spec.runtime), f"--outdir={out}", f"--metafile={out / _INPUTS_FILE}",
+                f"{Path(BUNDLE_FILE).stem}={entry.relative_to(self.root).as_posix()}"]
         env = dict(os.environ)
         if deps is not None:
             env["NODE_PATH"] = str(deps)
@@ -240,10 +365,7 @@ class ArtifactStore:
         if proc.returncode != 0:
             raise self._bundle_error(spec, entry, proc.stderr or proc.stdout)
         check_bundle_inputs(self.root, spec, out / _INPUTS_FILE, deps)
-        size = (out / BUNDLE_FILE).stat().st_size
-        meta = {"digest": digest, "runtime": spec.runtime, "function": spec.name,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bytes": size}
-        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        self._write_meta(spec, digest, out)
 
     def _bundle_error(self, spec: FunctionSpec, entry: Path, output: str) -> FluxError:
         m = _ESBUILD_ERR.search(output)

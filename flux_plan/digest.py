@@ -52,22 +52,37 @@ def sdk_digest() -> str:
 def source_digest(project_root: Path, fn_dir: str, runtime: str) -> str:
     """sha256 over the function directory's files, the files it imports from outside it, the runtime,
     the SDK and the bundle recipe version. Same digest <=> same bundle."""
+    return source_digest_deps(project_root, fn_dir, runtime)[0]
+
+
+def source_digest_deps(project_root: Path, fn_dir: str, runtime: str) -> tuple[str, list[str]]:
+    """The digest and what outside the function directory it depends on: the files imported from
+    outside it and every directory an import was looked up in (a file appearing there can change what
+    the import resolves to). The scan cache watches these besides the directory itself."""
     root = os.path.realpath(project_root)
     base = os.path.join(root, fn_dir)
     contents: dict[str, bytes] = {}
     queue: list[str] = []
+    watched: set[str] = set()
     for p in _dir_files(base):
         with open(p, "rb") as f:
             contents[p] = f.read()
         if p.endswith(_CODE_EXTS):
             queue.append(p)
+    inside = base + os.sep
     while queue:
         p = queue.pop()
         text = contents[p].decode("utf-8", errors="replace")
         if "./" not in text:
             continue
         for m in _IMPORT_RE.finditer(text):
-            target = _resolve(m.group(1) or m.group(2), os.path.dirname(p))
+            spec = m.group(1) or m.group(2)
+            here = os.path.dirname(p)
+            target = _resolve(spec, here)
+            for probed in {os.path.dirname(os.path.normpath(os.path.join(here, spec))),
+                           os.path.normpath(os.path.join(here, spec))}:
+                if not probed.startswith(inside) and probed != base:
+                    watched.add(probed)
             if target and target not in contents and target.startswith(root + os.sep):
                 with open(target, "rb") as f:
                     contents[target] = f.read()
@@ -79,4 +94,5 @@ def source_digest(project_root: Path, fn_dir: str, runtime: str) -> str:
         h.update(os.path.relpath(p, root).replace(os.sep, "/").encode() + b"\0")
         h.update(contents[p])
         h.update(b"\0")
-    return h.hexdigest()
+    watched.update(p for p in contents if not p.startswith(inside))
+    return h.hexdigest(), sorted(watched)

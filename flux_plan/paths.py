@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -26,3 +27,9 @@ def artifacts_dir(project_root: Path) -> Path:
 def schema_path(name: str) -> Path:
     """`name` like "flux" -> schemas/flux.schema.json."""
     return SCHEMAS_DIR / f"{name}.schema.json"
+
+
+def user_cache_dir() -> Path:
+    """Flux's per-user cache (tools, npm installs, provider discovery); honours XDG_CACHE_HOME."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flux"

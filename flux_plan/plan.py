@@ -355,6 +355,7 @@ def pin(ws: Workspace, plan: Plan) -> None:
     later deploys exactly this and never the working tree of that moment."""
     specs = {f.name: f for f in ws.project.functions}
     bundles: dict[str, str] = {}
+    ws.artifacts.prepare(specs[name] for name in plan.artifacts)  # many functions per bundler run
     for name in sorted(plan.artifacts):
         spec = specs[name]
         try:

@@ -7,6 +7,7 @@ JSON-schema validator, no subprocess, each source file read once here.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -16,15 +17,18 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-
-from flux_plan.digest import source_digest
+from flux_plan.digest import source_digest_deps
 from flux_plan.errors import Problem, ValidationFailed
 from flux_plan.model import DEFAULT_PROVIDER, DEFAULT_STAGE, FunctionSpec, Migration, Project, StageConfig
 from flux_plan.paths import schema_path
+from flux_plan.scan_cache import ScanCache
+from flux_plan.schema_check import Check, compile_accept
+
+if TYPE_CHECKING:  # jsonschema is imported only when a document is not plainly valid (see schema_check)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 FUNCTIONS_DIR = "functions"
 SCHEMA_DIR = "schema"
@@ -68,9 +72,17 @@ class CodeScan:
 @functools.cache
 def validator(name: str) -> Draft202012Validator:
     """The compiled validator of schemas/<name>.schema.json (compiled once: scans call it N times)."""
+    from jsonschema import Draft202012Validator
+
     schema = json.loads(schema_path(name).read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
+
+
+@functools.cache
+def fast_accept(name: str) -> Check | None:
+    """The quick validity check of schemas/<name>.schema.json (None: always use `validator`)."""
+    return compile_accept(json.loads(schema_path(name).read_text(encoding="utf-8")))
 
 
 def json_path(parts: Iterable[Any]) -> str:
@@ -105,6 +117,9 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
 
 def schema_problems(name: str, data: Any, text: str, file: str) -> list[Problem]:
     """Every schema violation of `data` as a Problem with JSON path, line and a hint."""
+    quick = fast_accept(name)
+    if quick is not None and quick(data):
+        return []
     problems: list[Problem] = []
     errors = sorted(validator(name).iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     for err in errors:
@@ -322,7 +337,45 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _scan_function(root: Path, d: Path, problems: list[Problem]) -> tuple[FunctionSpec, CodeScan] | None:
+def _scan_function(root: Path, d: Path, problems: list[Problem],
+                   cache: ScanCache | None = None) -> tuple[FunctionSpec, CodeScan] | None:
+    """Scan one function directory, or reuse what the scan cache holds for it when nothing changed."""
+    if cache is not None:
+        hit = cache.get(d)
+        if hit is not None:
+            try:
+                spec = FunctionSpec.model_validate(hit["spec"])
+                code = CodeScan(**{**hit["code"],
+                                   "secrets": {k: (f, n) for k, (f, n) in hit["code"]["secrets"].items()},
+                                   "env_keys": {k: (f, n) for k, (f, n) in hit["code"]["env_keys"].items()}})
+                found_problems = [Problem(**p) for p in hit["problems"]]
+            except (KeyError, TypeError, ValueError):
+                pass  # an entry of another shape: scan again
+            else:
+                problems.extend(found_problems)
+                return spec, code
+    local: list[Problem] = []
+    found = _scan_function_files(root, d, local)
+    problems.extend(local)
+    if found is None:
+        if cache is not None:
+            cache.forget(d.name)
+        return None
+    spec, code, deps = found
+    if cache is not None:
+        if code.defines and not errors_of(local):
+            cache.put(d, deps, {
+                "spec": spec.model_dump(mode="json", by_alias=True),
+                "code": dataclasses.asdict(code),
+                "problems": [dataclasses.asdict(p) for p in local],
+            })
+        else:
+            cache.forget(d.name)
+    return spec, code
+
+
+def _scan_function_files(root: Path, d: Path,
+                         problems: list[Problem]) -> tuple[FunctionSpec, CodeScan, list[str]] | None:
     rel_dir = f"{FUNCTIONS_DIR}/{d.name}"
     cfg_rel, entry_rel = f"{rel_dir}/{CONFIG_FILE}", f"{rel_dir}/{ENTRY_FILE}"
     cfg_path, entry_path = d / CONFIG_FILE, d / ENTRY_FILE
@@ -383,6 +436,7 @@ def _scan_function(root: Path, d: Path, problems: list[Problem]) -> tuple[Functi
         )
     runtime = data.get("runtime", "deno")
     secrets = sorted(set(data.get("secrets", [])) | set(code.secrets))
+    digest, deps = source_digest_deps(root, rel_dir, runtime)
     spec = FunctionSpec.model_validate(
         {
             "name": name,
@@ -397,18 +451,17 @@ def _scan_function(root: Path, d: Path, problems: list[Problem]) -> tuple[Functi
             "secrets": tuple(secrets),
             "env_keys": tuple(sorted(code.env_keys)),
             "uses_db": code.uses_db,
-            "source_digest": source_digest(root, rel_dir, runtime),
+            "source_digest": digest,
         }
     )
-    return spec, code
+    return spec, code, deps
 
 
 def _scan_migrations(root: Path, problems: list[Problem]) -> list[Migration]:
-    import pglast
-
     schema_dir = root / SCHEMA_DIR
     if not schema_dir.is_dir():
         return []
+    import pglast  # ~100 ms of imports: only for projects that have migrations
     by_version: dict[int, Migration] = {}
     for p in sorted(schema_dir.iterdir()):
         if p.name.startswith(".") or p.is_dir():
@@ -463,11 +516,13 @@ def scan(root: Path) -> tuple[Project, list[Problem]]:
     codes: dict[str, CodeScan] = {}
     by_name: dict[str, FunctionSpec] = {}
     by_route: dict[tuple[str, str], FunctionSpec] = {}
+    cache = ScanCache.load(root)
     if fn_dir.is_dir():
-        for d in sorted(fn_dir.iterdir()):
-            if d.name.startswith((".", "_")) or not d.is_dir():
+        for entry in sorted(os.scandir(fn_dir), key=lambda e: e.name):  # no stat per entry
+            d = Path(entry.path)
+            if entry.name.startswith((".", "_")) or not entry.is_dir():
                 continue
-            found = _scan_function(root, d, problems)
+            found = _scan_function(root, d, problems, cache)
             if found is None:
                 continue
             spec, code = found
@@ -499,6 +554,7 @@ def scan(root: Path) -> tuple[Project, list[Problem]]:
                     Problem(file, f"reads {env_key!r} but {ENV_EXAMPLE_WARNING}", line=line, severity="warning",
                             hint=f"add {env_key}= to .env.example and set it with `flux secrets set {env_key}=...`")
                 )
+    cache.save()
     migrations = _scan_migrations(root, problems)
     project = Project(root=root, name=name, functions=functions, migrations=migrations,
                       env_example_keys=env_keys, stages=stages)

@@ -5,22 +5,30 @@ A provider package registers a class:
     [project.entry-points."flux.providers"]
     local = "flux_local:LocalProvider"
 
-The core never imports a provider by name; it calls `load_provider(stage.provider)`.
+The core never imports a provider by name; it calls `load_provider(stage.provider)`, which imports that
+one provider's package only (no boto3 for a local stage). Reading every installed distribution's entry
+points costs ~50 ms, so the group's entries are cached per user, keyed by every `sys.path` directory's
+mtime + inode: installing, upgrading or removing a package changes its directory and rescans.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flux_plan.errors import FluxError
-from flux_plan.model import Project, ProviderResult, Resource, ResourceState, StageConfig
+from flux_plan.paths import user_cache_dir
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: `flux version` lists providers without loading pydantic
     from flux_plan.artifacts import ArtifactStore
+    from flux_plan.model import Project, ProviderResult, Resource, ResourceState, StageConfig
     from flux_plan.secrets import SecretStore
     from flux_plan.state import StateBackend
 
@@ -135,20 +143,95 @@ OPTIONAL_HOOKS = ("read_many", "before_apply", "after_apply", "state_backend", "
                   "dev", "rollback", "applied_migrations")
 
 
-def available_providers() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+@dataclass(frozen=True)
+class ProviderEntry:
+    """One `flux.providers` entry point: `value` is "module:Class" as the package registered it."""
+
+    name: str
+    value: str
+
+    def load(self) -> Any:
+        module, _, attr = self.value.partition(":")
+        obj: Any = importlib.import_module(module.strip())
+        for part in attr.split("[", 1)[0].strip().split("."):
+            if part:
+                obj = getattr(obj, part)
+        return obj
+
+
+_CACHE_FORMAT = 1
+
+
+def _discovery_cache() -> Path:
+    stamps: list[Any] = [_CACHE_FORMAT, ENTRY_POINT_GROUP, sys.executable]
+    for entry in sys.path:
+        try:
+            st = os.stat(entry or ".")
+        except OSError:
+            continue
+        stamps.append([entry, st.st_mtime_ns, st.st_ino])
+    key = hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:32]
+    return user_cache_dir() / "providers" / f"{key}.json"
+
+
+def _scan_entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_providers(*, rescan: bool = False) -> dict[str, ProviderEntry]:
+    """Installed providers by name, from the discovery cache when no `sys.path` directory changed."""
+    path = _discovery_cache()
+    found: dict[str, str] | None = None
+    if not rescan:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(doc, dict) and all(isinstance(v, str) for v in doc.values()):
+                found = doc
+        except (OSError, ValueError):
+            pass
+    if found is None:
+        found = _scan_entry_points()
+        try:  # best effort: a read-only home only costs the scan next time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(found, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, path)
+            week_ago = path.stat().st_mtime - 7 * 86400  # keys of other venvs stay; stale ones go
+            for old in path.parent.glob("*.json"):
+                if old.stat().st_mtime < week_ago:
+                    old.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return {name: ProviderEntry(name, value) for name, value in sorted(found.items())}
 
 
 def load_provider(name: str) -> Provider:
     """Instantiate the provider registered under `name` in the `flux.providers` group."""
     eps = available_providers()
-    if name not in eps:
-        known = ", ".join(sorted(eps)) or "none installed"
-        raise FluxError(
-            f"flux.project.json: unknown provider {name!r} (installed: {known})",
-            hint="install the provider package, or fix the stage's \"provider\" field",
-        )
-    cls = eps[name].load()
+    cls: Any = None
+    if name in eps:
+        try:
+            cls = eps[name].load()
+        except (ImportError, AttributeError):
+            cls = None  # the cache may predate an uninstall or upgrade: look again
+    if cls is None:
+        eps = available_providers(rescan=True)
+        if name not in eps:
+            known = ", ".join(sorted(eps)) or "none installed"
+            raise FluxError(
+                f"flux.project.json: unknown provider {name!r} (installed: {known})",
+                hint="install the provider package, or fix the stage's \"provider\" field",
+            )
+        try:
+            cls = eps[name].load()
+        except (ImportError, AttributeError) as exc:
+            raise FluxError(
+                f"flux.project.json: provider {name!r} is registered as {eps[name].value!r} but cannot be "
+                f"loaded: {type(exc).__name__}: {exc}",
+                hint="reinstall the provider package, or pick another provider for the stage",
+            ) from None
     provider = cls()
     if not isinstance(provider, Provider):
         raise FluxError(f"provider {name!r} ({eps[name].value}) does not implement the Provider protocol")

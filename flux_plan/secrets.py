@@ -20,10 +20,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from filelock import FileLock
 
 from flux_plan.backends.local import atomic_write
@@ -191,6 +187,9 @@ class SecretStore:
         master = self._load_master(create=False)
         if master is None:
             raise FluxError(f"no secrets key for project {self.project_name!r} ({self.key_path})")
+        from cryptography.hazmat.primitives import hashes  # cryptography loads only where keys are used
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         key = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=f"flux/{purpose}/{self.project_name}".encode()
         ).derive(master)
@@ -238,6 +237,9 @@ class SecretStore:
                 f"{self.path}: encrypted secrets exist but the key is missing ({self.key_path})",
                 hint=f"restore the key file, or set ${KEY_ENV}",
             )
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             plain = AESGCM(self._derive("encrypt")).decrypt(nonce, blob, self._aad())
         except InvalidTag as exc:
@@ -249,6 +251,8 @@ class SecretStore:
         return {str(k): str(v) for k, v in values.items()}
 
     def _write(self, values: dict[str, str]) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._load_master(create=True)
         nonce = os.urandom(12)
         plain = json.dumps(values, sort_keys=True).encode()

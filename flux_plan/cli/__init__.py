@@ -3,41 +3,23 @@ arguments and rendering results; the work happens in the core modules."""
 
 from __future__ import annotations
 
+import os
 import sys
-
-import typer
-from rich.markup import escape
+from typing import TYPE_CHECKING, Any
 
 from flux_plan.errors import FluxError
 
-app = typer.Typer(
-    name="flux",
-    help="Plan, diff and deploy serverless TypeScript functions.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+if TYPE_CHECKING:
+    import typer
+
+_APP: typer.Typer | None = None
 
 
-def _register() -> None:
+def _register(app: typer.Typer) -> None:
     from flux_plan.cli import apply_cmds, misc_cmds, plan_cmds, rollback_cmds, runtime_cmds
 
     for module in (misc_cmds, plan_cmds, apply_cmds, runtime_cmds, rollback_cmds):
         module.register(app)
-
-
-@app.callback()
-def _root(
-    no_color: bool = typer.Option(False, "--no-color", envvar="FLUX_NO_COLOR",
-                                  help="No colors or styles in the output (also NO_COLOR)."),
-    input_: str = typer.Option("true", "--input", envvar="FLUX_INPUT", metavar="true|false",
-                               help="--input=false: never wait on stdin; fail where an answer is needed."),
-) -> None:
-    """Plan, diff and deploy serverless TypeScript functions."""
-    from flux_plan.cli.output import configure
-
-    configure(no_color=no_color, interactive=_flag(input_, "--input"))
 
 
 def _flag(text: str, option: str) -> bool:
@@ -49,19 +31,75 @@ def _flag(text: str, option: str) -> bool:
     raise FluxError(f"{option}={text}: expected true or false", hint=f"e.g. {option}=false")
 
 
+def get_app() -> typer.Typer:
+    """The typer app with every command, built on first use (`flux version` answers without it)."""
+    global _APP
+    if _APP is None:
+        import typer
+
+        app = typer.Typer(
+            name="flux",
+            help="Plan, diff and deploy serverless TypeScript functions.",
+            no_args_is_help=True,
+            add_completion=False,
+            pretty_exceptions_enable=False,
+            # Plain click help and usage errors: typer's rich formatter imports rich.markdown, pygments
+            # and attrs (~90 ms), more than half of the 150 ms that `flux --help` may take.
+            rich_markup_mode=None,
+            context_settings={"help_option_names": ["-h", "--help"]},
+        )
+
+        @app.callback()
+        def _root(
+            no_color: bool = typer.Option(False, "--no-color", envvar="FLUX_NO_COLOR",
+                                          help="No colors or styles in the output (also NO_COLOR)."),
+            input_: str = typer.Option("true", "--input", envvar="FLUX_INPUT", metavar="true|false",
+                                       help="--input=false: never wait on stdin; fail where an answer is needed."),
+        ) -> None:
+            """Plan, diff and deploy serverless TypeScript functions."""
+            from flux_plan.cli.output import configure
+
+            configure(no_color=no_color, interactive=_flag(input_, "--input"))
+
+        _register(app)
+        _APP = app
+    return _APP
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # `from flux_plan.cli import app` keeps working
+        return get_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def version_lines() -> list[str]:
+    """`flux version`: the version and the installed providers (from the discovery cache)."""
+    from flux_plan import __version__
+    from flux_plan.providers import available_providers
+
+    return [f"flux {__version__}", *(f"  provider {n}: {ep.value}" for n, ep in available_providers().items())]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes (FluxError) print a message and exit 1, never a traceback; with
     --json the failure is also printed as JSON on stdout, so a pipeline parsing it sees why."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["version"]:
+        # the command scripts ask most often, answered without building the typer app (typer parses
+        # every option through pydantic: ~150 ms before any command runs)
+        sys.stdout.write("\n".join(version_lines()) + "\n")
+        return
     from flux_plan.cli.output import err_console
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    # Pydantic reads every installed distribution's entry points (~50 ms) to find plugins when the first
+    # model is defined; Flux uses none. PYDANTIC_DISABLE_PLUGINS= (empty) in the environment opts back in.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     json_mode = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     try:
         from flux_plan.cli.common import check_single_dash
 
         check_single_dash(args)
-        _register()
-        app(args=args, prog_name="flux")
+        get_app()(args=args, prog_name="flux")
     except FluxError as exc:
         _fail(exc, json_mode)
     except RecursionError:
@@ -77,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(exc: FluxError, json_mode: bool) -> None:
-    from flux_plan.cli.output import err_console, print_failure
+    from flux_plan.cli.output import err_console, escape, print_failure
 
     if json_mode:
         print_failure(exc)

@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from flux_plan.cli.common import DirOption, LockTimeoutOption, StageOption, open_workspace, parse_duration
-from flux_plan.cli.output import console, err_console, is_tty, print_json
+from flux_plan.cli.output import console, err_console, escape, is_tty, print_json
 from flux_plan.errors import FluxError
 
 if TYPE_CHECKING:
@@ -107,6 +105,8 @@ def _print_result(result: ApplyResult, *, json_out: bool, verb: str) -> None:
     bad = [r for r in result.results if r.status != "applied"]
     if bad:
         if is_tty():
+            from rich.table import Table
+
             table = Table("address", "action", "status", "elapsed", "error", title="Not applied")
             for r in bad:
                 table.add_row(escape(r.address), r.action, r.status, f"{r.elapsed:.1f}s", escape(r.error or ""))

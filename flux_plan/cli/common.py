@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from flux_plan.errors import FluxError
 from flux_plan.units import parse_duration
 
+if TYPE_CHECKING:  # the workspace pulls in pydantic: loaded by the commands that open one, not by --help
+    from flux_plan.workspace import Workspace
+
 __all__ = ["check_single_dash", "open_workspace", "parse_duration", "project_root"]
-from flux_plan.workspace import Workspace, find_root
 
 StageOption = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE",
                            help="Stage of flux.project.json (default: dev).")
@@ -40,6 +42,8 @@ def project_root(directory: Path | None = None) -> Path:
     """The project root from `--dir`, or found upwards from the current directory."""
     if directory is not None and not directory.is_dir():
         raise FluxError(f"{directory}: no such directory", hint="pass the project directory to --dir")
+    from flux_plan.workspace import find_root
+
     return find_root(directory)
 
 
@@ -47,6 +51,8 @@ def open_workspace(stage: str | None = None, directory: Path | None = None, *, l
                    **options: Any) -> Workspace:
     """Scan the project (raising every validation problem at once) and bind the stage. `lenient`:
     for commands that deploy no code, broken functions are left out instead (DESIGN §6)."""
+    from flux_plan.workspace import Workspace
+
     if lenient:
         return Workspace.open_lenient(project_root(directory), stage, **options)
     return Workspace.open(project_root(directory), stage, **options)

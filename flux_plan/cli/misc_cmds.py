@@ -7,9 +7,7 @@ import re
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from flux_plan import __version__
 from flux_plan.errors import FluxError
 from flux_plan.paths import SDK_DIR
 
@@ -103,16 +101,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def version() -> None:
         """Print the Flux version and the installed providers."""
-        from flux_plan.providers import available_providers
+        from flux_plan.cli import version_lines
 
-        typer.echo(f"flux {__version__}")
-        for name, ep in sorted(available_providers().items()):
-            typer.echo(f"  provider {name}: {ep.value}")
+        for line in version_lines():
+            typer.echo(line)
 
     @app.command()
     def init(directory: Path = typer.Argument(Path("."), help="Where to create the project.")) -> None:
         """Write a working starter project (one function, one migration, editor config)."""
-        from flux_plan.cli.output import console
+        from flux_plan.cli.output import console, escape
 
         written = init_project(directory)
         out = console()

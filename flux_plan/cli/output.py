@@ -1,4 +1,6 @@
-"""Consoles: rich on a terminal, plain lines when stdout is not a TTY (CI logs)."""
+"""Consoles: rich on a terminal, plain lines when stdout is not a TTY (CI logs).
+
+rich is imported on first use: `flux --help` and `flux version` never print through it."""
 
 from __future__ import annotations
 
@@ -6,10 +8,17 @@ import functools
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def escape(markup: str) -> str:
+    """rich.markup.escape, imported when a command first prints markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(markup)
 
 _SETTINGS = {"no_color": False, "interactive": True}
 
@@ -44,11 +53,15 @@ def _color() -> dict[str, Any]:
 
 @functools.cache
 def console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True, **_color())
 
 
 @functools.cache
 def err_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True, **_color())
 
 

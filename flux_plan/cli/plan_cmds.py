@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from flux_plan.cli.common import (
     DirOption,
@@ -17,7 +16,7 @@ from flux_plan.cli.common import (
     parse_duration,
     project_root,
 )
-from flux_plan.cli.output import console, err_console, print_json
+from flux_plan.cli.output import console, err_console, escape, print_json
 from flux_plan.errors import FluxError, Problem
 
 

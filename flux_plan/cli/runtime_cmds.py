@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
-from flux_plan.cli.output import console, is_tty, print_json
+from flux_plan.cli.output import console, escape, is_tty, print_json
 from flux_plan.errors import FluxError
 from flux_plan.logfmt import format_record
 from flux_plan.units import parse_duration

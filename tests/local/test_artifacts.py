@@ -95,3 +95,54 @@ def test_unresolved_import_hints_package_json(project: Path) -> None:
     assert exc.value.message.startswith("functions/greet/index.ts:1:")
     assert "Could not resolve" in exc.value.message
     assert exc.value.hint and "functions/greet/package.json" in exc.value.hint
+
+
+def _specs(root: Path) -> list[FunctionSpec]:
+    runtimes = {"slugify_title": "node"}
+    return [spec_of(root, d.name, runtimes.get(d.name, "deno")) for d in sorted((root / "functions").iterdir())]
+
+
+def test_batch_bundles_equal_single_bundles(project: Path, tmp_path: Path) -> None:
+    twin = tmp_path / "twin"
+    shutil.copytree(project, twin)
+    for i in range(7):  # more deno functions, so a batch holds several entry points of each runtime
+        d = twin / "functions" / f"extra{i}"
+        d.mkdir()
+        (d / "index.ts").write_text((twin / "functions" / "greet" / "index.ts").read_text()
+                                    .replace('"greet"', f'"extra{i}"'))
+        (d / "flux.json").write_text(json.dumps({"name": f"extra{i}"}))
+        shutil.copytree(d, project / "functions" / d.name)
+    single = {s.name: ArtifactStore(project).ensure(s) for s in _specs(project)}
+    batch = ArtifactStore(twin).ensure_many(_specs(twin))
+    assert sorted(batch) == sorted(single) and len(batch) == 13
+    for name, out in batch.items():
+        assert out.name == single[name].name  # the same digest (the source trees are identical)
+        assert (out / "index.mjs").read_bytes() == (single[name] / "index.mjs").read_bytes(), name
+        meta, meta1 = json.loads((out / "meta.json").read_text()), json.loads((single[name] / "meta.json").read_text())
+        assert {k: v for k, v in meta.items() if k != "built_at"} == {k: v for k, v in meta1.items() if k != "built_at"}
+    assert not list((twin / ".flux" / "artifacts").glob(".tmp-*"))
+
+
+def test_error_in_a_batch_names_its_file_and_the_rest_is_built(project: Path) -> None:
+    src = project / "functions" / "list_todos" / "index.ts"
+    src.write_text(src.read_text() + "\nconst broken = ;\n")
+    store = ArtifactStore(project)
+    specs = _specs(project)
+    store.prepare(specs)
+    built, failed = {}, {}
+    for spec in specs:
+        try:
+            built[spec.name] = store.ensure(spec)
+        except FluxError as exc:
+            failed[spec.name] = exc.render()
+    assert list(failed) == ["list_todos"]
+    assert failed["list_todos"].startswith("functions/list_todos/index.ts:")
+    assert "while bundling function list_todos" in failed["list_todos"]
+    assert sorted(built) == sorted(s.name for s in specs if s.name != "list_todos")
+    assert all(store.has(p.name) for p in built.values())
+    assert not store.has(spec_of(project, "list_todos").source_digest)
+    # the error is reported again, not cached, and fixing the file builds it
+    with pytest.raises(FluxError):
+        store.ensure_many([spec_of(project, "list_todos")])
+    src.write_text(src.read_text().replace("\nconst broken = ;\n", "\n"))
+    assert store.ensure_many([spec_of(project, "list_todos")])["list_todos"].is_dir()

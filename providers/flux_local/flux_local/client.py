@@ -17,8 +17,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from flux_local.daemon import DAEMON_FILE
-from flux_local.procs import pid_alive, stop_pid
+from flux_local.procs import DAEMON_FILE, pid_alive, stop_pid
 from flux_plan.errors import ProviderError, TransientProviderError
 
 

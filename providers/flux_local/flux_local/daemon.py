@@ -37,16 +37,12 @@ from typing import Any
 from flux_local.asyncqueue import AsyncQueue
 from flux_local.logstore import LogStore, Masker
 from flux_local.pg import EmbeddedPostgres, external_url
-from flux_local.procs import pid_alive
+from flux_local.procs import ADMIN_REVISION, DAEMON_FILE, pid_alive
 
-DAEMON_FILE = "daemon.json"
 RUNTIME_FILE = "runtime.json"
 LOCK_FILE = "daemon.lock"
 MAX_BODY_BYTES = 6 * 1024 * 1024
 DEFAULT_PORT = 8787
-# Bumped when the admin API changes: a provider finding a daemon of another revision restarts it
-# (the table survives in runtime.json), instead of talking to endpoints it does not have.
-ADMIN_REVISION = 2
 _MAX_LINE = 65536  # request line / header line
 _MAX_HEADERS = 100
 
@@ -172,6 +168,10 @@ class Daemon:
         self._push_wanted = 0
         self._push_done = 0
         self._pushing = False
+        # While an apply holds the table (PUT /admin/hold), edits wait for one push at its end instead
+        # of one push of the whole table per coalesced edit: N resources cost O(N), not O(N^2).
+        self._hold_pid: int | None = None
+        self._held_edits = False
         # a function sees only the keys its entry names (env_keys: its code + flux.json secrets), as on AWS
         self.table: dict[str, Any] = {"functions": {}, "routes": {}, "secrets": {}}
         self.secret_values: dict[str, str] = {}
@@ -347,6 +347,36 @@ class Daemon:
                     self._pushing = False
                     self._push_cond.notify_all()
                 self._push_done = max(self._push_done, generation)
+
+    def _push_unless_held(self) -> None:
+        with self.table_lock:
+            if self._hold_pid is not None:
+                self._held_edits = True  # runtime.json is written by the push at the end, once
+                return
+        self.push()
+
+    def _release_hold(self, pid: int | None) -> None:
+        """End the hold (of `pid`, or any) and serve what was edited under it, in one push."""
+        with self.table_lock:
+            if self._hold_pid is None or (pid is not None and self._hold_pid != pid):
+                return
+            self._hold_pid = None
+            edited, self._held_edits = self._held_edits, False
+        if edited:
+            self.push()
+
+    def _watch_hold(self, pid: int) -> None:
+        """An apply that dies (SIGKILL, crash) never releases its hold: release it for it."""
+        while not self.stopping.is_set():
+            with self.table_lock:
+                if self._hold_pid != pid:
+                    return
+            if not pid_alive(pid):
+                _diag(f"apply {pid} ended without releasing the table: serving its edits")
+                with contextlib.suppress(Exception):
+                    self._release_hold(pid)
+                return
+            time.sleep(0.2)
 
     def _push_now(self) -> None:
         with self.table_lock:
@@ -614,7 +644,7 @@ class Daemon:
                         self.table[section][name] = body
                     else:
                         self.table[section].pop(name, None)
-                self.push()
+                self._push_unless_held()
                 return 200, {"ok": True}
             case "PUT", ["admin", "secrets", key]:
                 with self.table_lock:
@@ -622,13 +652,24 @@ class Daemon:
                         return 404, {"error": f"secret {key} is not set (flux secrets set {key}=...)"}
                     self.table["secrets"][key] = body.get("fingerprint")
                     self._refresh_mask()
-                self.push()
+                self._push_unless_held()
                 return 200, {"ok": True}
             case "DELETE", ["admin", "secrets", key]:
                 with self.table_lock:
                     self.table["secrets"].pop(key, None)
                     self.secret_values.pop(key, None)
-                self.push()
+                self._push_unless_held()
+                return 200, {"ok": True}
+            case "PUT", ["admin", "hold"]:
+                pid = body.get("pid")
+                if not isinstance(pid, int) or not pid_alive(pid):
+                    return 400, {"error": "hold needs the pid of the running apply"}
+                with self.table_lock:
+                    self._hold_pid = pid
+                threading.Thread(target=self._watch_hold, args=(pid,), name="flux-hold", daemon=True).start()
+                return 200, {"ok": True}
+            case "DELETE", ["admin", "hold"]:
+                self._release_hold(None)
                 return 200, {"ok": True}
             case "POST", ["admin", "schema-changed"]:
                 self.schema = None

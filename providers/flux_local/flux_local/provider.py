@@ -30,8 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flux_local.client import DaemonClient
-from flux_local.daemon import ADMIN_REVISION
-from flux_local.pg import external_url
+from flux_local.procs import ADMIN_REVISION
 from flux_plan.errors import FluxError, ProviderError
 from flux_plan.model import FunctionSpec, ProviderResult, Resource, ResourceState
 from flux_plan.providers import InvokeResult, ProviderContext
@@ -100,6 +99,8 @@ class LocalProvider:
         raise ProviderError(f"function {name} is not in the project", address=f"function.{name}")
 
     def _db_uri(self) -> str | None:
+        from flux_local.pg import external_url
+
         url = external_url(self._ctx.stage.settings)
         if url:
             return url
@@ -183,6 +184,10 @@ class LocalProvider:
     def before_apply(self, changes: list[tuple[str, str]]) -> None:
         if any(action not in ("noop", "read", "delete") for _, action in changes):
             self.ensure_daemon()
+        if self.client.running():
+            # the daemon serves this apply's edits in one push at its end (after_apply), or as soon as
+            # this process is gone: one push of the table per edit made an apply of N resources O(N^2)
+            self.client.call("PUT", "/admin/hold", {"pid": os.getpid()})  # a daemon without holds: one push per edit
 
     def create(self, resource: Resource) -> ProviderResult:
         return self._put(resource)
@@ -270,6 +275,8 @@ class LocalProvider:
         return doc if isinstance(doc, dict) else None
 
     def after_apply(self, resources: dict[str, ResourceState]) -> dict[str, Any]:
+        if self.client.running():
+            self.client.ok("DELETE", "/admin/hold")  # returns once the host serves every edit
         info = self.client.info()
         return {"url": f"http://127.0.0.1:{info['gateway_port']}"} if info else {}
 
