@@ -33,7 +33,8 @@ def host_command(deno_bin: str, artifacts_dir: Path | str, node_bin: str | None 
     runtime files and the artifact store only, the one env var carrying its config, and running `node`.
     `node_bin` must be the FLUX_HOST_CONFIG `node_bin` (default: `node` on PATH)."""
     rt = runtime_dir()
-    reads = [str(rt), str(Path(artifacts_dir).resolve())]
+    shared = rt.parents[3] / "flux_plan" / "runtime"  # http.mjs: the HTTP contract every provider shares
+    reads = [str(rt), str(shared), str(Path(artifacts_dir).resolve())]
     cmd = [
         str(deno_bin), "run", "--unstable-worker-options", "--no-prompt", "--no-config", "--no-lock",
         "--allow-net", f"--allow-read={','.join(reads)}", "--allow-env=FLUX_HOST_CONFIG",

@@ -1,0 +1,1 @@
+../../../../flux_plan/runtime/http.mjs
