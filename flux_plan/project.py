@@ -25,6 +25,7 @@ from flux_plan.digest import source_digest
 from flux_plan.errors import Problem, ValidationFailed
 from flux_plan.model import DEFAULT_PROVIDER, DEFAULT_STAGE, FunctionSpec, Migration, Project, StageConfig
 from flux_plan.paths import schema_path
+from flux_plan.routes import route_problems
 
 FUNCTIONS_DIR = "functions"
 SCHEMA_DIR = "schema"
@@ -451,6 +452,7 @@ def scan(root: Path) -> tuple[Project, list[Problem]]:
             by_route[key] = spec
             codes[spec.name] = code
             functions.append(spec)
+    problems.extend(route_problems(functions))  # path-parameter syntax, clashing/ambiguous patterns
     documented = set(env_keys)
     for spec in functions:
         code = codes[spec.name]

@@ -1,0 +1,115 @@
+"""Route patterns (API Gateway v2 syntax: `{name}` is one path segment, `{name+}` the rest of the path) checked
+at validate time, so a clash or an ambiguity is reported naming both files instead of one function silently
+shadowing another at request time. The matching itself lives in the shared runtime (flux_plan/runtime/http.mjs):
+literal paths first, then more literal segments, then non-greedy before greedy."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flux_plan.errors import Problem
+from flux_plan.model import FunctionSpec
+
+CONFIG_FILE = "flux.json"  # = project.CONFIG_FILE (project.py imports this module)
+
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}$")
+
+
+@dataclass(frozen=True)
+class Segment:
+    literal: str | None  # None: a parameter
+    greedy: bool = False
+
+
+def parse_route(route: str) -> tuple[list[Segment] | None, str | None]:
+    """(segments, None) or (None, what is wrong)."""
+    segs: list[Segment] = []
+    names: set[str] = set()
+    parts = route.rstrip("/").split("/")[1:] if route != "/" else []
+    for i, part in enumerate(parts):
+        if "{" not in part and "}" not in part:
+            if part == "" and i < len(parts) - 1:
+                return None, "empty path segment (//)"
+            segs.append(Segment(part))
+            continue
+        m = _PARAM.match(part)
+        if not m:
+            return None, f"segment {part!r}: a parameter is a whole segment, {{name}} or {{name+}}"
+        name, plus = m.group(1), m.group(2)
+        if name in names:
+            return None, f"parameter {{{name}}} appears twice"
+        if plus and i != len(parts) - 1:
+            return None, f"greedy parameter {{{name}+}} must be the last segment"
+        names.add(name)
+        segs.append(Segment(None, bool(plus)))
+    return segs, None
+
+
+def _compatible(a: Segment, b: Segment) -> bool:
+    return a.literal is None or b.literal is None or a.literal == b.literal
+
+
+def overlap(a: list[Segment], b: list[Segment]) -> bool:
+    """Some path is matched by both routes."""
+    ga, gb = bool(a) and a[-1].greedy, bool(b) and b[-1].greedy
+    if not ga and not gb:
+        return len(a) == len(b) and all(_compatible(x, y) for x, y in zip(a, b, strict=True))
+    if ga and gb:
+        n = min(len(a), len(b)) - 1
+        return all(_compatible(x, y) for x, y in zip(a[:n], b[:n], strict=True))
+    g, other = (a, b) if ga else (b, a)
+    if len(other) < len(g):
+        return False
+    return all(_compatible(x, y) for x, y in zip(g[:-1], other[: len(g) - 1], strict=True))
+
+
+def _rank(segs: list[Segment]) -> tuple[int, bool]:
+    return sum(1 for s in segs if s.literal is not None), bool(segs) and segs[-1].greedy
+
+
+def _shape(segs: list[Segment]) -> tuple[str, ...]:
+    return tuple(s.literal if s.literal is not None else ("{+}" if s.greedy else "{}") for s in segs)
+
+
+def _example(a: list[Segment], b: list[Segment]) -> str:
+    """A path both routes match (for the message)."""
+    out = []
+    for i in range(max(len(a), len(b))):
+        x = a[i] if i < len(a) else a[-1]
+        y = b[i] if i < len(b) else b[-1]
+        out.append(x.literal if x.literal is not None else y.literal if y.literal is not None else "x")
+    return "/" + "/".join(out)
+
+
+def route_problems(functions: Iterable[FunctionSpec]) -> list[Problem]:
+    """Syntax errors in route patterns, and pairs of routes on one method that match the same paths with
+    neither more specific than the other (`/a/{id}` vs `/a/{x}`; `/{a}/x` vs `/x/{b}`)."""
+    problems: list[Problem] = []
+    parsed: list[tuple[FunctionSpec, list[Segment]]] = []
+    for spec in functions:
+        cfg = f"{spec.dir}/{CONFIG_FILE}"
+        segs, error = parse_route(spec.route)
+        if error or segs is None:
+            problems.append(Problem(cfg, f"route {spec.route}: {error}", json_path="$.route",
+                                    hint='path parameters look like "/notes/{id}" or "/files/{path+}" (last segment)'))
+            continue
+        if any(s.literal is None for s in segs):
+            # only patterns can be ambiguous: a literal path always has more literal segments than a pattern
+            # that matches it, so it is the more specific one
+            parsed.append((spec, segs))
+    for i, (a, sa) in enumerate(parsed):
+        for b, sb in parsed[:i]:
+            if a.method != b.method or a.route == b.route:  # identical routes are reported by the project scan
+                continue
+            if not overlap(sa, sb) or _rank(sa) != _rank(sb):
+                continue
+            same = _shape(sa) == _shape(sb)
+            why = "" if same else f": both match e.g. {_example(sa, sb)} and neither is more specific"
+            problems.append(Problem(
+                f"{a.dir}/{CONFIG_FILE}",
+                f"route {a.method} {a.route} {'is the same route as' if same else 'is ambiguous with'} "
+                f"{b.method} {b.route} of {b.name!r} ({b.dir}/{CONFIG_FILE}){why}",
+                json_path="$.route", hint="rename the path so each request has exactly one function"))
+    return problems
