@@ -143,6 +143,8 @@ def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
         hint = "names are lowercase letters, digits, _ or -, start with a letter, at most 64 characters"
     elif err.validator == "pattern" and path and path[-1] == "route":
         hint = 'a route is a URL path starting with "/", e.g. "/todos"'
+    elif "cors" in path and err.validator in ("not", "pattern"):
+        message, hint = _cors_explain(err, path)
     elif err.validator in ("minimum", "maximum"):
         lo = err.schema.get("minimum")
         hi = err.schema.get("maximum")
@@ -150,6 +152,17 @@ def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
     elif err.validator == "type":
         hint = f"expected {err.validator_value}"
     return [Problem(file, message, line=locate(text, path), json_path=json_path(path), hint=hint)]
+
+
+def _cors_explain(err: ValidationError, path: list[Any]) -> tuple[str, str]:
+    """Plain words for the stage's `cors` setting (its schema's patterns and the credentials rule)."""
+    if err.validator == "not":
+        return ('allow_origins "*" cannot be combined with allow_credentials: true (browsers refuse it)',
+                'list the origins, e.g. ["https://app.example.com"]')
+    if "allow_origins" in path:
+        return (f"{err.instance!r} is not an origin",
+                'an origin is scheme://host[:port] without a path, e.g. "http://localhost:5173", or "*"')
+    return f"{err.instance!r} is not a header name", 'a header name has no spaces, e.g. "x-api-key", or "*"'
 
 
 def read_json(path: Path, rel: str, problems: list[Problem]) -> tuple[Any, str] | None:

@@ -5,6 +5,7 @@ literal paths first, then more literal segments, then non-greedy before greedy."
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -113,3 +114,28 @@ def route_problems(functions: Iterable[FunctionSpec]) -> list[Problem]:
                 f"{b.method} {b.route} of {b.name!r} ({b.dir}/{CONFIG_FILE}){why}",
                 json_path="$.route", hint="rename the path so each request has exactly one function"))
     return problems
+
+
+def fill_route(route: str, payload: object) -> tuple[str, object]:
+    """The URL path of `route` for a `flux invoke` payload: `{name}` segments take (and remove) the payload's
+    values, percent-encoded (`{name+}` keeps its slashes). A missing value is an error naming the route."""
+    from urllib.parse import quote
+
+    from flux_plan.errors import FluxError
+
+    if "{" not in route:
+        return route, payload
+    rest = dict(payload) if isinstance(payload, dict) else {}
+    out = []
+    for part in route.split("/")[1:]:
+        m = _PARAM.match(part)
+        if not m:
+            out.append(part)
+            continue
+        name, greedy = m.group(1), bool(m.group(2))
+        if name not in rest or rest[name] in (None, ""):
+            raise FluxError(f"route {route} needs a value for {{{name}}}",
+                            hint=f'pass it in the payload, e.g. --payload \'{{"{name}": "..."}}\'')
+        value = rest.pop(name)
+        out.append(quote(value if isinstance(value, str) else json.dumps(value), safe="/" if greedy else ""))
+    return "/" + "/".join(out), rest

@@ -69,3 +69,30 @@ def test_malformed_parameters_are_reported(tmp_path: Path, flux: FluxRunner, mak
     assert "{id} appears twice" in by["functions/twice/flux.json"]["message"]
     assert "must be the last segment" in by["functions/notlast/flux.json"]["message"]
     assert all(p["json_path"] == "$.route" and "{path+}" in p["hint"] for p in by.values())
+
+
+def test_cors_setting_is_validated_in_plain_words(tmp_path: Path, flux: FluxRunner,
+                                                  make_project: Callable[..., Path]) -> None:
+    cors = {"allow_origins": ["*", "http://x.test/path"], "allow_credentials": True, "allow_methods": ["get"],
+            "max_age": -1, "expose_headers": ["bad header"], "allow_origin": ["typo"]}
+    root = make_project(tmp_path, project={"name": "proj", "stages": {"dev": {"provider": "record", "cors": cors}}})
+    rc, probs = _problems(flux, root)
+    assert rc == 1
+    by = {p["json_path"]: p for p in probs}
+    assert by["$.stages.dev.cors.allow_origin"]["hint"] == "did you mean 'allow_origins'?"
+    assert by["$.stages.dev.cors.allow_methods[0]"]["hint"] == 'HTTP methods are upper case: use "GET"'
+    assert "cannot be combined with allow_credentials" in by["$.stages.dev.cors.allow_origins"]["message"]
+    assert by["$.stages.dev.cors.allow_origins[1]"]["message"] == "'http://x.test/path' is not an origin"
+    assert by["$.stages.dev.cors.expose_headers[0]"]["message"] == "'bad header' is not a header name"
+    assert "0 to 86400" in by["$.stages.dev.cors.max_age"]["hint"]
+    assert all(p["file"] == "flux.project.json" for p in by.values()) and len(by) == 6
+    ok = {"allow_origins": ["http://localhost:5173"], "allow_methods": ["GET", "POST"], "allow_headers": ["*"],
+          "expose_headers": ["x-note"], "max_age": 600, "allow_credentials": True}
+    (root / "flux.project.json").write_text(json.dumps({"name": "proj", "stages": {"dev": {"provider": "record",
+                                                                                            "cors": ok}}}))
+    rc, probs = _problems(flux, root)
+    assert rc == 0, probs
+    rc, out, _ = flux("plan", "--json", cwd=root)
+    api = next(c for c in json.loads(out)["changes"] if c["address"] == "api.dev")
+    assert api["resource"]["attributes"]["cors"] == ok
+    assert {"path": "cors", "before": None, "after": ok} in api["diffs"]

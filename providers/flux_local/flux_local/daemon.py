@@ -43,7 +43,7 @@ MAX_BODY_BYTES = 6 * 1024 * 1024
 DEFAULT_PORT = 8787
 # Bumped when the admin API changes: a provider finding a daemon of another revision restarts it
 # (the table survives in runtime.json), instead of talking to endpoints it does not have.
-ADMIN_REVISION = 2
+ADMIN_REVISION = 3  # 3: PUT /admin/cors, POST /admin/check/<fn>
 _MAX_LINE = 65536  # request line / header line
 _MAX_HEADERS = 100
 
@@ -253,6 +253,7 @@ class Daemon:
             for key in ("functions", "routes", "secrets"):
                 self.table[key] = doc.get(key, {})
             self.table["env_example_keys"] = doc.get("env_example_keys", [])
+            self.table["cors"] = doc.get("cors")
         for key in list(self.table["secrets"]):
             self._load_secret(key)
         self._refresh_mask()
@@ -316,7 +317,7 @@ class Daemon:
         }
         routes = [{"method": r["method"], "path": r["path"], "function": r["function"]}
                   for _, r in sorted(self.table["routes"].items()) if r["function"] in fns]
-        return {"functions": functions, "routes": routes}
+        return {"functions": functions, "routes": routes, "cors": self.table.get("cors")}
 
     def push(self) -> None:
         """Make the host serve the table as it is now; returns after its OK (atomic switch there).
@@ -622,6 +623,18 @@ class Daemon:
                     self.secret_values.pop(key, None)
                 self.push()
                 return 200, {"ok": True}
+            case "POST", ["admin", "check", name]:  # load the function once before it takes traffic
+                cfg = {"runtime": body.get("runtime"), "bundle": body.get("bundle"), "digest": body.get("digest"),
+                       "env": self.env_for(body), "timeout_ms": body.get("timeout_ms", 30000), "async": False}
+                return 200, self._host_call("POST", "/check", {"function": name, "config": cfg}, timeout=120)
+            case "PUT", ["admin", "cors"]:  # the stage's CORS setting (api.<stage> attribute); null = none
+                cors = body.get("cors")
+                if cors is not None and not (isinstance(cors, dict) and isinstance(cors.get("allow_origins"), list)):
+                    return 400, {"error": "cors must be null or an object with allow_origins: [...]"}
+                with self.table_lock:
+                    self.table["cors"] = cors
+                self.push()
+                return 200, {"ok": True}
             case "POST", ["admin", "schema-changed"]:
                 self.schema = None
                 return 200, {"ok": True}
@@ -653,7 +666,7 @@ class Daemon:
             "host_pid": self.host.pid if self.host else None, "host_ready": self.host_ready.is_set(),
             "pg_pid": self.pg.pid if self.pg else None, "db_uri": self.db_uri if self.pg else None,
             "functions": self.table["functions"], "routes": self.table["routes"],
-            "secrets": self.table["secrets"], "health": health,
+            "secrets": self.table["secrets"], "cors": self.table.get("cors"), "health": health,
             "queue_pending": self.queue.pending_count() if self.queue else 0,
         }
 

@@ -460,6 +460,8 @@ class Pool {
   queue: Job[] = [];
   active = 0;
   draining = false;
+  /** why the last worker failed to start (the load check at apply time reports it) */
+  loadError: string | null = null;
   private readyWaiters: Array<() => void> = [];
 
   constructor(readonly name: string, public fc: FnConfig) {
@@ -562,6 +564,7 @@ class Pool {
 
   /** A starting worker failed: the requests waiting for it fail too (no retry storm on a broken bundle). */
   startFailed(_w: WorkerHandle, status: number, error: string): void {
+    this.loadError = error;
     for (const r of this.readyWaiters.splice(0)) r();
     if (this.workers.some((x) => x.state === "starting" || x.state === "ready")) {
       const ready = this.workers.find((x) => x.state === "ready");
@@ -1099,6 +1102,24 @@ async function admin(req: Request): Promise<Response> {
         } catch { /* not JSON after all: the text */ }
       }
       return json(200, { status: o.status, headers, body });
+    }
+    if (req.method === "POST" && path === "/check") {
+      // Load check at apply time: start one worker of the function on its own (never in the table, takes no
+      // traffic) and report whether the module loaded: a throw on load, a missing defineFunction, or a name
+      // differing from flux.json fails the deploy instead of every request (DESIGN §7).
+      const doc = await req.json();
+      const fc = doc?.config as FnConfig;
+      const name = String(doc?.function ?? "");
+      if (!name || !fc || (fc.runtime !== "deno" && fc.runtime !== "node") || typeof fc.bundle !== "string") {
+        throw new BadRequest('check needs {"function": name, "config": {runtime, bundle, ...}}');
+      }
+      const pool = new Pool(name, { ...fc, max_workers: 1 });
+      const limit = Math.max(1000, fc.timeout_ms ?? 30000);
+      await Promise.race([pool.prewarm(), new Promise((r) => setTimeout(r, limit))]);
+      const ok = pool.workers.some((w) => w.state === "ready");
+      const error = ok ? null : pool.loadError ?? `function ${name} did not start within ${limit} ms`;
+      pool.drain();
+      return json(200, ok ? { ok: true } : { ok: false, error });
     }
     if (req.method === "POST" && path === "/shutdown") {
       setTimeout(shutdown, 0);
