@@ -343,4 +343,16 @@ def test_misnamed_or_throwing_module_fails_with_the_load_error(host: GatedHost, 
     status, body, _ = request(f"{host.gw}/m", {})
     assert status == 500 and '"someone_else" differs from flux.json name "misnamed"' in body["error"]
     status, body, _ = request(f"{host.gw}/t", {})
-    assert status == 500 and "cannot start: missing config" in body["error"]
+    assert status == 500 and body["error"] == "function throws failed to load (the error is in flux logs)"
+    rec = host.wait_log(lambda r: r["msg"] == "function failed to initialize" and r["function"] == "throws")
+    assert "cannot start: missing config" in rec["data"]["error"]
+    # the load check the provider runs at apply time gets the real error (not the callers' generic one)
+    for name, needle in (("throws", "cannot start: missing config"), ("misnamed", '"someone_else" differs')):
+        b = bundles[name]
+        status, doc, _ = request(f"{host.admin}/check", {"function": name, "config": {
+            "runtime": b["runtime"], "bundle": b["bundle"], "digest": b["digest"], "env": {}}}, token=host.token)
+        assert status == 200 and doc["ok"] is False and needle in doc["error"]
+    b = bundles["rdeno"]
+    status, doc, _ = request(f"{host.admin}/check", {"function": "rdeno", "config": {
+        "runtime": "deno", "bundle": b["bundle"], "digest": b["digest"], "env": {}}}, token=host.token)
+    assert (status, doc) == (200, {"ok": True})

@@ -2,7 +2,7 @@
 // builds FluxContext, runs the handler, speaks the worker channel (see docs: runtime protocol).
 // Plain ESM with only `node:` imports so both Deno and Node load it unchanged.
 import { AsyncLocalStorage } from "node:async_hooks";
-import { headerPairs, isResponse } from "../../../../flux_plan/runtime/http.mjs";
+import { headerPairs, isResponse } from "./http.mjs";
 
 const MARK = Symbol.for("flux.function");
 const LEVELS = { log: "info", info: "info", warn: "warn", error: "error", debug: "debug" };

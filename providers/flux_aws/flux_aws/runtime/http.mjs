@@ -1,1 +1,0 @@
-../../../../flux_plan/runtime/http.mjs
