@@ -35,6 +35,7 @@ from typing import Any
 from flux_local.asyncqueue import AsyncQueue
 from flux_local.logstore import LogStore, Masker
 from flux_local.pg import ConnectionPool, EmbeddedPostgres, external_url
+from flux_local.procs import pid_alive
 
 DAEMON_FILE = "daemon.json"
 RUNTIME_FILE = "runtime.json"
@@ -207,6 +208,8 @@ class Daemon:
         self._start_host()
         self.queue.start()
         threading.Thread(target=self._supervise, name="flux-supervise", daemon=True).start()
+        if self.pg is not None:
+            threading.Thread(target=self._watch_db, name="flux-watch-db", daemon=True).start()
         self._write_daemon_file()
 
     def stop(self) -> None:
@@ -235,7 +238,8 @@ class Daemon:
             "token": self.token,
             "host_pid": self.host.pid if self.host else None,
             "pg_pid": self.pg.pid if self.pg else None,
-            "db_uri": self.db_uri if self.pg else None,  # embedded only: a socket URI, nothing secret
+            # embedded only: the owner role's URI (with its password; this file is 0600, out of every sandbox)
+            "db_uri": self.db_uri if self.pg else None,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         path = self.dir / DAEMON_FILE
@@ -312,6 +316,7 @@ class Daemon:
                 "env": self.env_for(fn), "timeout_ms": fn.get("timeout_ms", 30000),
                 "concurrency": fn.get("concurrency", 10), "queue_limit": fn.get("queue_limit", 100),
                 "idle_ms": fn.get("idle_ms", 300000), "async": bool(fn.get("async")),
+                "memory_mb": int(fn.get("memory", 256)),
             }
             for name, fn in sorted(fns.items())
         }
@@ -360,6 +365,31 @@ class Daemon:
             self.pg = EmbeddedPostgres(self.dir / "pg")
             self.db_uri = self.pg.start()
         self.pool = ConnectionPool(self.db_uri)
+
+    def _watch_db(self) -> None:
+        """Restart the embedded PostgreSQL when it dies (kill -9, OOM killer), with backoff; ctx.db answers
+        "database error" until then, and works again without a redeploy. Its data dir is kept as it is."""
+        delay = 0.5
+        while not self.stopping.wait(delay):
+            pg = self.pg
+            if pg is None or pid_alive(pg.pid):
+                delay = 0.5
+                continue
+            self._record({"level": "error", "function": None, "msg": "database exited; restarting",
+                          "data": {"pg_pid": pg.pid}})
+            try:
+                uri = pg.start()
+                old, self.pool = self.pool, ConnectionPool(uri)
+                self.db_uri, self.schema = uri, None
+                if old is not None:
+                    old.close()
+                self._write_daemon_file()
+                self._record({"level": "info", "function": None, "msg": "database restarted",
+                              "data": {"pg_pid": pg.pid}})
+                delay = 0.5
+            except Exception as exc:
+                _diag(f"database restart failed: {type(exc).__name__}: {exc}")
+                delay = min(delay * 2, 10)
 
     def db_query(self, function: str, params: Any) -> tuple[int, dict[str, Any]]:
         import psycopg
@@ -417,6 +447,7 @@ class Daemon:
             "admin_port": 0, "admin_token": self.admin_token,
             "control_url": f"http://127.0.0.1:{self.server.server_address[1]}", "control_token": self.token,
             "node_bin": node_bin, "max_body_bytes": MAX_BODY_BYTES, "project_root": str(self.root.resolve()),
+            "deno_dir": str(self.dir / "deno-workers"),
         }
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "DENO_DIR")}
         env["FLUX_HOST_CONFIG"] = json.dumps(config)
@@ -664,7 +695,7 @@ class Daemon:
         return {
             "pid": os.getpid(), "stage": self.stage, "gateway_port": self.gateway_port,
             "host_pid": self.host.pid if self.host else None, "host_ready": self.host_ready.is_set(),
-            "pg_pid": self.pg.pid if self.pg else None, "db_uri": self.db_uri if self.pg else None,
+            "pg_pid": self.pg.pid if self.pg else None, "db_alive": (pid_alive(self.pg.pid) if self.pg else None),
             "functions": self.table["functions"], "routes": self.table["routes"],
             "secrets": self.table["secrets"], "cors": self.table.get("cors"), "health": health,
             "queue_pending": self.queue.pending_count() if self.queue else 0,

@@ -44,8 +44,8 @@ def host_command(deno_bin: str, artifacts_dir: Path | str, node_bin: str | None 
         import_map_flag(),
         "--allow-net", f"--allow-read={','.join(reads)}", "--allow-env=FLUX_HOST_CONFIG",
     ]
-    nodes = _node_paths(node_bin)
-    if nodes:
-        cmd.append(f"--allow-run={','.join(nodes)}")
+    # node functions run `node`; deno functions run this same deno (one process per worker: memory limits)
+    runs = sorted({*_node_paths(node_bin), str(deno_bin), os.path.realpath(str(deno_bin))})
+    cmd.append(f"--allow-run={','.join(runs)}")
     cmd.append(str(rt / "host.ts"))
     return cmd

@@ -29,6 +29,8 @@ interface HostConfig {
   node_bin?: string;
   max_body_bytes?: number;
   project_root?: string; // stacks in the logs name files relative to it
+  deno_threads?: boolean;
+  deno_dir?: string; // DENO_DIR of deno function processes (they run only .mjs: nothing is cached in it)
 }
 
 interface FnConfig {
@@ -41,6 +43,7 @@ interface FnConfig {
   queue_limit?: number;
   idle_ms?: number;
   async?: boolean;
+  memory_mb?: number; // flux.json `memory`: V8 heap limit of each of its worker processes (default 256)
   max_workers?: number; // workers of one function (default: min(concurrency, cores - 1), at least 1)
   per_worker?: number; // in-flight invocations on every worker before another worker is started
 }
@@ -93,6 +96,10 @@ const CORE_PATH = decodeURIComponent(new URL(import.meta.resolve("flux:core")).p
 /** the HTTP contract (flux_plan/runtime/http.mjs, imported by core.mjs): node workers must read it too */
 const HTTP_PATH = decodeURIComponent(new URL(import.meta.resolve("flux:http")).pathname);
 const CORES = Math.max(1, navigator.hardwareConcurrency || 1);
+/** deno functions as in-process Workers (faster, no memory limit: a runaway one kills the host) instead of
+ * processes; only for benchmarks comparing the two (FLUX_HOST_CONFIG "deno_threads": true). */
+const THREAD_WORKERS = CFG.deno_threads === true;
+const DENO_DIR_OF_WORKERS = CFG.deno_dir ?? "/tmp/flux-deno-workers";
 const JSON_TYPE = "application/json";
 const SWEEP_MS = 20;
 
@@ -283,8 +290,9 @@ abstract class WorkerHandle {
     this.kill();
   }
 
-  /** The worker died under us: its in-flight requests get 502, the pool replaces it on demand. */
-  crashed(reason: string): void {
+  /** The worker died under us: its in-flight requests get 502, the pool replaces it on demand. `oom`: it went
+   * over its memory limit (the 502 names the limit). */
+  crashed(reason: string, oom = false): void {
     if (this.state === "dead") return;
     const wasStarting = this.state === "starting";
     this.state = "dead";
@@ -292,10 +300,12 @@ abstract class WorkerHandle {
     this.pool.detach(this);
     this.kill();
     const rids = [...this.inflight.values()].map((j) => j.rid);
-    log("error", this.pool.name, rids[0] ?? null, "worker crashed", { reason, worker: this.seq, requests: rids });
-    for (const job of this.inflight.values()) {
-      this.pool.finish(job, errorOutcome(502, job.rid, `function ${this.pool.name} crashed while handling the request`));
-    }
+    log("error", this.pool.name, rids[0] ?? null, oom ? "worker exceeded its memory limit" : "worker crashed",
+      { reason, worker: this.seq, requests: rids, memory_mb: memoryMb(this.pool.fc) });
+    const why = oom
+      ? `function ${this.pool.name} exceeded its memory limit (${memoryMb(this.pool.fc)} MB, flux.json "memory")`
+      : `function ${this.pool.name} crashed while handling the request`;
+    for (const job of this.inflight.values()) this.pool.finish(job, errorOutcome(502, job.rid, why));
     this.inflight.clear();
     for (const c of this.streams.values()) {
       try {
@@ -384,6 +394,15 @@ class DenoWorker extends WorkerHandle {
   }
 }
 
+function memoryMb(fc: FnConfig): number {
+  return Math.max(16, Math.floor(fc.memory_mb ?? 256));
+}
+
+/** V8's report of a heap over its --max-old-space-size (node: "FATAL ERROR: ... heap limit ... out of memory"). */
+const OOM_RE = /heap limit|heap out of memory|Fatal JavaScript out of memory/i;
+
+/** A function in its own OS process (every node function; every deno function, see the constructor), speaking the
+ * worker channel as JSON lines over stdin/stdout (node_host.mjs, which Deno runs unchanged too). */
 class NodeWorker extends WorkerHandle {
   private readonly child: Deno.ChildProcess;
   private readonly writer: WritableStreamDefaultWriter<Uint8Array>;
@@ -394,17 +413,30 @@ class NodeWorker extends WorkerHandle {
   constructor(pool: Pool) {
     super(pool);
     const bundleDir = pool.fc.bundle.replace(/\/[^/]*$/, "");
+    const heap = `--max-old-space-size=${memoryMb(pool.fc)}`;
     // Node 20 permission model: fs reads limited to the runtime files + the bundle; no child processes, no
     // worker threads, no addons; environment scrubbed (the function's keys come in the init message).
-    this.child = new Deno.Command(CFG.node_bin || "node", {
-      args: [
-        "--experimental-permission", "--no-warnings", "--enable-source-maps",
+    // Deno functions run as `deno run` processes with the same reads, net only, no env/run/write/ffi/sys (the
+    // function's keys come in the init message, as for Workers).
+    // Why processes for deno too: a V8 heap limit is per process (Deno Workers have none: one runaway Worker
+    // took the whole host down with "Fatal JavaScript out of memory"); a process over its limit dies alone.
+    const [cmd, args] = pool.fc.runtime === "node"
+      ? [CFG.node_bin || "node", [
+        "--experimental-permission", "--no-warnings", "--enable-source-maps", heap,
         // one flag per path: node 20.x does not split a comma-separated list reliably
         `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${CORE_PATH}`, `--allow-fs-read=${HTTP_PATH}`,
         `--allow-fs-read=${bundleDir}/*`,
         NODE_HOST, CORE_PATH,
-      ],
-      cwd: bundleDir, clearEnv: true, env: {}, stdin: "piped", stdout: "piped", stderr: "piped",
+      ]]
+      : [Deno.execPath(), [
+        "run", "--quiet", "--no-prompt", "--no-config", "--no-lock", `--v8-flags=${heap}`,
+        `--allow-read=${NODE_HOST},${CORE_PATH},${bundleDir}`, "--allow-net",
+        NODE_HOST, CORE_PATH,
+      ]];
+    this.child = new Deno.Command(cmd, {
+      args, cwd: bundleDir, clearEnv: true, // PATH only so that a denied subprocess reads NotCapable, not NotFound
+      env: pool.fc.runtime === "node" ? {} : { DENO_DIR: DENO_DIR_OF_WORKERS, PATH: "/usr/bin:/bin" },
+      stdin: "piped", stdout: "piped", stderr: "piped",
     }).spawn();
     this.writer = this.child.stdin.getWriter();
     this.readLines(this.child.stdout, (line) => {
@@ -423,7 +455,8 @@ class NodeWorker extends WorkerHandle {
     });
     this.child.status.then((s) => {
       const tail = this.stderrTail.join("\n").trim();
-      this.crashed(`node exited with code ${s.code}${s.signal ? ` (${s.signal})` : ""}${tail ? `: ${tail}` : ""}`);
+      this.crashed(`${pool.fc.runtime} exited with code ${s.code}${s.signal ? ` (${s.signal})` : ""}${tail ? `: ${tail}` : ""}`,
+        OOM_RE.test(tail));
     });
     this.init();
   }
@@ -552,7 +585,7 @@ class Pool {
   }
 
   spawn(): WorkerHandle {
-    const w = this.fc.runtime === "node" ? new NodeWorker(this) : new DenoWorker(this);
+    const w = this.fc.runtime === "node" || !THREAD_WORKERS ? new NodeWorker(this) : new DenoWorker(this);
     this.workers.push(w);
     return w;
   }
