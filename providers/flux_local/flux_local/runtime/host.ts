@@ -102,6 +102,7 @@ const THREAD_WORKERS = CFG.deno_threads === true;
 const DENO_DIR_OF_WORKERS = CFG.deno_dir ?? "/tmp/flux-deno-workers";
 const JSON_TYPE = "application/json";
 const SWEEP_MS = 20;
+const COLD_START_MS = 10000; // longest wait for a worker to start before the request fails (504)
 
 // ---------------------------------------------------------------------------------------------- logging
 const encoder = new TextEncoder();
@@ -313,7 +314,10 @@ abstract class WorkerHandle {
       } catch { /* already closed */ }
     }
     this.streams.clear();
-    if (wasStarting) this.pool.startFailed(this, 502, `function ${this.pool.name} crashed while starting (details in flux logs)`);
+    if (wasStarting) {
+      this.pool.loadDetail = `function ${this.pool.name} crashed while starting: ${reason}`; // the load check's
+      this.pool.startFailed(this, 502, `function ${this.pool.name} crashed while starting (details in flux logs)`);
+    }
   }
 }
 
@@ -430,7 +434,7 @@ class NodeWorker extends WorkerHandle {
       ]]
       : [Deno.execPath(), [
         "run", "--quiet", "--no-prompt", "--no-config", "--no-lock", `--v8-flags=${heap}`,
-        `--allow-read=${NODE_HOST},${CORE_PATH},${bundleDir}`, "--allow-net",
+        `--allow-read=${NODE_HOST},${CORE_PATH},${HTTP_PATH},${bundleDir}`, "--allow-net",
         NODE_HOST, CORE_PATH,
       ]];
     this.child = new Deno.Command(cmd, {
@@ -567,7 +571,12 @@ class Pool {
     const saturated = !best || best.inflight.size >= this.perWorker;
     if (saturated && !starting && this.workers.length < this.maxWorkers) this.spawn();
     if (best) this.sendTo(best, job);
-    else this.waiting.push(job);
+    else {
+      // waiting for a cold start is not the handler's time either (the deadline restarts in sendTo), but a worker
+      // that never comes up must not hold the request forever
+      job.deadline = Date.now() + Math.max(this.timeoutMs, COLD_START_MS);
+      this.waiting.push(job);
+    }
   }
 
   /** Over the cap with a full queue (or queued for a whole timeout): 503 at once, the handler never ran. */
