@@ -1179,7 +1179,7 @@ async function admin(req: Request): Promise<Response> {
         throw new BadRequest('check needs {"function": name, "config": {runtime, bundle, ...}}');
       }
       const pool = new Pool(name, { ...fc, max_workers: 1 });
-      const limit = Math.max(1000, fc.timeout_ms ?? 30000);
+      const limit = Math.max(3 * COLD_START_MS, fc.timeout_ms ?? 30000); // starting is not the handler's timeout
       await Promise.race([pool.prewarm(), new Promise((r) => setTimeout(r, limit))]);
       const ok = pool.workers.some((w) => w.state === "ready");
       const error = ok ? null : pool.loadDetail ?? pool.loadError ?? `function ${name} did not start within ${limit} ms`;
