@@ -30,6 +30,8 @@ export default defineFunction({ name: "NAME", handler: async ({ input, ctx }) =>
       return Response.json({ error: "no such note", id: input.id }, { status: 404 });
     case "binary":
       return new Response(new Uint8Array([0, 1, 2, 254, 255]), { headers: { "content-type": "application/octet-stream" } });
+    case "selfcors":
+      return new Response("mine", { headers: { "access-control-allow-origin": "*", "x-own": "1" } });
     case "empty":
       return new Response(null, { status: 204, headers: { "x-empty": "yes" } });
     case "cookies": {
@@ -309,6 +311,11 @@ def test_cors_preflight_allowed_refused_and_actual_request(host: GatedHost, bund
     assert headers["access-control-expose-headers"] == "x-note" and headers["x-note"] == "n-2"
     status, body, headers = raw(f"{host.gw}/notes/5", headers={"origin": "http://evil.test"})
     assert status == 200 and json.loads(body)["input"] == {"id": "5"}
+    assert "access-control-allow-origin" not in headers
+    # a function's own CORS headers do not override the stage's setting (as on API Gateway)
+    status, body, headers = raw(f"{host.gw}/r", "POST", json.dumps({"kind": "selfcors"}).encode(),
+                                {"origin": "http://evil.test"})
+    assert status == 200 and body == b"mine" and headers["x-own"] == "1"
     assert "access-control-allow-origin" not in headers
     # without a cors setting there is no preflight answer: OPTIONS is an unrouted method
     configure(host, bundles, {fn: {}}, [("POST", "/r", fn)])

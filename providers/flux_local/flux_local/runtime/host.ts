@@ -992,7 +992,8 @@ const INIT_200: ResponseInit = { status: 200, headers: JSON_HEADERS };
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 
 /** The HTTP response of an outcome. `head`: HEAD request (headers only); `cors`: headers for an allowed origin. */
-function reply(o: Outcome, rid: string, allow?: string, head = false, cors: [string, string][] | null = null): Response {
+function reply(o: Outcome, rid: string, allow?: string, head = false, cors: [string, string][] | null = null,
+  gatewayCors = false): Response {
   let res: Response;
   if (o.json !== undefined) {
     res = head
@@ -1008,6 +1009,10 @@ function reply(o: Outcome, rid: string, allow?: string, head = false, cors: [str
   h.set("x-flux-request-id", rid);
   if (allow) h.set("allow", allow);
   if (o.retryAfter) h.set("retry-after", String(o.retryAfter));
+  if (gatewayCors && o.headers) {
+    // the stage's cors setting decides, not the function (as API Gateway ignores an integration's CORS headers)
+    for (const [k] of o.headers) if (k.startsWith("access-control-")) h.delete(k);
+  }
   if (cors) for (const [k, v] of cors) k === "vary" ? h.append(k, v) : h.set(k, v);
   return res;
 }
@@ -1119,7 +1124,7 @@ async function gateway(req: Request): Promise<Response> {
   } else {
     const [o, name, allow] = await handle(req, t, rid, method, path, url, q);
     fn = name;
-    res = reply(o, rid, allow, method === "HEAD", origin !== null ? corsHeaders(t.cors, origin) : null);
+    res = reply(o, rid, allow, method === "HEAD", origin !== null ? corsHeaders(t.cors, origin) : null, t.cors !== null);
   }
   // one access record per request (the stream of a streamed body may still be running)
   log("info", fn, rid, "access", {
