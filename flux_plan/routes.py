@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from flux_plan.errors import Problem
 from flux_plan.model import FunctionSpec
@@ -84,6 +85,35 @@ def _example(a: list[Segment], b: list[Segment]) -> str:
     return "/" + "/".join(out)
 
 
+Parsed = tuple[FunctionSpec, list[Segment]]
+
+
+def _candidate_pairs(parsed: list[Parsed]) -> list[tuple[Parsed, Parsed]]:
+    """(later, earlier) pairs that could clash: same method and rank; for segment-only patterns also the same
+    length and first segment (or a parameter there). Keeps a project of many patterned routes linear-ish."""
+    groups: dict[tuple[Any, ...], list[tuple[int, Parsed]]] = {}
+    for i, item in enumerate(parsed):
+        spec, segs = item
+        greedy = bool(segs) and segs[-1].greedy
+        key = (spec.method, _rank(segs), None if greedy else len(segs))
+        groups.setdefault(key, []).append((i, item))
+    pairs: set[tuple[int, int]] = set()
+    for items in groups.values():
+        by_first: dict[str | None, list[int]] = {}
+        for i, (_spec, segs) in items:
+            first = segs[0].literal if segs and not (len(segs) == 1 and segs[0].greedy) else None
+            by_first.setdefault(first, []).append(i)
+        wild = by_first.get(None, [])
+        for first, members in by_first.items():
+            others = members if first is None else members + wild
+            for x in members:
+                for o in others:
+                    if o != x:
+                        pairs.add((max(x, o), min(x, o)))
+    out = [(parsed[i], parsed[j]) for i, j in sorted(pairs)]
+    return out
+
+
 def route_problems(functions: Iterable[FunctionSpec]) -> list[Problem]:
     """Syntax errors in route patterns, and pairs of routes on one method that match the same paths with
     neither more specific than the other (`/a/{id}` vs `/a/{x}`; `/{a}/x` vs `/x/{b}`)."""
@@ -100,19 +130,18 @@ def route_problems(functions: Iterable[FunctionSpec]) -> list[Problem]:
             # only patterns can be ambiguous: a literal path always has more literal segments than a pattern
             # that matches it, so it is the more specific one
             parsed.append((spec, segs))
-    for i, (a, sa) in enumerate(parsed):
-        for b, sb in parsed[:i]:
-            if a.method != b.method or a.route == b.route:  # identical routes are reported by the project scan
-                continue
-            if not overlap(sa, sb) or _rank(sa) != _rank(sb):
-                continue
-            same = _shape(sa) == _shape(sb)
-            why = "" if same else f": both match e.g. {_example(sa, sb)} and neither is more specific"
-            problems.append(Problem(
-                f"{a.dir}/{CONFIG_FILE}",
-                f"route {a.method} {a.route} {'is the same route as' if same else 'is ambiguous with'} "
-                f"{b.method} {b.route} of {b.name!r} ({b.dir}/{CONFIG_FILE}){why}",
-                json_path="$.route", hint="rename the path so each request has exactly one function"))
+    for (a, sa), (b, sb) in _candidate_pairs(parsed):
+        if a.method != b.method or a.route == b.route:  # identical routes are reported by the project scan
+            continue
+        if not overlap(sa, sb) or _rank(sa) != _rank(sb):
+            continue
+        same = _shape(sa) == _shape(sb)
+        why = "" if same else f": both match e.g. {_example(sa, sb)} and neither is more specific"
+        problems.append(Problem(
+            f"{a.dir}/{CONFIG_FILE}",
+            f"route {a.method} {a.route} {'is the same route as' if same else 'is ambiguous with'} "
+            f"{b.method} {b.route} of {b.name!r} ({b.dir}/{CONFIG_FILE}){why}",
+            json_path="$.route", hint="rename the path so each request has exactly one function"))
     return problems
 
 
