@@ -83,7 +83,7 @@ class PageServer:
 def host(bundles: dict[str, dict[str, str]]) -> Iterator[GatedHost]:  # noqa: F811
     gate = Gate()
     gate.opened.set()
-    peer = ControlPeer("control-" + os.urandom(8).hex(), gate)
+    peer = ControlPeer("control-" + os.urandom(8).hex(), {})
     h = GatedHost(next(iter(bundles.values()))["artifacts"], peer)
     h.gate = gate
     try:
@@ -91,6 +91,7 @@ def host(bundles: dict[str, dict[str, str]]) -> Iterator[GatedHost]:  # noqa: F8
     finally:
         h.stop()
         peer.close()
+        gate.close()
 
 
 def run_chromium(url: str) -> str:

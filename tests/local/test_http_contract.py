@@ -9,6 +9,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,13 +46,13 @@ export default defineFunction({ name: "NAME", handler: async ({ input, ctx }) =>
       return new Response(new ReadableStream({
         async start(c) {
           c.enqueue(new TextEncoder().encode("first;"));
-          await ctx.secrets.get("GATE");
+          await (await fetch(ctx.env.GATE_URL)).text();
           c.enqueue(new TextEncoder().encode("second;"));
           c.close();
         },
       }), { status: 200, headers: { "content-type": "text/plain", "x-streamed": "1" } });
     case "hold":
-      await ctx.secrets.get("GATE");
+      await (await fetch(ctx.env.GATE_URL)).text();
       return { held: true };
     case "sleep":
       await new Promise((r) => setTimeout(r, input.ms));
@@ -92,18 +93,33 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str
     return out
 
 
-class Gate(dict[str, str]):
-    """Secrets of the control peer where reading "GATE" blocks until the test opens it: a handler that awaits
-    ctx.secrets.get("GATE") is provably still running (no sleeps)."""
+class Gate:
+    """An HTTP server on 127.0.0.1 whose answer waits until the test opens it: a handler that awaits
+    fetch(ctx.env.GATE_URL) is provably still running (no sleeps)."""
 
     def __init__(self) -> None:
-        super().__init__(GATE="open")
         self.opened = threading.Event()
+        gate = self
 
-    def __contains__(self, key: object) -> bool:
-        if key == "GATE":
-            self.opened.wait(30)
-        return super().__contains__(key)
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                gate.opened.wait(30)
+                self.send_response(200)
+                self.send_header("content-length", "4")
+                self.end_headers()
+                self.wfile.write(b"open")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gate"
+
+    def close(self) -> None:
+        self.opened.set()
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class GatedHost(Host):
@@ -113,7 +129,7 @@ class GatedHost(Host):
 @pytest.fixture
 def host(bundles: dict[str, dict[str, str]]) -> Iterator[GatedHost]:
     gate = Gate()
-    peer = ControlPeer("control-" + os.urandom(8).hex(), gate)
+    peer = ControlPeer("control-" + os.urandom(8).hex(), {})
     h = GatedHost(next(iter(bundles.values()))["artifacts"], peer)
     h.gate = gate
     try:
@@ -122,6 +138,7 @@ def host(bundles: dict[str, dict[str, str]]) -> Iterator[GatedHost]:
         gate.opened.set()
         h.stop()
         peer.close()
+        gate.close()
         assert h.proc.poll() is not None
         assert not h.bad_lines, h.bad_lines
 
@@ -131,7 +148,8 @@ def configure(host: GatedHost, bundles: dict[str, Any], functions: dict[str, dic
     fns = {}
     for name, extra in functions.items():
         b = bundles[name]
-        fns[name] = {"runtime": b["runtime"], "bundle": b["bundle"], "digest": b["digest"], "env": {},
+        fns[name] = {"runtime": b["runtime"], "bundle": b["bundle"], "digest": b["digest"],
+                     "env": {"GATE_URL": host.gate.url},
                      "timeout_ms": 5000, "concurrency": 10, "queue_limit": 50, "idle_ms": 60000, "async": False, **extra}
     doc: dict[str, Any] = {"functions": fns, "routes": [{"method": m, "path": p, "function": f} for m, p, f in routes]}
     if cors is not None:

@@ -124,6 +124,12 @@ export default defineFunction({ name: "__FN__", handler: async ({ input }) => {
 } });
 """
 
+RAW_DB = """import { defineFunction } from "@flux/functions";
+export default defineFunction({ name: "raw_db", handler: async ({ input, ctx }) => {
+  try { return { rows: await ctx.db.query(input.params) }; } catch (e) { return { error: (e as Error).message }; }
+} });
+"""
+
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
@@ -137,6 +143,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
         add_function(project, "pg_probe_node", PG_PROBE.replace("__FN__", "pg_probe_node"), runtime="node")
         add_function(project, "runaway", RUNAWAY.replace("__FN__", "runaway"), memory=128)
         add_function(project, "runaway_node", RUNAWAY.replace("__FN__", "runaway_node"), runtime="node", memory=128)
+        add_function(project, "raw_db", RAW_DB)
         add_function(project, "thrower", THROWER.replace("__FN__", "thrower"))
         add_function(project, "thrower_node", THROWER.replace("__FN__", "thrower_node"), runtime="node")
         project.flux("secrets", "set", f"REMINDER_WEBHOOK_TOKEN={TOKEN}", f"APP_NAME={APP}")
@@ -232,6 +239,32 @@ def test_runaway_memory_fails_alone(stage: Project) -> None:
     assert (stage.daemon_info() or {})["host_pid"] == host_pid  # the host never restarted
     recs = [r for r in logs(stage, "--level", "error") if r["msg"] == "worker exceeded its memory limit"]
     assert {r["function"] for r in recs} == {"runaway", "runaway_node"}
+
+
+def test_ctx_db_in_the_host_maps_values_as_the_python_compiler_did(stage: Project) -> None:
+    def q(params: dict[str, Any]) -> Any:
+        status, body, _ = http(stage.port, "POST", "/raw_db", {"params": params})
+        assert status == 200
+        return body
+
+    ins = q({"table": "todos", "operation": "insert", "values": {"title": "typed", "done": True, "due_date": "2026-12-24"},
+             "returning": ["id", "title", "done", "due_date", "created_at"]})["rows"][0]
+    assert isinstance(ins["id"], int) and ins["title"] == "typed" and ins["done"] is True
+    assert ins["due_date"] == "2026-12-24" and ins["created_at"].startswith("20") and ins["created_at"][10] == "T"
+    assert ins["created_at"].endswith("+00:00")
+    got = q({"table": "todos", "operation": "select", "columns": ["id", "done"],
+             "filters": [{"column": "id", "op": "in", "value": [ins["id"]]}, {"column": "done", "op": "eq", "value": True}]})
+    assert got == {"rows": [{"id": ins["id"], "done": True}]}
+    upd = q({"table": "todos", "operation": "update", "values": {"done": False},
+             "filters": [{"column": "id", "op": "eq", "value": ins["id"]}], "returning": ["done"]})
+    assert upd == {"rows": [{"done": False}]}
+    # errors: the compiler's own, and PostgreSQL's (names checked against the schema, never interpolated)
+    assert q({"table": "nope", "operation": "select"})["error"].startswith("ctx.db.query: ")
+    bad = q({"table": "todos", "operation": "insert", "values": {"title": None}})
+    assert bad["error"].startswith("database error: ") and "title" in bad["error"]
+    assert q({"table": "todos", "operation": "select", "filters": [{"column": "title", "op": "eq",
+              "value": "x'; DROP TABLE todos; --"}]}) == {"rows": []}
+    assert http(stage.port, "POST", "/create_todo", {"title": "table still there"})[0] == 200
 
 
 @pytest.mark.parametrize("fn", ["thrower", "thrower_node"])

@@ -3,8 +3,10 @@
 Owns, for one stage: the database (embedded PostgreSQL unless DATABASE_URL is set), the Deno host
 (started with flux_local.runtime.host_command, restarted when it dies), the runtime table (functions +
 routes + loaded secrets, persisted in runtime.json so a restart restores it), the log store, the durable
-async queue, and an HTTP server on 127.0.0.1 with the control API (for the host) and the admin API (for
-the provider and the CLI). It never sits on the request path: the gateway is inside the Deno host.
+async queue, and an HTTP server on 127.0.0.1 with the control API (for the host: async enqueue only) and the
+admin API (for the provider and the CLI). It never sits on the request path: the gateway, ctx.secrets and
+ctx.db (postgres.js, as the stage's owner role) are inside the Deno host. It restarts the host and the
+embedded PostgreSQL when either dies.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from flux_local.asyncqueue import AsyncQueue
 from flux_local.logstore import LogStore, Masker
-from flux_local.pg import ConnectionPool, EmbeddedPostgres, external_url
+from flux_local.pg import EmbeddedPostgres, external_url
 from flux_local.procs import pid_alive
 
 DAEMON_FILE = "daemon.json"
@@ -176,7 +178,6 @@ class Daemon:
         self.schema: dict[str, dict[str, str]] | None = None
         self.pg: EmbeddedPostgres | None = None
         self.db_uri: str | None = None
-        self.pool: ConnectionPool | None = None
         self.host: subprocess.Popen[bytes] | None = None
         self.host_ready = threading.Event()
         self.gateway_port: int | None = None
@@ -222,8 +223,6 @@ class Daemon:
         if self.server:
             self.server.shutdown()
             self.server.server_close()
-        if self.pool:
-            self.pool.close()
         if self.pg:
             self.pg.stop()
         (self.dir / DAEMON_FILE).unlink(missing_ok=True)
@@ -317,6 +316,8 @@ class Daemon:
                 "concurrency": fn.get("concurrency", 10), "queue_limit": fn.get("queue_limit", 100),
                 "idle_ms": fn.get("idle_ms", 300000), "async": bool(fn.get("async")),
                 "memory_mb": int(fn.get("memory", 256)),
+                # entries written by an older flux have no `uses_db`: they keep ctx.db until updated
+                "uses_db": bool(fn.get("uses_db", True)),
             }
             for name, fn in sorted(fns.items())
         }
@@ -364,7 +365,6 @@ class Daemon:
         else:
             self.pg = EmbeddedPostgres(self.dir / "pg")
             self.db_uri = self.pg.start()
-        self.pool = ConnectionPool(self.db_uri)
 
     def _watch_db(self) -> None:
         """Restart the embedded PostgreSQL when it dies (kill -9, OOM killer), with backoff; ctx.db answers
@@ -378,11 +378,7 @@ class Daemon:
             self._record({"level": "error", "function": None, "msg": "database exited; restarting",
                           "data": {"pg_pid": pg.pid}})
             try:
-                uri = pg.start()
-                old, self.pool = self.pool, ConnectionPool(uri)
-                self.db_uri, self.schema = uri, None
-                if old is not None:
-                    old.close()
+                self.db_uri = pg.start()  # same socket and role: the host's postgres.js pool reconnects
                 self._write_daemon_file()
                 self._record({"level": "info", "function": None, "msg": "database restarted",
                               "data": {"pg_pid": pg.pid}})
@@ -390,35 +386,6 @@ class Daemon:
             except Exception as exc:
                 _diag(f"database restart failed: {type(exc).__name__}: {exc}")
                 delay = min(delay * 2, 10)
-
-    def db_query(self, function: str, params: Any) -> tuple[int, dict[str, Any]]:
-        import psycopg
-
-        from flux_plan.query import QueryError, read_schema, run_query
-
-        fn = self.table["functions"].get(function) or {}
-        # entries written by an older flux have no `uses_db`: they keep the access they had until updated
-        if not fn.get("uses_db", "uses_db" not in fn):
-            return 403, {"error": "ctx.db is not available to this function: its code does not name ctx.db "
-                                  "(write ctx.db.query(...) in the function's own code, then flux apply)"}
-        assert self.pool is not None
-        with self.pool.connection() as conn:
-            for attempt in (1, 2):
-                if self.schema is None:
-                    self.schema = read_schema(conn)
-                try:
-                    return 200, {"rows": run_query(conn, params, self.schema)}
-                except QueryError as exc:
-                    if attempt == 1 and "unknown " in str(exc):
-                        self.schema = None  # a migration may have run since: look again once
-                        continue
-                    return 400, {"error": str(exc)}
-                except psycopg.Error as exc:
-                    msg = exc.diag.message_primary or type(exc).__name__
-                    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
-                        self.schema = None
-                    return 500, {"error": f"database error: {msg}"}
-        return 500, {"error": "database error"}
 
     # -- host ---------------------------------------------------------------------------------------
     def _gateway_port(self) -> int:
@@ -442,17 +409,19 @@ class Daemon:
                                "on the same port); stop it, or set another \"port\" for this stage in "
                                "flux.project.json")
         node_bin = shutil.which("node") or "/usr/bin/node"
+        db, socket_dir = self._host_db()
         config = {
             "stage": self.stage, "gateway_host": "127.0.0.1", "gateway_port": port,
             "admin_port": 0, "admin_token": self.admin_token,
             "control_url": f"http://127.0.0.1:{self.server.server_address[1]}", "control_token": self.token,
             "node_bin": node_bin, "max_body_bytes": MAX_BODY_BYTES, "project_root": str(self.root.resolve()),
-            "deno_dir": str(self.dir / "deno-workers"),
+            "deno_dir": str(self.dir / "deno-workers"), "db": db,
         }
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "DENO_DIR")}
         env["FLUX_HOST_CONFIG"] = json.dumps(config)
         env["NO_COLOR"] = "1"  # deno's own error output lands in daemon.log: no escape codes
-        cmd = host_command(deno.find_deno_bin(), artifacts_dir(self.root), node_bin=node_bin)
+        cmd = host_command(deno.find_deno_bin(), artifacts_dir(self.root), node_bin=node_bin,
+                           db_socket_dir=socket_dir)
         self.host_ready.clear()
         self.host = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, stdin=subprocess.DEVNULL,
                                      env=env, cwd=str(self.dir), preexec_fn=_die_with_parent)
@@ -485,6 +454,21 @@ class Daemon:
         self.host_ready.set()
         self._record({"level": "info", "function": None, "msg": "runtime started",
                       "data": {"gateway_port": self.gateway_port, "functions": len(self.table["functions"])}})
+
+    def _host_db(self) -> tuple[dict[str, Any] | None, str | None]:
+        """ctx.db settings of the host: the embedded server's owner role over its socket, or DATABASE_URL as given."""
+        if not self.db_uri:
+            return None, None
+        u = urllib.parse.urlsplit(self.db_uri)
+        socket_dir = (urllib.parse.parse_qs(u.query).get("host") or [None])[0]
+        if socket_dir is not None and not socket_dir.startswith("/"):
+            socket_dir = None  # ?host=<name>: TCP
+        if self.pg is None:
+            return {"url": self.db_uri}, socket_dir
+        assert socket_dir is not None
+        return {"host": socket_dir, "port": u.port or 5432, "user": urllib.parse.unquote(u.username or ""),
+                "password": urllib.parse.unquote(u.password or ""), "database": u.path.lstrip("/") or "postgres"}, \
+            socket_dir
 
     def _pump_logs(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -618,10 +602,6 @@ class Daemon:
         parts = [urllib.parse.unquote(p) for p in path.split("?", 1)[0].split("/") if p]
         body = body if isinstance(body, dict) else {}
         match method, parts:
-            case "POST", ["v1", "secrets", "get"]:
-                return self._api_secret(body)
-            case "POST", ["v1", "db", "query"]:
-                return self.db_query(str(body.get("function")), body.get("params"))
             case "POST", ["v1", "async", "enqueue"]:
                 assert self.queue is not None
                 rid = str(body.get("request_id") or pysecrets.token_hex(8))
@@ -677,15 +657,6 @@ class Daemon:
     def _shutdown_soon(self) -> None:
         time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGTERM)
-
-    def _api_secret(self, body: dict[str, Any]) -> tuple[int, Any]:
-        key = str(body.get("key"))
-        fn = self.table["functions"].get(str(body.get("function")), {})
-        allowed = key in fn.get("env_keys", [])
-        value = self._value(key)
-        if not allowed or value is None:
-            return 404, {"error": f"secret {key} is not set (flux secrets set {key}=...)"}
-        return 200, {"value": value}
 
     def status(self) -> dict[str, Any]:
         health: Any = None

@@ -13,14 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import secrets as pysecrets
 import signal
 import time
 import urllib.parse
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -200,39 +197,3 @@ def _serves(pid: int, pgdata: Path) -> bool:
     except OSError:
         return True  # no /proc (not Linux): trust postmaster.pid
     return str(pgdata).encode() in cmdline or str(pgdata.resolve()).encode() in cmdline
-
-
-class ConnectionPool:
-    """A tiny thread-safe pool of autocommit connections for the control API's worker threads.
-
-    `size` matches the Deno host's idle control connections (8): each is served by one thread, and a
-    connection closed past `size` would cost a reconnect (ms) plus its prepared statements."""
-
-    def __init__(self, uri: str, size: int = 8) -> None:
-        self.uri = uri
-        self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
-        self._size = size
-
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = psycopg.connect(self.uri, autocommit=True)
-        ok = False
-        try:
-            yield conn
-            ok = True
-        finally:
-            if ok and not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE \
-                    and self._idle.qsize() < self._size:
-                self._idle.put(conn)
-            else:
-                conn.close()
-
-    def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
