@@ -23,6 +23,7 @@ from flux_plan.digest import source_digest_deps
 from flux_plan.errors import Problem, ValidationFailed
 from flux_plan.model import DEFAULT_PROVIDER, DEFAULT_STAGE, FunctionSpec, Migration, Project, StageConfig
 from flux_plan.paths import schema_path
+from flux_plan.routes import route_problems
 from flux_plan.scan_cache import ScanCache
 from flux_plan.schema_check import Check, compile_accept
 
@@ -170,6 +171,8 @@ def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
     elif err.validator == "maxLength" and path and path[-1] == "route":
         message = f"route is {len(str(err.instance))} characters long, over the limit of {err.validator_value}"
         hint = "use a shorter path"
+    elif "cors" in path and err.validator in ("not", "pattern"):
+        message, hint = _cors_explain(err, path)
     elif err.validator in ("minimum", "maximum"):
         lo = schema.get("minimum")
         hi = schema.get("maximum")
@@ -177,6 +180,17 @@ def _explain(err: ValidationError, text: str, file: str) -> list[Problem]:
     elif err.validator == "type":
         hint = f"expected {err.validator_value}"
     return [Problem(file, message, line=locate(text, path), json_path=json_path(path), hint=hint)]
+
+
+def _cors_explain(err: ValidationError, path: list[Any]) -> tuple[str, str]:
+    """Plain words for the stage's `cors` setting (its schema's patterns and the credentials rule)."""
+    if err.validator == "not":
+        return ('allow_origins "*" cannot be combined with allow_credentials: true (browsers refuse it)',
+                'list the origins, e.g. ["https://app.example.com"]')
+    if "allow_origins" in path:
+        return (f"{err.instance!r} is not an origin",
+                'an origin is scheme://host[:port] without a path, e.g. "http://localhost:5173", or "*"')
+    return f"{err.instance!r} is not a header name", 'a header name has no spaces, e.g. "x-api-key", or "*"'
 
 
 def read_json(path: Path, rel: str, problems: list[Problem]) -> tuple[Any, str] | None:
@@ -545,6 +559,7 @@ def scan(root: Path) -> tuple[Project, list[Problem]]:
             by_route[key] = spec
             codes[spec.name] = code
             functions.append(spec)
+    problems.extend(route_problems(functions))  # path-parameter syntax, clashing/ambiguous patterns
     documented = set(env_keys)
     for spec in functions:
         code = codes[spec.name]

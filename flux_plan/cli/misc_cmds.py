@@ -12,6 +12,7 @@ from flux_plan.errors import FluxError
 from flux_plan.paths import SDK_DIR
 
 SDK_ENTRY = SDK_DIR / "functions" / "index.ts"
+SDK_COPY = "types/flux-functions.ts"  # the project's copy of the SDK, referenced by deno.json / tsconfig.json
 
 HELLO_TS = """\
 import { defineFunction } from "@flux/functions";
@@ -58,8 +59,12 @@ def project_name_for(directory: Path) -> str:
 
 def starter_files(directory: Path) -> dict[str, str]:
     """Relative path -> content of the starter project."""
-    sdk = SDK_ENTRY.as_posix()
+    # Editor support with RELATIVE paths, so the config works in every teammate's checkout: a copy of the SDK
+    # (types + defineFunction) goes into the project; bundling always uses the SDK shipped with flux.
+    sdk = "./" + SDK_COPY
+    header = "// @flux/functions for editors and type checks (written by `flux init`; flux bundles its own copy).\n"
     return {
+        SDK_COPY: header + SDK_ENTRY.read_text(encoding="utf-8"),
         "functions/hello/index.ts": HELLO_TS,
         "functions/hello/flux.json": json.dumps(
             {"name": "hello", "runtime": "deno", "route": "/hello", "method": "POST"}, indent=2) + "\n",

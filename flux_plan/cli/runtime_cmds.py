@@ -91,6 +91,10 @@ def register(app: typer.Typer) -> None:
         if level not in _LEVEL_STYLE:
             raise FluxError(f"--level {level!r}: unknown level", hint="use debug, info, warn or error")
         ws = _workspace(stage)
+        names = sorted(spec.name for spec in ws.project.functions)
+        if function is not None and function not in names:  # a typo must not look like "no logs yet"
+            raise FluxError(f"unknown function {function!r}",
+                            hint=f"functions of this project: {', '.join(names) or '(none)'}")
         records = _hook(ws, "logs")(function, since_s=parse_duration(since, "--since") if since else None,
                                     request_id=request_id, level=level, follow=follow)
         color = is_tty() and not as_json

@@ -1,14 +1,15 @@
 """The one JavaScript function runtime shared by every provider (DESIGN §7): `core.mjs` (FluxContext +
-invoke, worker side) and `query.mjs` (the ctx.db.query compiler). Plain ESM with only `node:` imports, so
+invoke, worker side), `query.mjs` (the ctx.db.query compiler) and `http.mjs` (the HTTP contract: returned
+Response mapping, route patterns, CORS). Plain ESM with only `node:` imports, so
 Deno, Node and the Lambda shims load the very same files. Providers locate them through this module; the
-Deno host resolves them by the bare specifiers `flux:core` / `flux:query` of `import_map()`."""
+Deno host resolves them by the bare specifiers `flux:core` / `flux:query` / `flux:http` of `import_map()`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-SHARED_FILES = ("core.mjs", "query.mjs")
+SHARED_FILES = ("core.mjs", "query.mjs", "http.mjs")  # http.mjs: request/response mapping, routes, CORS
 
 
 def shared_runtime_dir() -> Path:

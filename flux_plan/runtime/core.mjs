@@ -2,6 +2,7 @@
 // builds FluxContext, runs the handler, speaks the worker channel (see docs: runtime protocol).
 // Plain ESM with only `node:` imports so both Deno and Node load it unchanged.
 import { AsyncLocalStorage } from "node:async_hooks";
+import { headerPairs, isResponse } from "./http.mjs";
 
 const MARK = Symbol.for("flux.function");
 const LEVELS = { log: "info", info: "info", warn: "warn", error: "error", debug: "debug" };
@@ -36,9 +37,31 @@ function errorMessage(err) {
   }
 }
 
+function toBase64(bytes) {
+  if (globalThis.Buffer) return globalThis.Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+const TICK = Symbol("tick");
+const nextTurn = () => new Promise((r) => setTimeout(() => r(TICK), 0));
+
+function concat(chunks) {
+  if (chunks.length === 1) return chunks[0];
+  const all = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+  let off = 0;
+  for (const c of chunks) {
+    all.set(c, off);
+    off += c.byteLength;
+  }
+  return all;
+}
+
 /**
  * @param {{post: (msg: object) => void, postResult?: (id: number, json: string) => void,
- *   load: (bundle: string) => Promise<any>, onEnv?: (env: object) => void}} io
+ *   load: (bundle: string) => Promise<any>, onEnv?: (env: object) => void, rawBytes?: boolean}} io
+ *   rawBytes: the channel carries Uint8Array (structured clone); otherwise body bytes travel as base64 text.
  */
 export function createRuntime(io) {
   const post = io.post;
@@ -48,6 +71,8 @@ export function createRuntime(io) {
   let fnName = "";
   const calls = new Map();
   let callSeq = 0;
+  const streams = new Map(); // invocation id -> reader of a streamed Response body still being sent
+  const bytesOut = io.rawBytes ? (b) => b : toBase64;
 
   function record(requestId, level, args) {
     let msg = "";
@@ -82,17 +107,28 @@ export function createRuntime(io) {
       return call(this.rid, "db", { params: jsonSafe(params) });
     }
   }
+  // ctx.log(...) is level info; ctx.log.debug/info/warn/error(...) choose the level (made on first use, like
+  // secrets/db: most invocations never log).
+  function makeLog(rid) {
+    const logFn = (...args) => record(rid, "info", args);
+    logFn.debug = (...args) => record(rid, "debug", args);
+    logFn.info = logFn;
+    logFn.warn = (...args) => record(rid, "warn", args);
+    logFn.error = (...args) => record(rid, "error", args);
+    return Object.freeze(logFn);
+  }
   // secrets/db objects are made on first use: most invocations never touch them (one allocation per request).
   class Ctx {
     #secrets = null;
     #db = null;
+    #log = null;
     constructor(rid) {
       this.requestId = rid;
     }
     get env() { return env; }
     get secrets() { return this.#secrets ??= new Secrets(this.requestId); }
     get db() { return this.#db ??= new Db(this.requestId); }
-    log(...args) { record(this.requestId, "info", args); }
+    get log() { return this.#log ??= makeLog(this.requestId); }
   }
 
   // console.* inside a function becomes a log record of the request that is running (AsyncLocalStorage keeps
@@ -113,7 +149,8 @@ export function createRuntime(io) {
         return;
       }
       if (def.name !== fnName) {
-        record(null, "warn", [`defineFunction name ${JSON.stringify(def.name)} differs from flux.json name ${JSON.stringify(fnName)}`]);
+        post({ t: "ready", ok: false, error: `function ${fnName}: defineFunction name ${JSON.stringify(def.name)} differs from flux.json name ${JSON.stringify(fnName)} (make them equal)` });
+        return;
       }
       fn = def;
       post({ t: "ready", ok: true });
@@ -130,6 +167,51 @@ export function createRuntime(io) {
 
   /** One invocation. `body` is the raw request body text (the gateway's fast path: parsing it here keeps JSON
    * work off the gateway thread); `input` is used when body is not a string (admin /invoke). */
+  /** A returned Response: head + body in one message when the body is complete at once (text, bytes, JSON),
+   * otherwise head, then one "chunk" message per chunk as the stream yields it, then "end". */
+  async function sendResponse(id, res) {
+    const status = res.status;
+    const headers = headerPairs(res.headers);
+    if (res.body === null) {
+      post({ t: "response", id, status, headers, body: null });
+      return;
+    }
+    const reader = res.body.getReader();
+    const chunks = [];
+    let pending = reader.read();
+    try {
+      while (true) {
+        const r = await Promise.race([pending, nextTurn()]);
+        if (r === TICK) break; // the stream waits on something: send what there is and stream the rest
+        if (r.done) {
+          post({ t: "response", id, status, headers, body: chunks.length ? bytesOut(concat(chunks)) : null });
+          return;
+        }
+        if (r.value?.byteLength) chunks.push(r.value);
+        pending = reader.read();
+      }
+    } catch (err) {
+      post({ t: "result", id, ok: false, error: `response body failed: ${errorMessage(err)}`, stack: err?.stack ?? null });
+      return;
+    }
+    post({ t: "response", id, status, headers, body: chunks.length ? bytesOut(concat(chunks)) : null, more: true });
+    streams.set(id, reader);
+    try {
+      while (true) {
+        const r = await pending;
+        if (r.done) break;
+        if (r.value?.byteLength) post({ t: "chunk", id, data: bytesOut(r.value) });
+        pending = reader.read();
+      }
+      post({ t: "end", id });
+    } catch (err) {
+      record(null, "error", [`response body of request ${id} failed`, { error: errorMessage(err) }]);
+      post({ t: "end", id, error: errorMessage(err) });
+    } finally {
+      streams.delete(id);
+    }
+  }
+
   async function invoke(id, requestId, body, input) {
     if (typeof body === "string") {
       try {
@@ -148,6 +230,10 @@ export function createRuntime(io) {
       value = await als.run(requestId, fn.handler, { input, ctx: new Ctx(requestId) });
     } catch (err) {
       post({ t: "result", id, ok: false, error: errorMessage(err), stack: err?.stack ?? null });
+      return;
+    }
+    if (isResponse(value)) {
+      await als.run(requestId, sendResponse, id, value);
       return;
     }
     let json;
@@ -173,6 +259,10 @@ export function createRuntime(io) {
         else c.reject(new Error(m.error));
         break;
       }
+      case "cancel": // the client went away: stop reading the function's stream
+        streams.get(m.id)?.cancel().catch(() => {});
+        streams.delete(m.id);
+        break;
       case "env":
         env = Object.freeze({ ...(m.env ?? {}) });
         io.onEnv?.(env);

@@ -250,9 +250,13 @@ def test_init_writes_a_working_project(tmp_path: Path, flux: FluxRunner) -> None
         assert (root / rel).is_file(), rel
     assert json.loads((root / "flux.project.json").read_text())["name"] == "my-project"
     assert ".flux/" in (root / ".gitignore").read_text().splitlines()
-    sdk = str(SDK_DIR / "functions" / "index.ts")
+    # relative paths only (the config works in a teammate's checkout), to a copy of the SDK in the project
+    sdk = "./types/flux-functions.ts"
     assert json.loads((root / "deno.json").read_text())["imports"]["@flux/functions"] == sdk
     assert json.loads((root / "tsconfig.json").read_text())["compilerOptions"]["paths"]["@flux/functions"] == [sdk]
+    assert "export function defineFunction" in (root / "types" / "flux-functions.ts").read_text()
+    assert (SDK_DIR / "functions" / "index.ts").read_text() in (root / "types" / "flux-functions.ts").read_text()
+    assert str(SDK_DIR) not in (root / "deno.json").read_text() + (root / "tsconfig.json").read_text()
     rc, out, _ = flux("validate", "--strict", cwd=root)
     assert rc == 0, out
     rc, out, _ = flux("plan", "--json", cwd=root)
@@ -262,6 +266,17 @@ def test_init_writes_a_working_project(tmp_path: Path, flux: FluxRunner) -> None
     deno = subprocess.run([sys.executable, "-c", "import deno; print(deno.find_deno_bin())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     check = subprocess.run([deno, "check", "functions/hello/index.ts"], cwd=root, capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert check.returncode == 0, check.stderr
+    # ... also in a teammate's clone at another path (nothing in the config points outside the project)
+    import shutil
+
+    clone = tmp_path / "elsewhere" / "clone"
+    shutil.copytree(root, clone)
+    (clone / "functions" / "hello" / "index.ts").write_text(
+        (clone / "functions" / "hello" / "index.ts").read_text().replace('ctx.log("invoked with", input);',
+                                                                        'ctx.log.warn("invoked with", input);'))
+    check = subprocess.run([deno, "check", "functions/hello/index.ts"], cwd=clone, capture_output=True, text=True,
                            timeout=120, check=False)
     assert check.returncode == 0, check.stderr
     # Never overwrite.

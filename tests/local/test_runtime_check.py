@@ -13,7 +13,7 @@ from flux_plan.runtime import import_map, import_map_flag, shared_runtime_dir
 
 def test_shared_runtime_files_exist_and_are_mapped() -> None:
     mapped = import_map()["imports"]
-    assert set(mapped) == {"flux:core", "flux:query"}
+    assert set(mapped) == {"flux:core", "flux:query", "flux:http"}
     for name in ("core.mjs", "query.mjs"):
         assert (shared_runtime_dir() / name).is_file()
     flags = [a for a in host_command("deno", "/tmp/artifacts") if a.startswith("--import-map=")]

@@ -45,10 +45,25 @@ export interface QueryParams {
   all?: boolean;
 }
 
+/** Log levels of `flux logs` (`--level` shows that level and above; the default is info). */
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+/**
+ * Structured logging with the current request id. The first string argument is the message, the rest the data.
+ * `ctx.log(...)` is level info; `ctx.log.debug/info/warn/error(...)` choose the level.
+ */
+export interface Logger {
+  (...args: unknown[]): void;
+  debug(...args: unknown[]): void;
+  info(...args: unknown[]): void;
+  warn(...args: unknown[]): void;
+  error(...args: unknown[]): void;
+}
+
 /** Runtime context handed to every invocation. */
 export interface FluxContext {
   /** Structured log record with the current request id: first string argument = message, rest = data. */
-  log(...args: unknown[]): void;
+  readonly log: Logger;
   /** Configured keys of the project (frozen). */
   readonly env: Readonly<Record<string, string | undefined>>;
   readonly secrets: {
@@ -63,10 +78,21 @@ export interface FluxContext {
 }
 
 export interface HandlerArgs<Input = Record<string, unknown>> {
-  /** JSON body of the HTTP request (query string values for GET/DELETE). */
+  /**
+   * JSON body of the HTTP request (query string values for GET/DELETE), merged with the route's path
+   * parameters: `"route": "/notes/{id}"` + `GET /notes/42?x=1` -> `{ id: "42", x: "1" }` (the path wins).
+   */
   input: Input;
   ctx: FluxContext;
 }
+
+/**
+ * What a handler returns: a plain JSON value (sent as JSON with status 200), or a fetch `Response` sent as it is —
+ * its status, headers and body (text, bytes or a stream), e.g. `new Response("not found", { status: 404 })` or
+ * `Response.json({ id }, { status: 201, headers: { "x-note": id } })`. On AWS, binary bodies are base64-encoded
+ * for API Gateway and a streamed body is read to its end.
+ */
+export type HandlerResult = Json | Response | void | undefined;
 
 export type Handler<Input = Record<string, unknown>, Result = unknown> = (
   args: HandlerArgs<Input>,

@@ -23,10 +23,68 @@ def find_api(gw: Any, name: str, tags: dict[str, str]) -> dict[str, Any] | None:
     return None
 
 
-def ensure_api(gw: Any, name: str, tags: dict[str, str]) -> dict[str, str]:
+# The stage's `cors` setting (flux.project.json, snake_case) <-> the HTTP API's CorsConfiguration.
+_CORS_FIELDS = {"allow_origins": "AllowOrigins", "allow_methods": "AllowMethods", "allow_headers": "AllowHeaders",
+                "expose_headers": "ExposeHeaders", "max_age": "MaxAge", "allow_credentials": "AllowCredentials"}
+
+
+def cors_configuration(cors: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not cors:
+        return None
+    return {aws: cors[k] for k, aws in _CORS_FIELDS.items() if k in cors}
+
+
+def cors_setting(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The live CorsConfiguration as the setting it came from (None: no CORS)."""
+    if not config:
+        return None
+    out = {k: config[aws] for k, aws in _CORS_FIELDS.items() if config.get(aws) not in (None, [])}
+    return out or None
+
+
+def _norm(cors: dict[str, Any] | None) -> Any:
+    """API Gateway may lower-case header names and reorder lists: compare what it means, not how it is spelt."""
+    if not cors:
+        return None
+    out: dict[str, Any] = {}
+    for k, v in cors.items():
+        if isinstance(v, list):
+            out[k] = sorted(str(x).lower() if k != "allow_origins" else str(x) for x in v)
+        elif v not in (None, False):
+            out[k] = v
+    return out
+
+
+def same_cors(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return _norm(a) == _norm(b)
+
+
+def read_api_cors(gw: Any, api_id: str) -> tuple[bool, dict[str, Any] | None]:
+    """(exists, live cors setting)."""
+    try:
+        api = aws_call(gw.get_api, ApiId=api_id)
+    except ClientError as exc:
+        if error_code(exc) == "NotFoundException":
+            return False, None
+        raise
+    return True, cors_setting(api.get("CorsConfiguration"))
+
+
+def ensure_api(gw: Any, name: str, tags: dict[str, str], cors: dict[str, Any] | None = None) -> dict[str, str]:
     api = find_api(gw, name, tags)
+    want = cors_configuration(cors)
     if api is None:
-        api = aws_call(gw.create_api, Name=name, ProtocolType="HTTP", Tags=tags)
+        extra = {"CorsConfiguration": want} if want else {}
+        api = aws_call(gw.create_api, Name=name, ProtocolType="HTTP", Tags=tags, **extra)
+    elif not same_cors(cors_setting(api.get("CorsConfiguration")), cors):
+        # one field dropped from the setting must be dropped live too: clear, then set the whole configuration
+        try:
+            aws_call(gw.delete_cors_configuration, ApiId=api["ApiId"])
+        except ClientError as exc:
+            if error_code(exc) != "NotFoundException":
+                raise
+        if want:
+            aws_call(gw.update_api, ApiId=api["ApiId"], CorsConfiguration=want)
     api_id = api["ApiId"]
     try:
         aws_call(gw.get_stage, ApiId=api_id, StageName=STAGE)

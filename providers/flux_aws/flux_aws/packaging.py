@@ -144,5 +144,5 @@ def runtime_files() -> list[tuple[str, bytes, int]]:
 
 def _shim_files() -> list[tuple[str, bytes, int]]:
     """The runtime files of this package plus the shared query compiler, side by side under flux/."""
-    paths = [*sorted(RUNTIME_DIR.glob("*.mjs")), shared_runtime_dir() / "query.mjs"]
+    paths = [*sorted(RUNTIME_DIR.glob("*.mjs")), shared_runtime_dir() / "query.mjs", shared_runtime_dir() / "http.mjs"]
     return [(f"flux/{p.name}", p.read_bytes(), 0o644) for p in paths]

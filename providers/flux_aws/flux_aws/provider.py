@@ -117,12 +117,24 @@ class AwsProvider:
 
     # ----------------------------------------------------------------------------- api
     def _put_api(self, res: Resource, prior: ResourceState | None) -> ProviderResult:
-        out = apigw.ensure_api(self._c("apigatewayv2"), self.names.api, self.names.tags(res.address))
+        out = apigw.ensure_api(self._c("apigatewayv2"), self.names.api, self.names.tags(res.address),
+                               cors=res.attributes.get("cors"))
         return ProviderResult(outputs=out)
 
     def _read_api(self, address: str, prior: ResourceState) -> dict[str, Any] | None:
         api_id = prior.outputs.get("api_id")
-        return prior.attributes if api_id and apigw.api_exists(self._c("apigatewayv2"), api_id) else None
+        if not api_id:
+            return None
+        exists, live = apigw.read_api_cors(self._c("apigatewayv2"), api_id)
+        if not exists:
+            return None
+        attrs = dict(prior.attributes)
+        if not apigw.same_cors(live, attrs.get("cors")):  # CORS edited by hand: the plan shows it, apply repairs
+            if live is None:
+                attrs.pop("cors", None)
+            else:
+                attrs["cors"] = live
+        return attrs
 
     def _delete_api(self, address: str, prior: ResourceState) -> None:
         if prior.outputs.get("api_id"):

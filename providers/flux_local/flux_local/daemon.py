@@ -255,6 +255,7 @@ class Daemon:
             doc = json.loads(path.read_text(encoding="utf-8"))
             for key in ("functions", "routes", "secrets"):
                 self.table[key] = doc.get(key, {})
+            self.table["cors"] = doc.get("cors")
         for key in list(self.table["secrets"]):
             self._load_secret(key)
         self._refresh_mask()
@@ -322,7 +323,7 @@ class Daemon:
         }
         routes = [{"method": r["method"], "path": r["path"], "function": r["function"]}
                   for _, r in sorted(self.table["routes"].items()) if r["function"] in fns]
-        return {"functions": functions, "routes": routes}
+        return {"functions": functions, "routes": routes, "cors": self.table.get("cors")}
 
     def push(self) -> None:
         """Make the host serve the table as it is now; returns after its OK (atomic switch there).
@@ -671,6 +672,21 @@ class Daemon:
             case "DELETE", ["admin", "hold"]:
                 self._release_hold(None)
                 return 200, {"ok": True}
+            case "POST", ["admin", "check", name]:  # load the function once before it takes traffic
+                cfg = {"runtime": body.get("runtime"), "bundle": body.get("bundle"), "digest": body.get("digest"),
+                       "env": self.env_for(body), "timeout_ms": body.get("timeout_ms", 30000), "async": False}
+                res = self._host_call("POST", "/check", {"function": name, "config": cfg}, timeout=120)
+                if isinstance(res, dict) and res.get("error"):
+                    res["error"] = self.masker(str(res["error"]))  # a load error may quote a secret value
+                return 200, res
+            case "PUT", ["admin", "cors"]:  # the stage's CORS setting (api.<stage> attribute); null = none
+                cors = body.get("cors")
+                if cors is not None and not (isinstance(cors, dict) and isinstance(cors.get("allow_origins"), list)):
+                    return 400, {"error": "cors must be null or an object with allow_origins: [...]"}
+                with self.table_lock:
+                    self.table["cors"] = cors
+                self._push_unless_held()
+                return 200, {"ok": True}
             case "POST", ["admin", "schema-changed"]:
                 self.schema = None
                 return 200, {"ok": True}
@@ -693,7 +709,7 @@ class Daemon:
             "host_pid": self.host.pid if self.host else None, "host_ready": self.host_ready.is_set(),
             "pg_pid": self.pg.pid if self.pg else None, "db_alive": (pid_alive(self.pg.pid) if self.pg else None),
             "functions": self.table["functions"], "routes": self.table["routes"],
-            "secrets": self.table["secrets"], "health": health,
+            "secrets": self.table["secrets"], "cors": self.table.get("cors"), "health": health,
             "queue_pending": self.queue.pending_count() if self.queue else 0,
         }
 

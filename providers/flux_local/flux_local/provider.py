@@ -150,6 +150,10 @@ class LocalProvider:
                 live_port = table.get("gateway_port")
                 if attrs.get("port") and live_port and int(attrs["port"]) != int(live_port):
                     attrs["port"] = live_port  # serving elsewhere than configured: an update moves it
+                if table.get("cors") is None:  # what the gateway enforces, so drift shows in the plan
+                    attrs.pop("cors", None)
+                else:
+                    attrs["cors"] = table["cors"]
                 out[addr] = attrs
         return out
 
@@ -163,7 +167,7 @@ class LocalProvider:
         doc = self._read_runtime_file()
         if doc is not None:
             return {"functions": doc.get("functions", {}), "routes": doc.get("routes", {}),
-                    "secrets": doc.get("secrets", {}), "running": False}
+                    "secrets": doc.get("secrets", {}), "cors": doc.get("cors"), "running": False}
         return {"functions": {}, "routes": {}, "secrets": {}, "running": False}
 
     def applied_migrations(self) -> dict[int, Any] | None:
@@ -203,11 +207,17 @@ class LocalProvider:
             if want and int(want) != int(info["gateway_port"]):  # the configured port changed: move
                 self.client.stop()
                 info = self.ensure_daemon()
+            self.client.ok("PUT", "/admin/cors", {"cors": resource.attributes.get("cors")})
             return ProviderResult(outputs={"url": f"http://127.0.0.1:{info['gateway_port']}"})
         if kind == "function":
             spec = self._spec(name)
             bundle = self._ctx.artifacts.ensure(spec) / "index.mjs"
             cfg = function_config(spec, str(bundle))
+            # loaded once before the table changes: a broken module fails here and the old version keeps serving
+            check = self.client.ok("POST", f"/admin/check/{_q(name)}", cfg)
+            if not check.get("ok"):
+                raise ProviderError(f"{spec.dir}/index.ts: {check.get('error')} (fix it and deploy again; "
+                                    f"the previous version, if any, keeps serving)", address=resource.address)
             self.client.ok("PUT", f"/admin/functions/{_q(name)}", cfg)
             return ProviderResult(outputs={"bundle": str(bundle)})
         if kind == "route":
@@ -297,7 +307,10 @@ class LocalProvider:
         if info is None:
             raise FluxError(f"stage {self._ctx.stage.name} is not running", hint="run `flux deploy` first")
         method = (method or spec.method).upper()
-        url = f"http://127.0.0.1:{info['gateway_port']}{spec.route}"
+        from flux_plan.routes import fill_route
+
+        path, payload = fill_route(spec.route, payload)  # /notes/{id} + {"id": 5} -> /notes/5
+        url = f"http://127.0.0.1:{info['gateway_port']}{path}"
         data = None
         if method in ("GET", "DELETE", "HEAD"):
             if isinstance(payload, dict) and payload:

@@ -1,10 +1,13 @@
 // The Flux function contract (DESIGN §7) on AWS Lambda: API Gateway v2 (payload 2.0) event ->
-// input, handler result -> JSON 200, thrown error -> 500 with the request id (stack only in logs),
+// input (body or query string, plus path parameters), handler result -> JSON 200, a returned Response
+// -> its status/headers/body (http.mjs, shared with the local runtime), thrown error -> 500 with the
+// request id (stack only in logs),
 // invalid JSON -> 400, body over the limit -> 413; async functions answer 202 and re-invoke
 // their own alias with InvocationType=Event (Lambda then retries and reports to the on-failure
 // destination). ctx.log writes one JSON record per call to stdout, which Lambda ships to CloudWatch.
 import { env, getSecretValue, invokeEvent } from "./aws.mjs";
 import { compileQuery, QueryError, SCHEMA_SQL, schemaFromRows, wireArgs } from "./query.mjs";
+import { isResponse, mergeParams, toApiGatewayV2 } from "./http.mjs";
 
 const MARK = Symbol.for("flux.function");
 const list = (v) => (v || "").split(",").map((s) => s.trim()).filter(Boolean);
@@ -77,6 +80,9 @@ export function makeHandler(def, { runtime, pg } = {}) {
     throw new Error("the function module's default export must be defineFunction({...}) from @flux/functions");
   }
   const fnName = env("FLUX_FUNCTION") || def.name;
+  if (def.name !== fnName) {
+    throw new Error(`defineFunction name ${JSON.stringify(def.name)} differs from flux.json name ${JSON.stringify(fnName)} (make them equal)`);
+  }
   const prefix = env("FLUX_SECRET_PREFIX") || "";
   const secretKeys = new Set([...list(env("FLUX_SECRET_KEYS")), ...list(env("FLUX_ENV_KEYS"))]);
   const envKeys = list(env("FLUX_ENV_KEYS"));
@@ -125,17 +131,33 @@ export function makeHandler(def, { runtime, pg } = {}) {
   };
 
   const run = async (input, requestId) => {
+    const at = (level) => (...args) => {
+      const msg = typeof args[0] === "string" ? args.shift() : "";
+      write(level, requestId, msg, args.length === 0 ? null : args.length === 1 ? args[0] : args);
+    };
+    const log = at("info"); // ctx.log(...) is info; ctx.log.debug/info/warn/error choose the level
+    Object.assign(log, { debug: at("debug"), info: log, warn: at("warn"), error: at("error") });
     const ctx = Object.freeze({
-      log: (...args) => {
-        const msg = typeof args[0] === "string" ? args.shift() : "";
-        write("info", requestId, msg, args.length === 0 ? null : args.length === 1 ? args[0] : args);
-      },
+      log: Object.freeze(log),
       env: await loadEnv(),
       secrets: Object.freeze({ get: secret }),
       db,
       requestId,
     });
     return def.handler({ input, ctx });
+  };
+
+  /** The API Gateway result of one HTTP invocation + its access record (method, path, status, duration). */
+  const http = async (event, context, requestId) => {
+    const t0 = Date.now();
+    const method = event?.requestContext?.http?.method ?? "POST";
+    const out = await serve(event, context, requestId, method);
+    write("info", requestId, "access", {
+      method, path: event?.rawPath ?? event?.requestContext?.http?.path ?? null, status: out.statusCode,
+      duration_ms: Date.now() - t0, request_id: requestId,
+    });
+    if (method === "HEAD") out.body = "";
+    return out;
   };
 
   return async function handler(event, context = {}) {
@@ -151,6 +173,10 @@ export function makeHandler(def, { runtime, pg } = {}) {
         throw e;
       }
     }
+    return http(event, context, requestId);
+  };
+
+  async function serve(event, context, requestId, method) {
     const raw = decodeBody(event || {});
     if (new TextEncoder().encode(raw).length > maxBody) {
       return json(413, { error: `request body over ${maxBody} bytes`, request_id: requestId }, requestId);
@@ -166,6 +192,7 @@ export function makeHandler(def, { runtime, pg } = {}) {
     if (input === null || typeof input !== "object" || Array.isArray(input)) {
       return json(400, { error: "request body must be a JSON object", request_id: requestId }, requestId);
     }
+    input = mergeParams(input, event?.pathParameters ?? null);
     if (isAsync) {
       await invokeEvent(context.invokedFunctionArn, { flux_async: true, input, request_id: requestId });
       write("info", requestId, "queued", null);
@@ -173,10 +200,11 @@ export function makeHandler(def, { runtime, pg } = {}) {
     }
     try {
       const result = await run(input, requestId);
+      if (isResponse(result)) return await toApiGatewayV2(result, { "x-flux-request-id": requestId }, method === "HEAD");
       return json(200, result ?? null, requestId);
     } catch (e) {
       write("error", requestId, "handler failed", { error: String(e?.message ?? e), stack: String(e?.stack ?? "") });
       return json(500, { error: "internal error", request_id: requestId }, requestId);
     }
-  };
+  }
 }

@@ -12,6 +12,9 @@
 //
 // stdout carries exactly one {"event":"ready",...} line, then JSON log records only; diagnostics go to stderr.
 
+import {
+  compareRoutes, compileRoute, corsHeaders, corsPreflight, matchRoute, mergeParams,
+} from "flux:http"; // flux_plan/runtime/http.mjs, via the host's import map
 import { compileQuery, QueryError, SCHEMA_SQL, schemaFromRows, wireArgs } from "flux:query";
 
 type Runtime = "deno" | "node";
@@ -64,10 +67,22 @@ interface RouteConfig {
   function: string;
 }
 
-/** What a request ends with: HTTP status + JSON body text. */
+/** What a request ends with: HTTP status + JSON body text, or (a returned Response) status, headers, body. */
 interface Outcome {
   status: number;
-  json: string;
+  json?: string;
+  headers?: [string, string][];
+  body?: BodyInit | null;
+  retryAfter?: number;
+}
+
+/** Bytes of a Response body from the worker channel: Uint8Array (Deno Worker) or base64 text (node JSON lines). */
+function bodyBytes(data: unknown): Uint8Array<ArrayBuffer> {
+  if (data instanceof Uint8Array) return data as Uint8Array<ArrayBuffer>;
+  const bin = atob(String(data));
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
 }
 
 interface Job {
@@ -91,6 +106,8 @@ const NODE_HOST = decodeURIComponent(new URL("./node_host.mjs", import.meta.url)
 const RUNTIME_DIR = decodeURIComponent(new URL(".", import.meta.url).pathname).replace(/\/$/, "");
 /** the shared worker runtime (flux_plan/runtime/core.mjs), located through the import map of host_command() */
 const CORE_PATH = decodeURIComponent(new URL(import.meta.resolve("flux:core")).pathname);
+/** the HTTP contract (flux_plan/runtime/http.mjs, imported by core.mjs): node workers must read it too */
+const HTTP_PATH = decodeURIComponent(new URL(import.meta.resolve("flux:http")).pathname);
 const CORES = Math.max(1, navigator.hardwareConcurrency || 1);
 /** deno functions as in-process Workers (faster, no memory limit: a runaway one kills the host) instead of
  * processes; only for benchmarks comparing the two (FLUX_HOST_CONFIG "deno_threads": true). */
@@ -98,6 +115,7 @@ const THREAD_WORKERS = CFG.deno_threads === true;
 const DENO_DIR_OF_WORKERS = CFG.deno_dir ?? "/tmp/flux-deno-workers";
 const JSON_TYPE = "application/json";
 const SWEEP_MS = 20;
+const COLD_START_MS = 10000; // longest wait for a worker to start before the request fails (504)
 
 // ---------------------------------------------------------------------------------------------- logging
 const encoder = new TextEncoder();
@@ -169,6 +187,8 @@ let workerSeq = 0;
 abstract class WorkerHandle {
   readonly seq = ++workerSeq;
   readonly inflight = new Map<number, Job>();
+  /** streamed Response bodies still arriving: invocation id -> the stream the gateway is sending */
+  readonly streams = new Map<number, ReadableStreamDefaultController<Uint8Array<ArrayBuffer>>>();
   state: "starting" | "ready" | "retired" | "dead" = "starting";
   readonly startedAt = performance.now();
   lastUsed = Date.now();
@@ -217,6 +237,46 @@ abstract class WorkerHandle {
         this.afterJob();
         break;
       }
+      case "response": {
+        const job = this.inflight.get(m.id);
+        if (!job) return;
+        this.inflight.delete(m.id);
+        const first = m.body === null || m.body === undefined ? null : bodyBytes(m.body);
+        let body: Outcome["body"] = first;
+        if (m.more) {
+          const id = m.id as number;
+          body = new ReadableStream<Uint8Array<ArrayBuffer>>({
+            start: (c) => {
+              if (first) c.enqueue(first);
+              this.streams.set(id, c);
+            },
+            cancel: () => {
+              this.streams.delete(id);
+              if (this.state !== "dead") this.send({ t: "cancel", id });
+            },
+          });
+        }
+        this.pool.finish(job, { status: m.status, headers: m.headers ?? [], body });
+        this.afterJob();
+        break;
+      }
+      case "chunk": {
+        const c = this.streams.get(m.id);
+        try {
+          c?.enqueue(bodyBytes(m.data));
+        } catch { /* the client went away */ }
+        break;
+      }
+      case "end": {
+        const c = this.streams.get(m.id);
+        this.streams.delete(m.id);
+        try {
+          if (m.error) c?.error(new Error(String(m.error)));
+          else c?.close();
+        } catch { /* already cancelled */ }
+        this.afterJob();
+        break;
+      }
       case "log":
         log(m.level ?? "info", this.pool.name, m.request_id ?? null, String(m.msg ?? ""), m.data ?? null);
         break;
@@ -232,7 +292,7 @@ abstract class WorkerHandle {
   /** Bookkeeping after a job left this worker: retire/idle handling. */
   afterJob(): void {
     this.lastUsed = Date.now();
-    if (this.inflight.size === 0 && this.state === "retired") this.stop();
+    if (this.inflight.size === 0 && this.streams.size === 0 && this.state === "retired") this.stop();
   }
 
   /** Ends the worker on purpose (idle, drained, timed out): no crash report. */
@@ -261,7 +321,16 @@ abstract class WorkerHandle {
       : `function ${this.pool.name} crashed while handling the request`;
     for (const job of this.inflight.values()) this.pool.finish(job, errorOutcome(502, job.rid, why));
     this.inflight.clear();
-    if (wasStarting) this.pool.startFailed(this, 502, `function ${this.pool.name} crashed while starting (details in flux logs)`);
+    for (const c of this.streams.values()) {
+      try {
+        c.error(new Error(`function ${this.pool.name} crashed while streaming its response`));
+      } catch { /* already closed */ }
+    }
+    this.streams.clear();
+    if (wasStarting) {
+      this.pool.loadDetail = `function ${this.pool.name} crashed while starting: ${reason}`; // the load check's
+      this.pool.startFailed(this, 502, `function ${this.pool.name} crashed while starting (details in flux logs)`);
+    }
   }
 }
 
@@ -372,13 +441,13 @@ class NodeWorker extends WorkerHandle {
       ? [CFG.node_bin || "node", [
         "--experimental-permission", "--no-warnings", "--enable-source-maps", heap,
         // one flag per path: node 20.x does not split a comma-separated list reliably
-        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${CORE_PATH}`,
+        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${CORE_PATH}`, `--allow-fs-read=${HTTP_PATH}`,
         `--allow-fs-read=${bundleDir}/*`,
         NODE_HOST, CORE_PATH,
       ]]
       : [Deno.execPath(), [
         "run", "--quiet", "--no-prompt", "--no-config", "--no-lock", `--v8-flags=${heap}`,
-        `--allow-read=${NODE_HOST},${CORE_PATH},${bundleDir}`, "--allow-net",
+        `--allow-read=${NODE_HOST},${CORE_PATH},${HTTP_PATH},${bundleDir}`, "--allow-net",
         NODE_HOST, CORE_PATH,
       ]];
     this.child = new Deno.Command(cmd, {
@@ -460,6 +529,9 @@ class Pool {
   queue: Job[] = [];
   active = 0;
   draining = false;
+  /** why the last worker failed to start (the load check at apply time reports it) */
+  loadError: string | null = null;
+  loadDetail: string | null = null;
   private readyWaiters: Array<() => void> = [];
 
   constructor(readonly name: string, public fc: FnConfig) {
@@ -495,7 +567,7 @@ class Pool {
       else if (this.queue.length < this.queueLimit) this.queue.push(job);
       else {
         job.done = true;
-        resolve(errorOutcome(503, rid, `function ${this.name} is at its concurrency limit (${this.concurrency} running, ${this.queueLimit} queued); retry later`));
+        resolve(this.overloaded(rid));
       }
     });
   }
@@ -512,11 +584,24 @@ class Pool {
     const saturated = !best || best.inflight.size >= this.perWorker;
     if (saturated && !starting && this.workers.length < this.maxWorkers) this.spawn();
     if (best) this.sendTo(best, job);
-    else this.waiting.push(job);
+    else {
+      // waiting for a cold start is not the handler's time either (the deadline restarts in sendTo), but a worker
+      // that never comes up must not hold the request forever
+      job.deadline = Date.now() + Math.max(this.timeoutMs, COLD_START_MS);
+      this.waiting.push(job);
+    }
+  }
+
+  /** Over the cap with a full queue (or queued for a whole timeout): 503 at once, the handler never ran. */
+  overloaded(rid: string): Outcome {
+    const o = errorOutcome(503, rid, `function ${this.name} is at its concurrency limit (${this.concurrency} running, ${this.queueLimit} queued); retry later`);
+    o.retryAfter = 1;
+    return o;
   }
 
   private sendTo(w: WorkerHandle, job: Job): void {
     job.worker = w;
+    job.deadline = Date.now() + this.timeoutMs; // time spent queued or waiting for a cold start is not the handler's
     w.inflight.set(job.id, job);
     w.sendInvoke(job);
   }
@@ -542,6 +627,7 @@ class Pool {
       w.stop();
       // a module that threw while loading: its message is the function's (may hold secrets), not ours
       const own = String(m.error).startsWith(`function ${this.name} failed to load`);
+      this.loadDetail = String(m.error); // for the deployer's load check (masked by the daemon), never a caller
       this.startFailed(w, 500, own ? `function ${this.name} failed to load (the error is in flux logs)` : String(m.error));
       return;
     }
@@ -556,6 +642,7 @@ class Pool {
 
   /** A starting worker failed: the requests waiting for it fail too (no retry storm on a broken bundle). */
   startFailed(_w: WorkerHandle, status: number, error: string): void {
+    this.loadError = error;
     for (const r of this.readyWaiters.splice(0)) r();
     if (this.workers.some((x) => x.state === "starting" || x.state === "ready")) {
       const ready = this.workers.find((x) => x.state === "ready");
@@ -588,7 +675,7 @@ class Pool {
       this.queue = this.queue.filter((j) => {
         if (j.deadline > now) return true;
         j.done = true;
-        j.resolve(this.timeoutOutcome(j));
+        j.resolve(this.overloaded(j.rid));
         return false;
       });
     }
@@ -614,7 +701,7 @@ class Pool {
         }
         w.afterJob();
       }
-      if (w.state === "ready" && w.inflight.size === 0 && now - w.lastUsed >= this.idleMs) {
+      if (w.state === "ready" && w.inflight.size === 0 && w.streams.size === 0 && now - w.lastUsed >= this.idleMs) {
         w.stop();
         if (this.workers.length === 0) log("info", this.name, null, "scaled to zero", { idle_ms: this.idleMs });
       }
@@ -895,13 +982,31 @@ interface Route {
   pool: Pool;
   async: boolean;
 }
+/** A route with path parameters (`/notes/{id}`, greedy `/files/{path+}`: API Gateway v2 syntax). */
+interface PatternRoute {
+  method: string;
+  path: string;
+  m: { re: RegExp; names: string[]; greedy: boolean; literals: number };
+  route: Route;
+}
+/** The stage's `cors` setting (fields of API Gateway v2's CorsConfiguration). */
+interface Cors {
+  allow_origins: string[];
+  allow_methods?: string[];
+  allow_headers?: string[];
+  expose_headers?: string[];
+  max_age?: number;
+  allow_credentials?: boolean;
+}
 interface Table {
   pools: Map<string, Pool>;
-  routes: Map<string, Route>; // "METHOD /path"
-  allow: Map<string, string>; // "/path" -> "GET, POST"
+  routes: Map<string, Route>; // "METHOD /path" of literal paths
+  allow: Map<string, string>; // "/path" -> "GET, POST" (literal paths)
+  patterns: PatternRoute[]; // most specific first
+  cors: Cors | null;
 }
 
-let table: Table = { pools: new Map(), routes: new Map(), allow: new Map() };
+let table: Table = { pools: new Map(), routes: new Map(), allow: new Map(), patterns: [], cors: null };
 
 function normPath(p: string): string {
   return p.length > 1 && p.endsWith("/") ? p.slice(0, -1) : p;
@@ -914,6 +1019,10 @@ let configChain: Promise<unknown> = Promise.resolve();
 async function applyConfig(doc: Msg): Promise<void> {
   if (!doc || typeof doc.functions !== "object" || !Array.isArray(doc.routes)) {
     throw new BadRequest('config must be {"functions": {...}, "routes": [...]}');
+  }
+  const cors = doc.cors ?? null;
+  if (cors !== null && (typeof cors !== "object" || !Array.isArray(cors.allow_origins))) {
+    throw new BadRequest("cors must be an object with allow_origins: [...]");
   }
   const old = table;
   const pools = new Map<string, Pool>();
@@ -934,23 +1043,54 @@ async function applyConfig(doc: Msg): Promise<void> {
   }
   const routes = new Map<string, Route>();
   const allow = new Map<string, string[]>();
+  const patterns: PatternRoute[] = [];
   for (const r of doc.routes as RouteConfig[]) {
     const pool = pools.get(r.function);
     if (!pool) throw new BadRequest(`route ${r.method} ${r.path}: unknown function ${r.function}`);
     const method = String(r.method).toUpperCase();
     const path = normPath(String(r.path));
-    routes.set(`${method} ${path}`, { pool, async: !!pool.fc.async });
+    const route = { pool, async: !!pool.fc.async };
+    const m = compileRoute(path);
+    if (m) {
+      patterns.push({ method, path, m, route });
+      continue;
+    }
+    routes.set(`${method} ${path}`, route);
     allow.set(path, [...(allow.get(path) ?? []), method]);
   }
+  patterns.sort((a, b) => compareRoutes(a.m, b.m));
   if (warmups.length) {
     await Promise.race([Promise.all(warmups), new Promise((r) => setTimeout(r, 15000))]);
   }
-  table = { pools, routes, allow: new Map([...allow].map(([p, ms]) => [p, ms.sort().join(", ")])) };
+  table = {
+    pools, routes, patterns, cors,
+    allow: new Map([...allow].map(([p, ms]) => [p, ms.sort().join(", ")])),
+  };
   for (const [name, pool] of old.pools) if (pools.get(name) !== pool) pool.drain();
-  log("debug", null, null, "config applied", { functions: pools.size, routes: routes.size });
+  log("debug", null, null, "config applied", { functions: pools.size, routes: routes.size + patterns.length });
 }
 
 class BadRequest extends Error {}
+
+/** The route serving `method path`: a literal path first, then the most specific pattern. */
+function lookup(t: Table, method: string, path: string): { route: Route; params: Record<string, string> | null } | null {
+  const r = t.routes.get(method + " " + path);
+  if (r) return { route: r, params: null };
+  for (const p of t.patterns) {
+    if (p.method !== method) continue;
+    const params = matchRoute(p.m, path);
+    if (params) return { route: p.route, params };
+  }
+  return null;
+}
+
+/** Methods served at `path` (for 405 Allow and preflights); HEAD goes with GET. */
+function methodsAt(t: Table, path: string): string[] {
+  const out = new Set<string>((t.allow.get(path) ?? "").split(", ").filter(Boolean));
+  for (const p of t.patterns) if (!out.has(p.method) && p.m.re.test(path)) out.add(p.method);
+  if (out.has("GET")) out.add("HEAD");
+  return [...out].sort();
+}
 
 // ---------------------------------------------------------------------------------------------- gateway
 // Measured (deno 2.9): `new Response(text, {headers: {"content-type": ...}})` takes a fast path (~0.15 us) while
@@ -958,12 +1098,31 @@ class BadRequest extends Error {}
 // per-request cost); setting the request id on the constructed response is ~0.3 us.
 const JSON_HEADERS = { "content-type": JSON_TYPE };
 const INIT_200: ResponseInit = { status: 200, headers: JSON_HEADERS };
+const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 
-function reply(o: Outcome, rid: string, allow?: string): Response {
-  const res = new Response(o.json, o.status === 200 ? INIT_200 : { status: o.status, headers: JSON_HEADERS });
+/** The HTTP response of an outcome. `head`: HEAD request (headers only); `cors`: headers for an allowed origin. */
+function reply(o: Outcome, rid: string, allow?: string, head = false, cors: [string, string][] | null = null,
+  gatewayCors = false): Response {
+  let res: Response;
+  if (o.json !== undefined) {
+    res = head
+      ? new Response(null, { status: o.status, headers: { ...JSON_HEADERS, "content-length": String(encoder.encode(o.json).length) } })
+      : new Response(o.json, o.status === 200 ? INIT_200 : { status: o.status, headers: JSON_HEADERS });
+  } else {
+    // a returned Response: its status, headers and body (bytes or a stream) as the function made them
+    const body = head || NULL_BODY.has(o.status) ? null : o.body ?? null;
+    if (head && o.body instanceof ReadableStream) o.body.cancel().catch(() => {});
+    res = new Response(body, { status: o.status, headers: o.headers ?? [] });
+  }
   const h = res.headers;
   h.set("x-flux-request-id", rid);
   if (allow) h.set("allow", allow);
+  if (o.retryAfter) h.set("retry-after", String(o.retryAfter));
+  if (gatewayCors && o.headers) {
+    // the stage's cors setting decides, not the function (as API Gateway ignores an integration's CORS headers)
+    for (const [k] of o.headers) if (k.startsWith("access-control-")) h.delete(k);
+  }
+  if (cors) for (const [k, v] of cors) k === "vary" ? h.append(k, v) : h.set(k, v);
   return res;
 }
 
@@ -991,14 +1150,65 @@ async function readBody(req: Request): Promise<string | null> {
   return new TextDecoder().decode(all);
 }
 
-function queryInput(url: string, q: number): string {
-  if (q < 0) return "{}";
+function queryInput(url: string, q: number, params: Record<string, string> | null): string {
+  if (q < 0 && !params) return "{}";
   const input: Record<string, string> = {};
-  for (const [k, v] of new URLSearchParams(url.slice(q + 1))) input[k] = v;
-  return JSON.stringify(input);
+  if (q >= 0) for (const [k, v] of new URLSearchParams(url.slice(q + 1))) input[k] = v;
+  return JSON.stringify(mergeParams(input, params));
+}
+
+/** JSON body text -> input object, or the 400 message. */
+function parseInput(body: string): { input?: Record<string, unknown>; error?: string } {
+  let input: unknown;
+  try {
+    input = body === "" ? {} : JSON.parse(body);
+  } catch (err) {
+    return { error: `invalid JSON body: ${(err as Error).message}` };
+  }
+  if (input === null || typeof input !== "object" || Array.isArray(input)) return { error: "request body must be a JSON object" };
+  return { input: input as Record<string, unknown> };
+}
+
+/** Routes and runs one request: [outcome, function name (null when none was routed), Allow header]. */
+async function handle(req: Request, t: Table, rid: string, method: string, path: string, url: string, q: number,
+): Promise<[Outcome, string | null, string?]> {
+  const found = lookup(t, method, path) ?? (method === "HEAD" ? lookup(t, "GET", path) : null);
+  if (!found) {
+    const allowed = methodsAt(t, path);
+    if (allowed.length) {
+      if (t.cors) allowed.push("OPTIONS");
+      const list = allowed.join(", ");
+      return [errorOutcome(405, rid, `method ${method} not allowed on ${path} (allowed: ${list})`), null, list];
+    }
+    return [errorOutcome(404, rid, `no function is routed at ${method} ${path}`), null];
+  }
+  const { route, params } = found;
+  const fn = route.pool.name;
+  let body: string | null;
+  if (method === "GET" || method === "DELETE" || method === "HEAD") body = queryInput(url, q, params);
+  else {
+    try {
+      body = await readBody(req);
+    } catch {
+      return [errorOutcome(400, rid, "could not read the request body"), fn];
+    }
+    if (body === null) return [errorOutcome(413, rid, `request body is larger than ${MAX_BODY} bytes`), fn];
+    if (params) {
+      const p = parseInput(body);
+      if (p.error) return [errorOutcome(400, rid, p.error), fn];
+      body = JSON.stringify(mergeParams(p.input, params));
+    }
+  }
+  if (route.async) {
+    const p = parseInput(body);
+    if (p.error) return [errorOutcome(400, rid, p.error), fn];
+    return [await enqueueAsync(fn, rid, p.input), fn];
+  }
+  return [await route.pool.run(rid, body), fn];
 }
 
 async function gateway(req: Request): Promise<Response> {
+  const t0 = performance.now();
   const rid = newRequestId();
   const url = req.url;
   const s = url.indexOf("/", url.indexOf("//") + 2);
@@ -1006,35 +1216,30 @@ async function gateway(req: Request): Promise<Response> {
   const path = normPath(q < 0 ? url.slice(s) : url.slice(s, q));
   const method = req.method;
   const t = table; // one snapshot per request: a deploy never mixes two tables in one request
-  const route = t.routes.get(method + " " + path);
-  if (!route) {
-    const allowed = t.allow.get(path);
-    if (allowed) return reply(errorOutcome(405, rid, `method ${method} not allowed on ${path} (allowed: ${allowed})`), rid, allowed);
-    return reply(errorOutcome(404, rid, `no function is routed at ${method} ${path}`), rid);
-  }
-  let body: string | null;
-  if (method === "GET" || method === "DELETE" || method === "HEAD") body = queryInput(url, q);
-  else {
-    try {
-      body = await readBody(req);
-    } catch {
-      return reply(errorOutcome(400, rid, "could not read the request body"), rid);
+  let res: Response;
+  let fn: string | null = null;
+  const origin = t.cors ? req.headers.get("origin") : null;
+  const preflight = origin !== null && method === "OPTIONS" ? req.headers.get("access-control-request-method") : null;
+  if (preflight !== null && !lookup(t, "OPTIONS", path)) {
+    // CORS preflight: answered here, the function never sees it
+    const routed = methodsAt(t, path);
+    if (!routed.length) res = reply(errorOutcome(404, rid, `no function is routed at ${path}`), rid);
+    else {
+      const p = corsPreflight(t.cors, origin!, preflight, req.headers.get("access-control-request-headers"), routed);
+      res = p.status === 204
+        ? reply({ status: 204, headers: [], body: null }, rid, undefined, false, p.headers)
+        : reply(errorOutcome(p.status, rid, p.error!), rid, undefined, false, p.headers);
     }
-    if (body === null) return reply(errorOutcome(413, rid, `request body is larger than ${MAX_BODY} bytes`), rid);
+  } else {
+    const [o, name, allow] = await handle(req, t, rid, method, path, url, q);
+    fn = name;
+    res = reply(o, rid, allow, method === "HEAD", origin !== null ? corsHeaders(t.cors, origin) : null, t.cors !== null);
   }
-  if (route.async) {
-    let input: unknown;
-    try {
-      input = body === "" ? {} : JSON.parse(body);
-    } catch (err) {
-      return reply(errorOutcome(400, rid, `invalid JSON body: ${(err as Error).message}`), rid);
-    }
-    if (input === null || typeof input !== "object" || Array.isArray(input)) {
-      return reply(errorOutcome(400, rid, "request body must be a JSON object"), rid);
-    }
-    return reply(await enqueueAsync(route.pool.name, rid, input), rid);
-  }
-  return reply(await route.pool.run(rid, body), rid);
+  // one access record per request (the stream of a streamed body may still be running)
+  log("info", fn, rid, "access", {
+    method, path, status: res.status, duration_ms: Math.round((performance.now() - t0) * 100) / 100, request_id: rid,
+  });
+  return res;
 }
 
 // ---------------------------------------------------------------------------------------------- admin API
@@ -1065,7 +1270,35 @@ async function admin(req: Request): Promise<Response> {
       const doc = await req.json();
       const rid = typeof doc.request_id === "string" && doc.request_id ? doc.request_id : newRequestId();
       const o = await pool.run(rid, JSON.stringify(doc.input ?? {}));
-      return json(200, { status: o.status, body: JSON.parse(o.json) });
+      if (o.json !== undefined) return json(200, { status: o.status, body: JSON.parse(o.json) });
+      // a returned Response: its text (JSON when it says so) and headers
+      const text = await new Response(o.body ?? null).text();
+      const headers = Object.fromEntries(o.headers ?? []);
+      let body: unknown = text;
+      if (/^application\/(.+\+)?json/i.test(headers["content-type"] ?? "")) {
+        try {
+          body = JSON.parse(text);
+        } catch { /* not JSON after all: the text */ }
+      }
+      return json(200, { status: o.status, headers, body });
+    }
+    if (req.method === "POST" && path === "/check") {
+      // Load check at apply time: start one worker of the function on its own (never in the table, takes no
+      // traffic) and report whether the module loaded: a throw on load, a missing defineFunction, or a name
+      // differing from flux.json fails the deploy instead of every request (DESIGN §7).
+      const doc = await req.json();
+      const fc = doc?.config as FnConfig;
+      const name = String(doc?.function ?? "");
+      if (!name || !fc || (fc.runtime !== "deno" && fc.runtime !== "node") || typeof fc.bundle !== "string") {
+        throw new BadRequest('check needs {"function": name, "config": {runtime, bundle, ...}}');
+      }
+      const pool = new Pool(name, { ...fc, max_workers: 1 });
+      const limit = Math.max(3 * COLD_START_MS, fc.timeout_ms ?? 30000); // starting is not the handler's timeout
+      await Promise.race([pool.prewarm(), new Promise((r) => setTimeout(r, limit))]);
+      const ok = pool.workers.some((w) => w.state === "ready");
+      const error = ok ? null : pool.loadDetail ?? pool.loadError ?? `function ${name} did not start within ${limit} ms`;
+      pool.drain();
+      return json(200, ok ? { ok: true } : { ok: false, error });
     }
     if (req.method === "POST" && path === "/shutdown") {
       setTimeout(shutdown, 0);

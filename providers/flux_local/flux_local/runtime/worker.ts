@@ -53,6 +53,7 @@ const rt = createRuntime({
     schedule(0);
   },
   load: (bundle: string) => import("file://" + bundle.split("/").map(encodeURIComponent).join("/")),
+  rawBytes: true, // structured clone carries Response body bytes as they are
 });
 
 scope.onmessage = (e: MessageEvent) => {
