@@ -311,6 +311,8 @@ class Daemon:
                 "env": self.env_for(fn), "timeout_ms": fn.get("timeout_ms", 30000),
                 "concurrency": fn.get("concurrency", 10), "queue_limit": fn.get("queue_limit", 100),
                 "idle_ms": fn.get("idle_ms", 300000), "async": bool(fn.get("async")),
+                # docker provider: the function's container (one channel per container)
+                **({"endpoint": fn["endpoint"], "max_workers": 1} if fn.get("endpoint") else {}),
             }
             for name, fn in sorted(fns.items())
         }
