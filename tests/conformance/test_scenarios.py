@@ -1,0 +1,269 @@
+"""The conformance scenarios, in order, against one deployment per provider (fixture `stage`, conftest.py).
+
+A scenario that passes on one provider and fails on another is a bug of that provider: no test here asks which
+provider it runs on, except to pick the provider's own way of breaking a resource by hand (Stage.break_function)
+and of listing what destroy left (Stage.leftovers). HTTP checks run where the provider executes functions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from conftest import TOKEN_V1, TOKEN_V2, Stage, fn, hello_code
+
+pytestmark = [pytest.mark.conformance]
+
+
+def needs_execution(stage: Stage) -> None:
+    if not stage.executes:
+        pytest.skip(f"{stage.provider}: its test double stores functions but does not run them")
+
+
+def changes(plan: dict[str, Any]) -> list[str]:
+    return sorted(c["address"] for c in plan["changes"] if c.get("action") not in ("noop", "read"))
+
+
+def wait_for_logs(stage: Stage, rid: str, want: str, timeout: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = stage.logs("--request-id", rid, "--level", "debug")
+        if any(r.get("msg") == want for r in recs) or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.3)
+
+
+def test_01_deploy(stage: Stage) -> None:
+    out = stage.flux("deploy").stdout
+    assert "Deploy complete" in out
+    state = json.loads((stage.root / ".flux" / "dev" / "state.json").read_text())
+    addrs = set(state["resources"])
+    for name in ("hello", "secret_hash", "snoop", "items", "list_items", "job", "boom", "slow"):
+        assert f"function.{name}" in addrs
+    assert {"route.POST_/hello", "route.GET_/items", "route.POST_/items", "migration.001_items.sql",
+            "secret.API_TOKEN"} <= addrs
+    if stage.executes:
+        status, doc, _ = stage.http("POST", "/hello", {"name": "ann"})
+        assert status == 200, doc
+        assert (doc["message"], doc["who"], doc["app"]) == ("hello v1", "ann", "conformance-app")
+    out_all = out + json.dumps(state)
+    assert TOKEN_V1 not in out_all  # no secret value in state or output
+
+
+def test_02_noop_replan(stage: Stage) -> None:
+    assert changes(stage.plan_json()) == []
+
+
+def test_03_http_routes_and_errors(stage: Stage) -> None:
+    needs_execution(stage)
+    status, doc, headers = stage.http("POST", "/hello", {"name": "bo"})
+    assert status == 200 and doc["request_id"] == headers["x-flux-request-id"]
+    status, doc, headers = stage.http("GET", "/items?q=abc")
+    assert status == 200 and doc["q"] == "abc"
+    status, doc, headers = stage.http("GET", "/hello")
+    assert status == 405 and headers["allow"] == "POST" and "not allowed" in doc["error"]
+    status, doc, _ = stage.http("POST", "/no/such/route", {})
+    assert status == 404 and "no function is routed" in doc["error"]
+    status, doc, _ = stage.http("POST", "/hello", raw=b"{not json")
+    assert status == 400 and "invalid JSON" in doc["error"]
+    status, doc, _ = stage.http("POST", "/hello", raw=b"[1, 2]")
+    assert status == 400 and "JSON object" in doc["error"]
+    status, doc, _ = stage.http("POST", "/hello", raw=b'{"pad": "' + b"x" * (6 * 1024 * 1024) + b'"}')
+    assert status == 413 and "larger than" in doc["error"]
+    status, doc, headers = stage.http("POST", "/boom", {})
+    assert status == 500 and "kaboom from the handler" in doc["error"]
+    assert doc["request_id"] == headers["x-flux-request-id"]
+
+
+def test_04_logs_request_ids_and_levels(stage: Stage) -> None:
+    needs_execution(stage)
+    status, _, headers = stage.http("POST", "/hello", {"name": "logger"})
+    assert status == 200
+    rid = headers["x-flux-request-id"]
+    recs = wait_for_logs(stage, rid, "an error line from hello")
+    by_msg = {r["msg"]: r for r in recs}
+    assert by_msg["hello called"]["level"] == "info" and by_msg["hello called"]["data"] == {"who": "logger"}
+    assert by_msg["a warning from hello"]["level"] == "warn"
+    assert by_msg["an error line from hello"]["level"] == "error"
+    assert all(r["request_id"] == rid and r["function"] == "hello" for r in recs)
+
+
+def test_05_env_and_secrets_scoping(stage: Stage) -> None:
+    needs_execution(stage)
+    status, doc, _ = stage.http("POST", "/secret_hash", {})
+    assert status == 200, doc
+    assert doc == {"sha256": hashlib.sha256(TOKEN_V1.encode()).hexdigest(), "env_has_token": True}
+    # snoop does not name API_TOKEN in its code: not granted; APP_NAME is a stage-wide .env.example key
+    status, doc, _ = stage.http("POST", "/snoop", {"key": "API_TOKEN"})
+    assert status == 200 and doc["got"] is False, doc
+    assert TOKEN_V1 not in json.dumps(doc)
+    status, doc, _ = stage.http("POST", "/snoop", {"key": "APP_NAME"})
+    assert status == 200 and doc == {"got": True}
+
+
+def test_06_db(stage: Stage) -> None:
+    needs_execution(stage)
+    status, doc, _ = stage.http("POST", "/items", {"name": "first"})
+    assert status == 200, doc
+    assert doc["runtime"] == "node" and [r["name"] for r in doc["items"]][-1] == "first"
+    status, doc, _ = stage.http("GET", "/items")
+    assert status == 200 and doc["count"] >= 1
+
+
+def test_07_async(stage: Stage) -> None:
+    needs_execution(stage)
+    status, doc, headers = stage.http("POST", "/job", {"n": 7})
+    assert status == 202, doc
+    rid = doc["request_id"]
+    assert rid == headers["x-flux-request-id"]
+    recs = wait_for_logs(stage, rid, "job ran")
+    assert any(r["msg"] == "job ran" and r["data"] == {"n": 7} for r in recs), recs
+
+
+def test_08_timeout_504_and_overload_503(stage: Stage) -> None:
+    needs_execution(stage)
+    status, doc, _ = stage.http("POST", "/slow", {"ms": 4000})
+    assert status == 504 and "timed out" in doc["error"]
+    # concurrency 1 with a bounded queue (100): a burst beyond both is refused with 503, nothing else fails
+    with ThreadPoolExecutor(max_workers=110) as pool:
+        results = list(pool.map(lambda _: stage.http("POST", "/slow", {"ms": 1200})[0], range(110)))
+    assert set(results) <= {200, 503, 504}, results
+    assert results.count(503) >= 1 and results.count(200) >= 1, results
+
+
+def test_10_update_one_function_under_requests(stage: Stage) -> None:
+    stage.write("functions/hello/index.ts", 'import { defineFunction } from "@flux/functions";\n\n' + hello_code("v2"))
+    assert changes(stage.plan_json()) == ["function.hello"]
+    if not stage.executes:
+        stage.flux("deploy")
+        assert changes(stage.plan_json()) == []
+        return
+    seen: list[tuple[int, Any]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            status, doc, _ = stage.http("POST", "/hello", {"name": "load"})
+            seen.append((status, doc.get("message") if isinstance(doc, dict) else doc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        stage.flux("deploy")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    failed = [s for s in seen if s[0] != 200]
+    assert not failed, failed[:5]
+    messages = [m for _, m in seen]
+    assert messages[0] == "hello v1" and messages[-1] == "hello v2"
+    assert set(messages) == {"hello v1", "hello v2"}
+
+
+def test_11_add_and_remove_a_route(stage: Stage) -> None:
+    files = fn("extra", 'export default defineFunction({\n  name: "extra",\n  handler: async () => ({ extra: true }),\n});\n',
+               route="/extra", method="PUT")
+    for rel, text in files.items():
+        stage.write(rel, text)
+    assert changes(stage.plan_json()) == ["function.extra", "route.PUT_/extra"]
+    stage.flux("deploy")
+    if stage.executes:
+        status, doc, _ = stage.http("PUT", "/extra", {})
+        assert (status, doc) == (200, {"extra": True})
+    for rel in files:
+        (stage.root / rel).unlink()
+    (stage.root / "functions" / "extra").rmdir()
+    assert changes(stage.plan_json()) == ["function.extra", "route.PUT_/extra"]
+    stage.flux("deploy")
+    assert changes(stage.plan_json()) == []
+    if stage.executes:
+        status, doc, _ = stage.http("PUT", "/extra", {})
+        assert status == 404, doc
+
+
+def test_12_rotate_a_secret_without_redeploy(stage: Stage) -> None:
+    before = stage.instances()
+    stage.flux("secrets", "set", f"API_TOKEN={TOKEN_V2}")
+    assert changes(stage.plan_json()) == ["secret.API_TOKEN"]
+    out = stage.flux("deploy").stdout
+    assert TOKEN_V2 not in out
+    assert stage.instances() == before  # no function was redeployed
+    if stage.executes:
+        status, doc, _ = stage.http("POST", "/secret_hash", {})
+        assert doc == {"sha256": hashlib.sha256(TOKEN_V2.encode()).hexdigest(), "env_has_token": True}, (status, doc)
+    else:
+        value = stage.aws("secretsmanager").get_secret_value(SecretId="flux/conf/dev/API_TOKEN")["SecretString"]
+        assert value == TOKEN_V2
+
+
+def test_13_add_a_migration(stage: Stage) -> None:
+    stage.write("schema/002_seed.sql", "INSERT INTO items (name) VALUES ('from-migration');\n")
+    assert changes(stage.plan_json()) == ["migration.002_seed.sql"]
+    stage.flux("deploy")
+    assert changes(stage.plan_json()) == []
+    if stage.executes:
+        status, doc, _ = stage.http("POST", "/items", {})
+        assert status == 200 and "from-migration" in [r["name"] for r in doc["items"]], doc
+    else:
+        import psycopg
+
+        with psycopg.connect(stage.env["DATABASE_URL"]) as conn:
+            names = [r[0] for r in conn.execute("SELECT name FROM items")]
+        assert "from-migration" in names
+
+
+def test_14_drift_detected_by_refresh_only_and_repaired(stage: Stage) -> None:
+    stage.break_function("hello")
+    plan = stage.plan_json("--refresh-only")
+    assert "function.hello" in [d["address"] for d in plan["drift"]], plan
+    if stage.executes:
+        status, _, _ = stage.http("POST", "/hello", {})
+        assert status != 200
+    stage.flux("deploy")
+    assert changes(stage.plan_json()) == []
+    assert "function.hello" not in [d["address"] for d in stage.plan_json("--refresh-only")["drift"]]
+    if stage.executes:
+        status, doc, _ = stage.http("POST", "/hello", {"name": "again"})
+        assert status == 200 and doc["message"] == "hello v2", doc
+
+
+def test_15_rollback(stage: Stage) -> None:
+    proc = stage.flux("rollback", "hello", "--json", check=False)
+    if proc.returncode != 0 and "keeps no previous versions" in proc.stderr + proc.stdout:
+        assert "Traceback" not in proc.stderr
+        pytest.skip(f"{stage.provider}: keeps no previous versions (refused with a message, checked)")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["rollbacks"][0]["function"] == "hello"
+    if stage.executes:
+        status, body, _ = stage.http("POST", "/hello", {})
+        assert status == 200 and body["message"] == "hello v1", body
+    # the project's code is v2: the next plan updates the function back, and apply does it
+    assert "function.hello" in changes(stage.plan_json())
+    stage.flux("deploy")
+    assert changes(stage.plan_json()) == []
+    if stage.executes:
+        status, body, _ = stage.http("POST", "/hello", {})
+        assert status == 200 and body["message"] == "hello v2", body
+
+
+def test_16_destroy_leaves_nothing(stage: Stage) -> None:
+    stage.remember_images()
+    out = stage.flux("destroy", "--auto-approve").stdout
+    assert TOKEN_V2 not in out
+    state = json.loads((stage.root / ".flux" / "dev" / "state.json").read_text())
+    assert state["resources"] == {}
+    assert stage.leftovers() == []
+    if stage.executes:
+        import urllib.error
+
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            stage.http("POST", "/hello", {}, timeout=5)
