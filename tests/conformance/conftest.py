@@ -224,8 +224,10 @@ class Stage:
                         for c in d.containers.list(filters={"label": "flux.project=conf"})}
         if self.provider == "aws":
             lam = self.aws("lambda")
-            return {f["FunctionName"]: lam.get_alias(FunctionName=f["FunctionName"], Name="live")["FunctionVersion"]
-                    for f in lam.list_functions()["Functions"] if f["FunctionName"].startswith("flux-conf-dev-")}
+            prefix = "flux-conf-dev-"
+            return {f["FunctionName"][len(prefix):]:
+                    lam.get_alias(FunctionName=f["FunctionName"], Name="live")["FunctionVersion"]
+                    for f in lam.list_functions()["Functions"] if f["FunctionName"].startswith(prefix)}
         doc = json.loads((self.root / ".flux" / "dev" / "runtime.json").read_text())
         return {k: v["digest"] for k, v in doc["functions"].items()}
 

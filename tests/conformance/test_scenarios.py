@@ -236,6 +236,10 @@ def test_14_drift_detected_by_refresh_only_and_repaired(stage: Stage) -> None:
 
 
 def test_15_rollback(stage: Stage) -> None:
+    """Deploy v3 over v2, roll back to v2 (previous deployment), then apply puts the project's v3 back."""
+    before = stage.instances()["hello"]
+    stage.write("functions/hello/index.ts", 'import { defineFunction } from "@flux/functions";\n\n' + hello_code("v3"))
+    stage.flux("deploy")
     proc = stage.flux("rollback", "hello", "--json", check=False)
     if proc.returncode != 0 and "keeps no previous versions" in proc.stderr + proc.stdout:
         assert "Traceback" not in proc.stderr
@@ -245,14 +249,16 @@ def test_15_rollback(stage: Stage) -> None:
     assert doc["rollbacks"][0]["function"] == "hello"
     if stage.executes:
         status, body, _ = stage.http("POST", "/hello", {})
-        assert status == 200 and body["message"] == "hello v1", body
-    # the project's code is v2: the next plan updates the function back, and apply does it
+        assert status == 200 and body["message"] == "hello v2", body
+    else:
+        assert stage.instances()["hello"] == before
+    # the project's code is v3: the next plan updates the function again, and apply does it
     assert "function.hello" in changes(stage.plan_json())
     stage.flux("deploy")
     assert changes(stage.plan_json()) == []
     if stage.executes:
         status, body, _ = stage.http("POST", "/hello", {})
-        assert status == 200 and body["message"] == "hello v2", body
+        assert status == 200 and body["message"] == "hello v3", body
 
 
 def test_16_destroy_leaves_nothing(stage: Stage) -> None:
