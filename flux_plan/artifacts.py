@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -34,7 +35,52 @@ _SDK_ENTRY = SDK_DIR / "functions" / "index.ts"
 _NODE_BANNER = 'import { createRequire as __fluxCreateRequire } from "node:module"; ' \
                "const require = __fluxCreateRequire(import.meta.url);"
 # esbuild diagnostics: "✘ [ERROR] message\n\n    file:line:col:"
+_INPUTS_FILE = ".esbuild-inputs.json"  # esbuild's metafile: read by check_bundle_inputs, then removed
 _ESBUILD_ERR = re.compile(r"\[ERROR\]\s+(?P<msg>.+?)\n(?:\s*\n)?\s+(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+):")
+
+
+def check_bundle_inputs(root: Path, spec: FunctionSpec, metafile: Path, deps: Path | None) -> None:
+    """The bundling sandbox (DESIGN §8): a function may bundle files of its own folder, the project's shared code
+    (functions/_shared/), its npm dependencies and @flux/functions, nothing else: never `.flux/` (state, secrets,
+    other bundles), `.env*`, or anything outside the project. Raises naming the importing file:line."""
+    doc = json.loads(metafile.read_text(encoding="utf-8"))
+    metafile.unlink()
+    fn_dir = (root / spec.dir).resolve()
+    allowed = [fn_dir, (root / "functions" / "_shared").resolve(), (root / "node_modules").resolve(),
+               SDK_DIR.resolve()] + ([deps.resolve()] if deps is not None else [])
+    inputs: dict[str, Any] = doc.get("inputs", {})
+    for rel in inputs:
+        path = (root / rel).resolve()
+        if rel.startswith("(disabled)") or not path.exists():
+            continue  # esbuild's virtual modules
+        inside = next((a for a in allowed if path.is_relative_to(a)), None)
+        hidden = any(part == ".flux" or part.startswith(".env") for part in path.relative_to(inside).parts) \
+            if inside is not None else False
+        if inside is not None and not hidden:
+            continue
+        where, spec_text = _importer_of(root, inputs, rel)
+        shown = path.relative_to(root.resolve()).as_posix() if path.is_relative_to(root.resolve()) else str(path)
+        raise FluxError(f"{where}: function {spec.name} imports {spec_text!r} ({shown}), which is outside what a "
+                        "function may bundle",
+                        hint=f"import only from {spec.dir}/, functions/_shared/, npm dependencies and "
+                             "@flux/functions (never .flux/, .env or files outside the project)")
+
+
+def _importer_of(root: Path, inputs: dict[str, Any], target: str) -> tuple[str, str]:
+    """`file:line` of the first import of `target` in the bundle's inputs, and the specifier as written."""
+    for rel, info in inputs.items():
+        for imp in info.get("imports", []):
+            if imp.get("path") != target:
+                continue
+            original = str(imp.get("original") or target)
+            try:
+                text = (root / rel).read_text(encoding="utf-8")
+            except OSError:
+                return rel, original
+            idx = text.find(original)
+            line = text.count("\n", 0, idx) + 1 if idx >= 0 else 1
+            return f"{rel}:{line}", original
+    return target, target
 
 
 def cache_dir() -> Path:
@@ -154,6 +200,8 @@ class ArtifactStore:
             str(esbuild_bin()), entry.relative_to(self.root).as_posix(), "--bundle", "--format=esm",
             f"--outfile={out / BUNDLE_FILE}", "--log-level=error", "--color=false", "--legal-comments=none",
             f"--alias:@flux/functions={_SDK_ENTRY}", "--charset=utf8",
+            # stacks in the logs point at functions/<fn>/index.ts:line, not at the bundle (no source text inside)
+            "--sourcemap=linked", "--sources-content=false", f"--metafile={out / _INPUTS_FILE}",
         ]
         if spec.runtime == "node":
             args += ["--platform=node", "--target=node20", f"--banner:js={_NODE_BANNER}"]
@@ -167,6 +215,7 @@ class ArtifactStore:
         proc = subprocess.run(args, cwd=self.root, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
             raise self._bundle_error(spec, entry, proc.stderr or proc.stdout)
+        check_bundle_inputs(self.root, spec, out / _INPUTS_FILE, deps)
         size = (out / BUNDLE_FILE).stat().st_size
         meta = {"digest": digest, "runtime": spec.runtime, "function": spec.name,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bytes": size}

@@ -50,6 +50,7 @@ class FunctionSpec(BaseModel):
     concurrency: int = 10  # max concurrent invocations (local provider pool)
     secrets: tuple[str, ...] = ()  # keys read by ctx.secrets.get("K") or listed in flux.json
     env_keys: tuple[str, ...] = ()  # keys read as ctx.env.K
+    uses_db: bool = False  # its code names ctx.db: only then may it reach the stage database
     source_digest: str = ""  # sha256 over everything the bundle is built from (see artifacts.py)
 
 

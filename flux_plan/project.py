@@ -41,6 +41,8 @@ _SECRET_GET_RE = re.compile(r"""ctx\s*\.\s*secrets\s*\.\s*get\s*\(\s*(["'`])([A-
 _ENV_DOT_RE = re.compile(r"ctx\s*\.\s*env\s*\??\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 _ENV_INDEX_RE = re.compile(r"""ctx\s*\.\s*env\s*(?:\?\.)?\[\s*(["'`])([A-Za-z_][A-Za-z0-9_]*)\1\s*\]""")
 _ENV_DESTRUCTURE_RE = re.compile(r"\{([^{}]*)\}\s*=\s*ctx\s*\.\s*env\b")
+# ctx.db / ctx?.db / const { db } = ctx: the database is granted only to code that names it (DESIGN §6)
+_DB_RE = re.compile(r"ctx\s*\??\.\s*db\b|\{[^{}]*\bdb\b[^{}]*\}\s*=\s*ctx\b")
 _ENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 ENV_EXAMPLE_WARNING = ".env.example does not list it"
 _CODE_SUFFIXES = {".ts", ".tsx", ".js", ".mjs", ".jsx"}
@@ -56,6 +58,7 @@ class CodeScan:
     name_line: int | None = None
     secrets: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (file, line)
     env_keys: dict[str, tuple[str, int]] = field(default_factory=dict)
+    uses_db: bool = False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,6 +189,8 @@ def scan_code(files: list[tuple[str, str]], entry: str) -> CodeScan:
                     found.name_line = line_of(text, nm.start())
         if "ctx" not in text:
             continue
+        if not found.uses_db and _DB_RE.search(text):
+            found.uses_db = True
         for m in _SECRET_GET_RE.finditer(text):
             found.secrets.setdefault(m.group(2), (rel, line_of(text, m.start())))
         for m in _ENV_DOT_RE.finditer(text):
@@ -358,6 +363,7 @@ def _scan_function(root: Path, d: Path, problems: list[Problem]) -> tuple[Functi
             "concurrency": data.get("concurrency", 10),
             "secrets": tuple(secrets),
             "env_keys": tuple(sorted(code.env_keys)),
+            "uses_db": code.uses_db,
             "source_digest": source_digest(root, rel_dir, runtime),
         }
     )

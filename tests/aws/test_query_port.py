@@ -1,4 +1,4 @@
-"""The JS port of the query compiler (runtime/query.mjs, what ctx.db.query runs on Lambda) gives
+"""The JS port of the query compiler (flux_plan/runtime/query.mjs, what ctx.db.query runs on Lambda) gives
 exactly the statements and errors of flux_plan/query.py on the shared vectors, under node and deno."""
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from flux_aws.packaging import RUNTIME_DIR
 
+from flux_plan.runtime import shared_runtime_dir
+
+RUNTIME_DIR = shared_runtime_dir()
 VECTORS = Path(__file__).resolve().parents[1] / "fixtures" / "query_vectors.json"
 RUNNER = """
 import { compileQuery } from "QUERY";

@@ -257,7 +257,8 @@ def spawn(runtime: str, moto: FaultyMotoServer, bundles: dict[str, Path], deno_l
         cmd = [str(deno_layer / "bootstrap")]
         env.update({"FLUX_LAYER_DIR": str(deno_layer), "DENO_DIR": str(tmp_path / "deno")})
     else:  # nodejs20.x calls index.handler; the same runtime loop stands in for AWS's node runtime client
-        cmd = ["node", str(packaging.RUNTIME_DIR / "loop.mjs")]
+        # (run from the layer's flux/ dir: the shared query.mjs sits beside the shim there, as on AWS)
+        cmd = ["node", str(deno_layer / "flux" / "loop.mjs")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return Runner(proc, api)
 

@@ -149,7 +149,11 @@ def test_every_route_logs_and_invoke(shared: Project) -> None:
     human = shared.flux("invoke", "greet", "--payload", '{"name":"Lin"}')
     assert '"message": "Hello, Lin!"' in human.stdout and "status 200" in human.stdout
     failed = shared.flux("invoke", "complete_todo", "--payload", '{"id": 999999}', check=False)
-    assert failed.returncode == 1 and "todo 999999 not found" in failed.stdout and "status 500" in failed.stdout
+    # a thrown error: the caller gets a generic 500 with the request id; the message is in the logs
+    assert failed.returncode == 1 and "status 500" in failed.stdout and "todo 999999 not found" not in failed.stdout
+    assert "complete_todo failed" in failed.stdout
+    assert wait_for(lambda: [r for r in logs(shared, "complete_todo", "--level", "error")
+                             if r["data"] and r["data"].get("error") == "todo 999999 not found"])
     listed = json.loads(shared.flux("invoke", "list_todos", "--payload", '{"done": true}', "--json").stdout)
     assert todo_id in [t["id"] for t in listed["body"]["todos"]]
     plan = shared.flux("plan", "--detailed-exitcode", check=False)

@@ -1,6 +1,6 @@
 """Lambda deployment packages: deterministic zips (fixed timestamps and modes, so an unchanged
 function has an unchanged CodeSha256 and is not re-uploaded) built from the artifact store's bundle
-plus the Flux runtime files in `runtime/`."""
+plus the Flux runtime files in `runtime/` and the shared ones of flux_plan/runtime (query.mjs)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from flux_plan.errors import ProviderError
 from flux_plan.paths import REPO_DIR
+from flux_plan.runtime import shared_runtime_dir
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -95,10 +96,14 @@ def node_bundle(artifact_dir: Path, node_target: str = "node20") -> bytes:
     `require` shim for CommonJS dependencies, so no banner is added here."""
     with tempfile.TemporaryDirectory(prefix="flux-aws-") as tmp:
         entry = Path(tmp) / "entry.mjs"
+        shim = Path(tmp) / "flux"  # the runtime files laid out as in the layer, so relative imports resolve
+        shim.mkdir()
+        for name, data, _mode in _shim_files():
+            (Path(tmp) / name).write_bytes(data)
         entry.write_text(
             f'import def from {str((artifact_dir / "index.mjs").resolve())!r};\n'
             f'import pg from {str(pg_bundle())!r};\n'
-            f'import {{ makeHandler }} from {str(RUNTIME_DIR / "flux_handler.mjs")!r};\n'
+            f'import {{ makeHandler }} from {str(shim / "flux_handler.mjs")!r};\n'
             'export const handler = makeHandler(def, { runtime: "node", pg });\n'
         )
         out = Path(tmp) / "index.mjs"
@@ -134,5 +139,10 @@ def deno_zip(artifact_dir: Path) -> bytes:
 def runtime_files() -> list[tuple[str, bytes, int]]:
     """Shared JS runtime files (loop, shim, SigV4 client, query compiler, node-postgres) as zip
     entries under flux/."""
-    files = [(f"flux/{p.name}", p.read_bytes(), 0o644) for p in sorted(RUNTIME_DIR.glob("*.mjs"))]
-    return [*files, ("flux/pg.mjs", pg_bundle().read_bytes(), 0o644)]
+    return [*_shim_files(), ("flux/pg.mjs", pg_bundle().read_bytes(), 0o644)]
+
+
+def _shim_files() -> list[tuple[str, bytes, int]]:
+    """The runtime files of this package plus the shared query compiler, side by side under flux/."""
+    paths = [*sorted(RUNTIME_DIR.glob("*.mjs")), shared_runtime_dir() / "query.mjs"]
+    return [(f"flux/{p.name}", p.read_bytes(), 0o644) for p in paths]

@@ -169,8 +169,8 @@ class Daemon:
         self._push_wanted = 0
         self._push_done = 0
         self._pushing = False
-        # env_example_keys: keys of .env.example, visible to every function when set (see provider.py)
-        self.table: dict[str, Any] = {"functions": {}, "routes": {}, "secrets": {}, "env_example_keys": []}
+        # a function sees only the keys its entry names (env_keys: its code + flux.json secrets), as on AWS
+        self.table: dict[str, Any] = {"functions": {}, "routes": {}, "secrets": {}}
         self.secret_values: dict[str, str] = {}
         self.schema: dict[str, dict[str, str]] | None = None
         self.pg: EmbeddedPostgres | None = None
@@ -252,7 +252,6 @@ class Daemon:
             doc = json.loads(path.read_text(encoding="utf-8"))
             for key in ("functions", "routes", "secrets"):
                 self.table[key] = doc.get(key, {})
-            self.table["env_example_keys"] = doc.get("env_example_keys", [])
         for key in list(self.table["secrets"]):
             self._load_secret(key)
         self._refresh_mask()
@@ -291,10 +290,11 @@ class Daemon:
         self.masker.set_values([*self.secret_values.values(), *self.dotenv.values()])
 
     def env_for(self, fn: dict[str, Any]) -> dict[str, str]:
-        """Values of the function's keys that are set. Under `flux dev`, .env (local-only values) wins
+        """Values of the function's own keys (those its code names + its flux.json `secrets`) that are set;
+        never other keys of .env.example or of the stage. Under `flux dev`, .env (local-only values) wins
         over the stage's secrets; a deployed stage has no .env."""
         env: dict[str, str] = {}
-        for key in sorted({*fn.get("env_keys", []), *self.table.get("env_example_keys", [])}):
+        for key in sorted(fn.get("env_keys", [])):
             value = self._value(key)
             if value is not None:
                 env[key] = value
@@ -362,11 +362,16 @@ class Daemon:
             self.db_uri = self.pg.start()
         self.pool = ConnectionPool(self.db_uri)
 
-    def db_query(self, params: Any) -> tuple[int, dict[str, Any]]:
+    def db_query(self, function: str, params: Any) -> tuple[int, dict[str, Any]]:
         import psycopg
 
         from flux_plan.query import QueryError, read_schema, run_query
 
+        fn = self.table["functions"].get(function) or {}
+        # entries written by an older flux have no `uses_db`: they keep the access they had until updated
+        if not fn.get("uses_db", "uses_db" not in fn):
+            return 403, {"error": "ctx.db is not available to this function: its code does not name ctx.db "
+                                  "(write ctx.db.query(...) in the function's own code, then flux apply)"}
         assert self.pool is not None
         with self.pool.connection() as conn:
             for attempt in (1, 2):
@@ -412,7 +417,7 @@ class Daemon:
             "stage": self.stage, "gateway_host": "127.0.0.1", "gateway_port": port,
             "admin_port": 0, "admin_token": self.admin_token,
             "control_url": f"http://127.0.0.1:{self.server.server_address[1]}", "control_token": self.token,
-            "node_bin": node_bin, "max_body_bytes": MAX_BODY_BYTES,
+            "node_bin": node_bin, "max_body_bytes": MAX_BODY_BYTES, "project_root": str(self.root.resolve()),
         }
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "DENO_DIR")}
         env["FLUX_HOST_CONFIG"] = json.dumps(config)
@@ -586,7 +591,7 @@ class Daemon:
             case "POST", ["v1", "secrets", "get"]:
                 return self._api_secret(body)
             case "POST", ["v1", "db", "query"]:
-                return self.db_query(body.get("params"))
+                return self.db_query(str(body.get("function")), body.get("params"))
             case "POST", ["v1", "async", "enqueue"]:
                 assert self.queue is not None
                 rid = str(body.get("request_id") or pysecrets.token_hex(8))
@@ -601,14 +606,6 @@ class Daemon:
                     else:
                         self.table[section].pop(name, None)
                 self.push()
-                return 200, {"ok": True}
-            case "PUT", ["admin", "project"]:
-                keys = body.get("env_example_keys", [])
-                with self.table_lock:
-                    changed = sorted(keys) != self.table.get("env_example_keys")
-                    self.table["env_example_keys"] = sorted(str(k) for k in keys)
-                if changed:
-                    self.push()
                 return 200, {"ok": True}
             case "PUT", ["admin", "secrets", key]:
                 with self.table_lock:
@@ -639,7 +636,7 @@ class Daemon:
     def _api_secret(self, body: dict[str, Any]) -> tuple[int, Any]:
         key = str(body.get("key"))
         fn = self.table["functions"].get(str(body.get("function")), {})
-        allowed = key in fn.get("env_keys", []) or key in self.table.get("env_example_keys", [])
+        allowed = key in fn.get("env_keys", [])
         value = self._value(key)
         if not allowed or value is None:
             return 404, {"error": f"secret {key} is not set (flux secrets set {key}=...)"}

@@ -112,12 +112,9 @@ class DevSession:
         routes = {f"{s.method}_{s.route}": {"method": s.method, "path": s.route, "function": s.name}
                   for s in project.functions}
         changed += [f"removed {n}" for n in sorted(set(table["functions"]) - set(functions))]
-        example_keys = sorted(project.env_example_keys)
-        if force_push or changed or routes != table["routes"] or functions != table["functions"] \
-                or example_keys != table.get("env_example_keys"):
+        if force_push or changed or routes != table["routes"] or functions != table["functions"]:
             with self.daemon.table_lock:
                 table["functions"], table["routes"] = functions, routes
-                table["env_example_keys"] = example_keys
             self.daemon.push()
         self.project = project
         return changed

@@ -5,10 +5,12 @@ functions and routes go into its runtime table (pushed atomically to the Deno ho
 (re)loaded from the SecretStore by the daemon (values never pass through here), migrations are applied
 from this process straight to the stage database with flux_plan.migrations.
 
-Function environment (decided here): `ctx.env` holds, of the keys the function reads (`ctx.env.K`,
-`ctx.secrets.get("K")`) plus every key of `.env.example`, those that are set with `flux secrets set`;
-`ctx.secrets.get(K)` answers the same keys, any other key is "not set". `.env.example` values are
-examples, not defaults. `flux dev` also reads `.env`, whose values win over the stage's secrets (local
+Function environment (decided here, the same rule as the AWS provider's IAM scoping): `ctx.env` holds,
+of the keys the function's code names (`ctx.env.K`, `ctx.env["K"]`, destructuring, `ctx.secrets.get("K")`)
+plus those its flux.json `secrets` lists, those that are set with `flux secrets set`; `ctx.secrets.get(K)`
+answers the same keys, any other key (another function's, one built at run time) is "not set". Other keys
+of `.env.example` are not granted, and `.env.example` values are examples, not defaults. `ctx.db` works
+only for functions whose code names `ctx.db` (`uses_db`). `flux dev` also reads `.env`, whose values win over the stage's secrets (local
 overrides). Every such value is masked in the log store (short values only as whole words).
 
 A stopped daemon (reboot, crash) reads as `api.<stage>` gone, so the next `flux deploy` restarts it;
@@ -41,11 +43,11 @@ def _q(name: str) -> str:
 
 
 def function_config(spec: FunctionSpec, bundle: str) -> dict[str, Any]:
-    """The daemon's runtime-table entry of a function (no secret values: only key names). The keys of
-    .env.example are stage-wide (`PUT /admin/project`), so editing that file needs no function update."""
+    """The daemon's runtime-table entry of a function (no secret values: only key names it is granted)."""
     keys = sorted({*spec.env_keys, *spec.secrets})
     return {
         "runtime": spec.runtime, "bundle": bundle, "digest": spec.source_digest, "env_keys": keys,
+        "uses_db": spec.uses_db,
         "timeout_ms": spec.timeout * 1000, "concurrency": spec.concurrency, "queue_limit": 100,
         "idle_ms": 300_000, "async": spec.async_, "route": spec.route, "method": spec.method,
     }
@@ -175,9 +177,6 @@ class LocalProvider:
     def before_apply(self, changes: list[tuple[str, str]]) -> None:
         if any(action not in ("noop", "read", "delete") for _, action in changes):
             self.ensure_daemon()
-            # .env.example is no resource: hand its keys over with every apply that changes something
-            keys = sorted(self._ctx.project.env_example_keys)
-            self.client.ok("PUT", "/admin/project", {"env_example_keys": keys})
 
     def create(self, resource: Resource) -> ProviderResult:
         return self._put(resource)

@@ -24,6 +24,7 @@ interface HostConfig {
   control_token?: string;
   node_bin?: string;
   max_body_bytes?: number;
+  project_root?: string; // stacks in the logs name files relative to it
 }
 
 interface FnConfig {
@@ -72,6 +73,8 @@ const MAX_BODY = CFG.max_body_bytes ?? 6 * 1024 * 1024;
 const WORKER_URL = new URL("./worker.ts", import.meta.url);
 const NODE_HOST = decodeURIComponent(new URL("./node_host.mjs", import.meta.url).pathname);
 const RUNTIME_DIR = decodeURIComponent(new URL(".", import.meta.url).pathname).replace(/\/$/, "");
+/** the shared worker runtime (flux_plan/runtime/core.mjs), located through the import map of host_command() */
+const CORE_PATH = decodeURIComponent(new URL(import.meta.resolve("flux:core")).pathname);
 const CORES = Math.max(1, navigator.hardwareConcurrency || 1);
 const JSON_TYPE = "application/json";
 const SWEEP_MS = 20;
@@ -119,6 +122,20 @@ let ridSeq = 0;
 /** Unique per host run (random prefix) and cheap: no UUID per request on the hot path. */
 function newRequestId(): string {
   return RID_PREFIX + (++ridSeq).toString(36);
+}
+
+/** The generic 500 of a thrown error (DESIGN §7): never the error's message. */
+function handlerFailed(fn: string): string {
+  return `function ${fn} failed; its error is in flux logs under this request id`;
+}
+
+const PROJECT_ROOT = CFG.project_root ? CFG.project_root.replace(/\/$/, "") + "/" : null;
+/** A source-mapped stack with project paths made relative (functions/<fn>/index.ts:line, as the user sees them). */
+function projectStack(stack: unknown): string | null {
+  if (typeof stack !== "string") return null;
+  if (!PROJECT_ROOT) return stack;
+  return stack.replaceAll("file://" + encodeURI(PROJECT_ROOT), "").replaceAll("file://" + PROJECT_ROOT, "")
+    .replaceAll(PROJECT_ROOT, "");
 }
 
 function errorOutcome(status: number, rid: string, error: string): Outcome {
@@ -171,8 +188,10 @@ abstract class WorkerHandle {
         if (m.ok) outcome = { status: 200, json: m.json ?? JSON.stringify(m.value ?? null) };
         else if (m.bad_input) outcome = errorOutcome(400, job.rid, m.error);
         else {
-          log("error", this.pool.name, job.rid, "handler failed", { error: m.error, stack: m.stack ?? null });
-          outcome = errorOutcome(500, job.rid, m.error);
+          // The message may carry anything the function held (secret values included): it goes to the logs (masked
+          // by the supervisor's log store), the caller gets the request id and a generic message only.
+          log("error", this.pool.name, job.rid, "handler failed", { error: m.error, stack: projectStack(m.stack) });
+          outcome = errorOutcome(500, job.rid, handlerFailed(this.pool.name));
         }
         this.pool.finish(job, outcome);
         this.afterJob();
@@ -314,11 +333,11 @@ class NodeWorker extends WorkerHandle {
     // worker threads, no addons; environment scrubbed (the function's keys come in the init message).
     this.child = new Deno.Command(CFG.node_bin || "node", {
       args: [
-        "--experimental-permission", "--no-warnings",
+        "--experimental-permission", "--no-warnings", "--enable-source-maps",
         // one flag per path: node 20.x does not split a comma-separated list reliably
-        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${RUNTIME_DIR}/core.mjs`,
+        `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${CORE_PATH}`,
         `--allow-fs-read=${bundleDir}/*`,
-        NODE_HOST,
+        NODE_HOST, CORE_PATH,
       ],
       cwd: bundleDir, clearEnv: true, env: {}, stdin: "piped", stdout: "piped", stderr: "piped",
     }).spawn();
@@ -552,9 +571,11 @@ class Pool {
   onReady(w: WorkerHandle, m: Msg): void {
     if (w.state !== "starting") return;
     if (m.ok === false) {
-      log("error", this.name, this.waiting[0]?.rid ?? null, "function failed to initialize", { error: m.error, stack: m.stack ?? null });
+      log("error", this.name, this.waiting[0]?.rid ?? null, "function failed to initialize", { error: m.error, stack: projectStack(m.stack) });
       w.stop();
-      this.startFailed(w, 500, String(m.error));
+      // a module that threw while loading: its message is the function's (may hold secrets), not ours
+      const own = String(m.error).startsWith(`function ${this.name} failed to load`);
+      this.startFailed(w, 500, own ? `function ${this.name} failed to load (the error is in flux logs)` : String(m.error));
       return;
     }
     w.state = "ready";

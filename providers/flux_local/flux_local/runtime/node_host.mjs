@@ -1,8 +1,10 @@
 // Node worker process for runtime "node" functions: speaks the worker channel as JSON lines on stdin/stdout.
-// Started by host.ts under the Node permission model (fs reads limited to this dir + the bundle dir) with a
-// scrubbed environment; the function's configured keys arrive in the init message.
+// Started by host.ts under the Node permission model (fs reads limited to this file, the shared core.mjs and the
+// bundle dir) with a scrubbed environment; the function's configured keys arrive in the init message.
+// argv[2] is the path of the shared runtime (flux_plan/runtime/core.mjs), which lives in another package.
 import { pathToFileURL } from "node:url";
-import { createRuntime } from "./core.mjs";
+
+const { createRuntime } = await import(pathToFileURL(process.argv[2]).href);
 
 const writeOut = process.stdout.write.bind(process.stdout);
 let buf = [];

@@ -1,12 +1,13 @@
 // Deno Worker bootstrap: one sandboxed Worker per function (read: its bundle dir only, no env, no run/write/ffi).
-// The host sends {"t":"init", function, env, stage, bundle}; everything else lives in core.mjs.
+// The host sends {"t":"init", function, env, stage, bundle}; everything else lives in core.mjs
+// (flux_plan/runtime, shared with the other providers).
 //
 // Wire format: see DenoWorker in host.ts (arrays of channel messages; invoke and ok-result packed flat).
 // Batching (host.ts keeps at most one unacknowledged batch per worker): the host posts an array of channel
 // messages; this side answers EVERY batch exactly once a few microtask turns after it arrived (results of
 // handlers that finished by then, logs, calls — or [] as a bare acknowledgement), and later output (handlers
 // that awaited I/O) goes out in further arrays. One array per wake-up of the other thread in both directions.
-import { createRuntime } from "./core.mjs";
+import { createRuntime } from "flux:core"; // flux_plan/runtime/core.mjs, via the host's import map
 
 const scope = self as unknown as {
   postMessage(m: unknown): void;
