@@ -4,7 +4,7 @@ moto does not run functions, so the HTTP checks apply to the providers that exec
 
 Each provider gets one deployment of the `conf` project (module scope) that the scenarios of test_scenarios.py
 walk through in order: deploy, no-op re-plan, HTTP checks, update under requests, routes, secrets, migrations,
-drift, rollback, destroy. All tests of one provider run on one xdist worker (group `conformance-<provider>`)."""
+drift, rollback, destroy."""
 
 from __future__ import annotations
 
@@ -299,8 +299,7 @@ def _stop_daemons(root: Path) -> None:
         EmbeddedPostgres(pgdata).stop()
 
 
-@pytest.fixture(scope="module", params=[pytest.param(p, marks=pytest.mark.xdist_group(f"conformance-{p}"))
-                                        for p in PROVIDERS])
+@pytest.fixture(scope="module")
 def stage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     provider: str = request.param
     # outside pytest's 0700 tmp tree: as root, the embedded PostgreSQL runs as another user
@@ -346,3 +345,10 @@ def stage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                 for c in d.containers.list(all=True, filters={"label": "flux.project=conf"}):
                     c.remove(force=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The suite once per provider."""
+    if "stage" in metafunc.fixturenames:
+        metafunc.parametrize("stage", PROVIDERS, indirect=True, scope="module")
