@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import TOKEN_V1, TOKEN_V2, Stage, fn, hello_code
+from conformance_lib import TOKEN_V1, TOKEN_V2, Stage, fn, hello_code
 
 pytestmark = [pytest.mark.conformance, pytest.mark.slow]
 

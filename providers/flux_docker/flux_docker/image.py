@@ -29,18 +29,11 @@ _build_lock = threading.Lock()
 
 
 def runtime_sources() -> dict[str, Path]:
-    """The worker-side JavaScript: core.mjs (shared by every provider) + the container transport."""
-    core = Path(__file__).resolve().parents[3] / "flux_plan" / "runtime" / "core.mjs"
-    if not core.is_file():  # before/after the shared runtime moved out of flux_local
-        try:
-            from flux_plan.runtime import runtime_dir as shared_dir  # type: ignore[import-not-found,unused-ignore]
+    """The worker-side JavaScript: the shared core.mjs (flux_plan/runtime) + the container transport."""
+    from flux_plan.runtime import shared_runtime_dir
 
-            core = Path(shared_dir()) / "core.mjs"
-        except ImportError:
-            from flux_local.runtime import runtime_dir
-
-            core = runtime_dir() / "core.mjs"
-    return {"core.mjs": core, "container_worker.mjs": Path(__file__).resolve().parent / "runtime" / "container_worker.mjs"}
+    return {"core.mjs": shared_runtime_dir() / "core.mjs",
+            "container_worker.mjs": Path(__file__).resolve().parent / "runtime" / "container_worker.mjs"}
 
 
 def runtime_binary(runtime: str, node_bin: str | None = None) -> Path:

@@ -228,7 +228,10 @@ class DockerProvider(LocalProvider):
     # -- resources ----------------------------------------------------------------------------------
     def before_apply(self, changes: list[tuple[str, str]]) -> None:
         if any(a.startswith("function.") and action not in ("noop", "read") for a, action in changes):
-            _ = self.docker  # fail before anything changes when the engine is unreachable
+            # fail before anything changes: an unreachable engine or a bad limit setting
+            self._setting("cpus", DEFAULT_CPUS, float)
+            self._setting("pids", DEFAULT_PIDS, int)
+            _ = self.docker
         super().before_apply(changes)
 
     def _put(self, resource: Resource) -> ProviderResult:
