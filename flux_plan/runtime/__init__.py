@@ -16,13 +16,14 @@ def shared_runtime_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
-def import_map() -> dict[str, dict[str, str]]:
+def import_map(extra: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """Deno import map naming the shared files `flux:core` and `flux:query`: host.ts and worker.ts import
-    them by these names wherever the two packages are installed (editable checkout or site-packages)."""
+    them by these names wherever the two packages are installed (editable checkout or site-packages).
+    `extra`: more specifier -> URL entries (a provider's own, e.g. its database driver)."""
     rt = shared_runtime_dir()
-    return {"imports": {f"flux:{Path(n).stem}": (rt / n).as_uri() for n in SHARED_FILES}}
+    return {"imports": {**{f"flux:{Path(n).stem}": (rt / n).as_uri() for n in SHARED_FILES}, **(extra or {})}}
 
 
-def import_map_flag() -> str:
+def import_map_flag(extra: dict[str, str] | None = None) -> str:
     """`--import-map=` flag carrying `import_map()` inline as a data: URL (no file to write or clean up)."""
-    return "--import-map=data:application/json," + json.dumps(import_map(), separators=(",", ":"))
+    return "--import-map=data:application/json," + json.dumps(import_map(extra), separators=(",", ":"))

@@ -27,13 +27,16 @@ FLUX = REPO / ".venv" / "bin" / "flux"
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real embedded PostgreSQL for this xdist worker; stopped at the end of the session."""
+    """A real embedded PostgreSQL for this xdist worker (its superuser URI: tests create databases); stopped at
+    the end of the session."""
     from flux_local.pg import EmbeddedPostgres
 
     base = tmp_path_factory.mktemp("pg")
     server = EmbeddedPostgres(base / "data")
     try:
-        yield server.start()
+        server.start()
+        assert server.admin_uri is not None
+        yield server.admin_uri
     finally:
         server.stop()
 

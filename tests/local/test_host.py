@@ -124,12 +124,6 @@ class ControlPeer:
                 peer.calls.append((self.path, doc))
                 if self.headers.get("authorization") != f"Bearer {peer.token}":
                     return self.send(401, {"error": "unauthorized"})
-                if self.path == "/v1/secrets/get":
-                    if doc["key"] in peer.secrets:
-                        return self.send(200, {"value": peer.secrets[doc["key"]]})
-                    return self.send(404, {"error": f"secret {doc['key']} is not set (flux secrets set {doc['key']}=...)"})
-                if self.path == "/v1/db/query":
-                    return self.send(200, {"rows": [{"echo": doc["params"], "function": doc["function"]}]})
                 if self.path == "/v1/async/enqueue":
                     peer.enqueued.append(doc)
                     return self.send(202, {"request_id": doc["request_id"]})
@@ -261,7 +255,8 @@ def host(bundles: dict[str, dict[str, str]], control: ControlPeer) -> Iterator[H
 
 
 def test_deno_and_node_functions_through_the_gateway(host: Host, bundles: dict[str, Any]) -> None:
-    host.configure(bundles, {"hello": {"env": {"GREETING": "hi"}}, "nodehello": {"env": {"GREETING": "yo"}}})
+    host.configure(bundles, {"hello": {"env": {"GREETING": "hi"}},
+                             "nodehello": {"env": {"GREETING": "yo", "API_KEY": "s3cr3t-value"}}})
     status, body, headers = request(f"{host.gw}/hello", {"name": "Ada"})
     assert status == 200
     assert body == {"message": "Hello, Ada!", "greeting": "hi", "frozen": True}
@@ -327,23 +322,31 @@ def test_concurrent_invocations_keep_their_request_ids(host: Host, bundles: dict
 
 
 def test_env_push_without_redeploy_and_secrets_db(host: Host, bundles: dict[str, Any], control: ControlPeer) -> None:
-    host.configure(bundles, {"hello": {"env": {"GREETING": "v1"}}, "secret": {}, "db": {}})
+    granted = {"API_KEY": "s3cr3t-value"}
+    host.configure(bundles, {"hello": {"env": {"GREETING": "v1"}}, "secret": {"env": granted}, "db": {}})
     assert request(f"{host.gw}/hello", {"name": "a"})[1]["greeting"] == "v1"
-    host.configure(bundles, {"hello": {"env": {"GREETING": "v2"}}, "secret": {}, "db": {}})  # same digest
+    host.configure(bundles, {"hello": {"env": {"GREETING": "v2"}}, "secret": {"env": granted}, "db": {}})  # same digest
     assert request(f"{host.gw}/hello", {"name": "a"})[1]["greeting"] == "v2"
     assert host.health()["hello"]["workers"] == 1  # the running worker got the new env; no cold start
     host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "hello", 1)
 
+    # secrets are answered by the host from the function's granted keys, with no call out of the host
     assert request(f"{host.gw}/secret", {"key": "API_KEY"})[:2] == (200, {"value": "s3cr3t-value"})
+    assert request(f"{host.gw}/hello", {"name": "a"})[0] == 200
     status, body, headers = request(f"{host.gw}/secret", {"key": "NOPE"})
     assert status == 500 and "NOPE" not in body["error"]  # an uncaught error: generic to the caller ...
     rec = host.wait_log(lambda r: r["msg"] == "handler failed" and r["request_id"] == headers["x-flux-request-id"])
     assert rec["data"]["error"] == "secret NOPE is not set (flux secrets set NOPE=...)"  # ... the message in logs
+    # ctx.db runs inside the host (postgres.js; see test_provider_e2e for a real database): none configured here
     status, body, headers = request(f"{host.gw}/db", {})
-    assert status == 200
-    assert body["rows"] == [{"echo": {"table": "todos", "operation": "select", "limit": 1}, "function": "db"}]
-    _path, doc = next(c for c in control.calls if c[0] == "/v1/db/query")
-    assert doc["request_id"] == headers["x-flux-request-id"]
+    assert status == 500
+    rec = host.wait_log(lambda r: r["msg"] == "handler failed" and r["request_id"] == headers["x-flux-request-id"])
+    assert rec["data"]["error"] == "ctx.db.query: this stage has no database"
+    host.configure(bundles, {"db": {"uses_db": False}})
+    status, body, headers = request(f"{host.gw}/db", {})
+    rec = host.wait_log(lambda r: r["msg"] == "handler failed" and r["request_id"] == headers["x-flux-request-id"])
+    assert rec["data"]["error"].startswith("ctx.db is not available to this function")
+    assert not [c for c in control.calls if c[0] != "/v1/async/enqueue"]  # no secret or db call left the host
     assert "s3cr3t-value" not in json.dumps(host.logs)
 
 
@@ -387,6 +390,7 @@ def test_worker_crash_is_502_then_replaced(host: Host, bundles: dict[str, Any]) 
 
 def test_timeout_is_504_and_the_worker_is_replaced(host: Host, bundles: dict[str, Any]) -> None:
     host.configure(bundles, {"spin": {"timeout_ms": 400}})
+    assert request(f"{host.gw}/spin", {"spin": False})[:2] == (200, {"ok": True})  # warm: the timeout is the handler's
     t0 = time.monotonic()
     status, body, _headers = request(f"{host.gw}/spin", {"spin": True})
     assert status == 504 and "timed out after 400 ms" in body["error"]

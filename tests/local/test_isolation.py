@@ -5,16 +5,23 @@ real CLI, daemon, Deno host, node workers and embedded PostgreSQL:
   .env.example, nothing for a key built at run time); ctx.db only for code that names ctx.db;
 - a thrown error containing a secret reaches the caller as a generic 500 with the request id; the message
   (masked) and a stack pointing at functions/<fn>/index.ts are in `flux logs`;
+- the stage's PostgreSQL admits no login without its password, from a node or a deno function, on any
+  socket or port; the password files are out of the functions' reach; ctx.db keeps working;
+- a function over its flux.json `memory` loses its own request (502 naming the limit) and its worker, while
+  the host and the other functions keep serving (a prober sees zero failures);
 - bundling refuses imports of .flux/, .env and files outside the project, naming file:line, and leaves
   nothing behind."""
 
 from __future__ import annotations
 
 import json
+import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import Project, _stop_everything, new_todo
 from test_provider_e2e import add_function, http, logs, wait_for
@@ -62,6 +69,61 @@ export default defineFunction({
 });
 """
 
+# speaks the PostgreSQL wire protocol: a StartupMessage for `user`, then reads what the server answers
+PG_PROBE = """import { defineFunction } from "@flux/functions";
+import net from "node:net";
+import fs from "node:fs";
+
+function probe(opts: Record<string, unknown>, user: string): Promise<string> {
+  return new Promise((resolve) => {
+    const body = new TextEncoder().encode(`user\\0${user}\\0database\\0postgres\\0\\0`);
+    const msg = new Uint8Array(8 + body.length);
+    const dv = new DataView(msg.buffer);
+    dv.setInt32(0, msg.length);
+    dv.setInt32(4, 196608);
+    msg.set(body, 8);
+    let done = false;
+    let sock: net.Socket | null = null;
+    const finish = (r: string) => { if (!done) { done = true; try { sock?.destroy(); } catch { /* closed */ } resolve(r); } };
+    try {
+      sock = net.connect(opts as net.NetConnectOpts, () => sock!.write(msg));
+    } catch (e) {
+      return finish("error: " + (e as Error).message);
+    }
+    sock.on("data", (d: Uint8Array) => {
+      const kind = String.fromCharCode(d[0]);
+      if (kind === "R") {
+        const code = new DataView(d.buffer, d.byteOffset).getInt32(5);
+        finish(code === 0 ? "AUTHENTICATED" : `password required (${code})`);
+      } else if (kind === "E") finish("refused: " + new TextDecoder().decode(d.subarray(5)).replace(/\\0/g, " "));
+      else finish("other: " + kind);
+    });
+    sock.on("error", (e: Error) => finish("error: " + e.message));
+    setTimeout(() => finish("timeout"), 5000);
+  });
+}
+
+export default defineFunction({ name: "__FN__", handler: async ({ input }) => {
+  const out: Record<string, string> = {};
+  for (const user of ["postgres", "flux_app", "root"]) {
+    for (const path of input.sockets as string[]) out[`${path} as ${user}`] = await probe({ path }, user);
+    for (const port of input.ports as number[]) out[`127.0.0.1:${port} as ${user}`] = await probe({ host: "127.0.0.1", port }, user);
+  }
+  for (const f of input.files as string[]) {
+    try { out[f] = "READ " + fs.readFileSync(f, "utf8").length; } catch (e) { out[f] = "denied: " + (e as Error).message; }
+  }
+  return out;
+} });
+"""
+
+RUNAWAY = """import { defineFunction } from "@flux/functions";
+export default defineFunction({ name: "__FN__", handler: async ({ input }) => {
+  if (!input.grow) return { ok: true };
+  const hoard: number[][] = [];
+  for (;;) hoard.push(new Array(250000).fill(hoard.length));
+} });
+"""
+
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
@@ -71,6 +133,10 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
         add_function(project, "nosy_node", NOSY.replace("__FN__", "nosy_node"), runtime="node")
         add_function(project, "named", NAMED, secrets=["REMINDER_WEBHOOK_TOKEN"])
         add_function(project, "sneaky_db", SNEAKY_DB)
+        add_function(project, "pg_probe", PG_PROBE.replace("__FN__", "pg_probe"))
+        add_function(project, "pg_probe_node", PG_PROBE.replace("__FN__", "pg_probe_node"), runtime="node")
+        add_function(project, "runaway", RUNAWAY.replace("__FN__", "runaway"), memory=128)
+        add_function(project, "runaway_node", RUNAWAY.replace("__FN__", "runaway_node"), runtime="node", memory=128)
         add_function(project, "thrower", THROWER.replace("__FN__", "thrower"))
         add_function(project, "thrower_node", THROWER.replace("__FN__", "thrower_node"), runtime="node")
         project.flux("secrets", "set", f"REMINDER_WEBHOOK_TOKEN={TOKEN}", f"APP_NAME={APP}")
@@ -105,6 +171,67 @@ def test_ctx_db_only_for_code_that_names_it(stage: Project) -> None:
     runtime = json.loads((stage.stage_dir / "runtime.json").read_text())
     assert runtime["functions"]["sneaky_db"]["uses_db"] is False
     assert runtime["functions"]["create_todo"]["uses_db"] is True
+
+
+@pytest.mark.parametrize("fn", ["pg_probe", "pg_probe_node"])
+def test_no_function_logs_in_to_postgresql_without_the_password(stage: Project, fn: str) -> None:
+    info = stage.daemon_info()
+    assert info is not None
+    sock_dir = urllib.parse.parse_qs(urllib.parse.urlsplit(info["db_uri"]).query)["host"][0]
+    sockets = [str(Path(sock_dir) / ".s.PGSQL.5432"), str(stage.stage_dir / "pg" / ".s.PGSQL.5432")]
+    files = [str(stage.stage_dir / "db-auth.json"), str(stage.stage_dir / "daemon.json"),
+             str(stage.stage_dir / "pg" / "pg_hba.conf")]
+    status, body, _ = http(stage.port, "POST", f"/{fn}", {"sockets": sockets, "ports": [5432, 5433], "files": files})
+    assert status == 200, body
+    assert not [k for k, v in body.items() if "AUTHENTICATED" in v or v.startswith("READ")], body
+    for f in files:
+        assert body[f].startswith("denied: "), body
+    if fn == "pg_probe_node":  # node reaches the socket itself: the server's auth is what refuses
+        for user in ("postgres", "flux_app"):
+            assert body[f"{sockets[0]} as {user}"] == "password required (10)"  # SASL (scram)
+        assert "no pg_hba.conf entry" in body[f"{sockets[0]} as root"]
+    # the stage role is no superuser and can run no program; ctx.db keeps working
+    with psycopg.connect(info["db_uri"], autocommit=True) as conn:
+        row = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert row == ("flux_app", False)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("COPY todos FROM PROGRAM 'id'")
+    status, body, _ = http(stage.port, "POST", "/create_todo", {"title": "db still works"})
+    assert status == 200 and body["todo"]["title"] == "db still works"
+
+
+def test_runaway_memory_fails_alone(stage: Project) -> None:
+    host_pid = (stage.daemon_info() or {})["host_pid"]
+    for fn in ("runaway", "runaway_node", "greet", "slugify_title"):  # warm, so the prober measures serving only
+        assert http(stage.port, "POST", "/slugify" if fn == "slugify_title" else f"/{fn}",
+                    {"name": "x", "title": "x"})[0] == 200
+    stop = threading.Event()
+    seen: list[tuple[str, int]] = []
+
+    def probe() -> None:
+        while not stop.is_set():
+            seen.append(("greet", http(stage.port, "POST", "/greet", {"name": "p"})[0]))
+            seen.append(("slugify", http(stage.port, "POST", "/slugify", {"title": "P q"})[0]))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        for fn in ("runaway", "runaway_node"):
+            status, body, headers = http(stage.port, "POST", f"/{fn}", {"grow": True}, timeout=120)
+            assert status == 502, body
+            assert body == {"error": f'function {fn} exceeded its memory limit (128 MB, flux.json "memory")',
+                            "request_id": headers["x-flux-request-id"]}
+            # the function itself serves again, from a new worker
+            assert http(stage.port, "POST", f"/{fn}", {})[:2] == (200, {"ok": True})
+        during = len(seen)
+        wait_for(lambda: len(seen) >= during + 20)  # and after
+    finally:
+        stop.set()
+        prober.join(timeout=60)
+    assert seen and all(status == 200 for _, status in seen), [s for s in seen if s[1] != 200]
+    assert (stage.daemon_info() or {})["host_pid"] == host_pid  # the host never restarted
+    recs = [r for r in logs(stage, "--level", "error") if r["msg"] == "worker exceeded its memory limit"]
+    assert {r["function"] for r in recs} == {"runaway", "runaway_node"}
 
 
 @pytest.mark.parametrize("fn", ["thrower", "thrower_node"])

@@ -3,8 +3,10 @@
 Owns, for one stage: the database (embedded PostgreSQL unless DATABASE_URL is set), the Deno host
 (started with flux_local.runtime.host_command, restarted when it dies), the runtime table (functions +
 routes + loaded secrets, persisted in runtime.json so a restart restores it), the log store, the durable
-async queue, and an HTTP server on 127.0.0.1 with the control API (for the host) and the admin API (for
-the provider and the CLI). It never sits on the request path: the gateway is inside the Deno host.
+async queue, and an HTTP server on 127.0.0.1 with the control API (for the host: async enqueue only) and the
+admin API (for the provider and the CLI). It never sits on the request path: the gateway, ctx.secrets and
+ctx.db (postgres.js, as the stage's owner role) are inside the Deno host. It restarts the host and the
+embedded PostgreSQL when either dies.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from typing import Any
 
 from flux_local.asyncqueue import AsyncQueue
 from flux_local.logstore import LogStore, Masker
-from flux_local.pg import ConnectionPool, EmbeddedPostgres, external_url
+from flux_local.pg import EmbeddedPostgres, external_url
+from flux_local.procs import pid_alive
 
 DAEMON_FILE = "daemon.json"
 RUNTIME_FILE = "runtime.json"
@@ -175,7 +178,6 @@ class Daemon:
         self.schema: dict[str, dict[str, str]] | None = None
         self.pg: EmbeddedPostgres | None = None
         self.db_uri: str | None = None
-        self.pool: ConnectionPool | None = None
         self.host: subprocess.Popen[bytes] | None = None
         self.host_ready = threading.Event()
         self.gateway_port: int | None = None
@@ -207,6 +209,8 @@ class Daemon:
         self._start_host()
         self.queue.start()
         threading.Thread(target=self._supervise, name="flux-supervise", daemon=True).start()
+        if self.pg is not None:
+            threading.Thread(target=self._watch_db, name="flux-watch-db", daemon=True).start()
         self._write_daemon_file()
 
     def stop(self) -> None:
@@ -219,8 +223,6 @@ class Daemon:
         if self.server:
             self.server.shutdown()
             self.server.server_close()
-        if self.pool:
-            self.pool.close()
         if self.pg:
             self.pg.stop()
         (self.dir / DAEMON_FILE).unlink(missing_ok=True)
@@ -235,7 +237,8 @@ class Daemon:
             "token": self.token,
             "host_pid": self.host.pid if self.host else None,
             "pg_pid": self.pg.pid if self.pg else None,
-            "db_uri": self.db_uri if self.pg else None,  # embedded only: a socket URI, nothing secret
+            # embedded only: the owner role's URI (with its password; this file is 0600, out of every sandbox)
+            "db_uri": self.db_uri if self.pg else None,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         path = self.dir / DAEMON_FILE
@@ -311,6 +314,9 @@ class Daemon:
                 "env": self.env_for(fn), "timeout_ms": fn.get("timeout_ms", 30000),
                 "concurrency": fn.get("concurrency", 10), "queue_limit": fn.get("queue_limit", 100),
                 "idle_ms": fn.get("idle_ms", 300000), "async": bool(fn.get("async")),
+                "memory_mb": int(fn.get("memory", 256)),
+                # entries written by an older flux have no `uses_db`: they keep ctx.db until updated
+                "uses_db": bool(fn.get("uses_db", True)),
                 # docker provider: the function's container (one channel per container)
                 **({"endpoint": fn["endpoint"], "max_workers": 1} if fn.get("endpoint") else {}),
             }
@@ -360,36 +366,27 @@ class Daemon:
         else:
             self.pg = EmbeddedPostgres(self.dir / "pg")
             self.db_uri = self.pg.start()
-        self.pool = ConnectionPool(self.db_uri)
 
-    def db_query(self, function: str, params: Any) -> tuple[int, dict[str, Any]]:
-        import psycopg
-
-        from flux_plan.query import QueryError, read_schema, run_query
-
-        fn = self.table["functions"].get(function) or {}
-        # entries written by an older flux have no `uses_db`: they keep the access they had until updated
-        if not fn.get("uses_db", "uses_db" not in fn):
-            return 403, {"error": "ctx.db is not available to this function: its code does not name ctx.db "
-                                  "(write ctx.db.query(...) in the function's own code, then flux apply)"}
-        assert self.pool is not None
-        with self.pool.connection() as conn:
-            for attempt in (1, 2):
-                if self.schema is None:
-                    self.schema = read_schema(conn)
-                try:
-                    return 200, {"rows": run_query(conn, params, self.schema)}
-                except QueryError as exc:
-                    if attempt == 1 and "unknown " in str(exc):
-                        self.schema = None  # a migration may have run since: look again once
-                        continue
-                    return 400, {"error": str(exc)}
-                except psycopg.Error as exc:
-                    msg = exc.diag.message_primary or type(exc).__name__
-                    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
-                        self.schema = None
-                    return 500, {"error": f"database error: {msg}"}
-        return 500, {"error": "database error"}
+    def _watch_db(self) -> None:
+        """Restart the embedded PostgreSQL when it dies (kill -9, OOM killer), with backoff; ctx.db answers
+        "database error" until then, and works again without a redeploy. Its data dir is kept as it is."""
+        delay = 0.5
+        while not self.stopping.wait(delay):
+            pg = self.pg
+            if pg is None or pid_alive(pg.pid):
+                delay = 0.5
+                continue
+            self._record({"level": "error", "function": None, "msg": "database exited; restarting",
+                          "data": {"pg_pid": pg.pid}})
+            try:
+                self.db_uri = pg.start()  # same socket and role: the host's postgres.js pool reconnects
+                self._write_daemon_file()
+                self._record({"level": "info", "function": None, "msg": "database restarted",
+                              "data": {"pg_pid": pg.pid}})
+                delay = 0.5
+            except Exception as exc:
+                _diag(f"database restart failed: {type(exc).__name__}: {exc}")
+                delay = min(delay * 2, 10)
 
     # -- host ---------------------------------------------------------------------------------------
     def _gateway_port(self) -> int:
@@ -413,16 +410,19 @@ class Daemon:
                                "on the same port); stop it, or set another \"port\" for this stage in "
                                "flux.project.json")
         node_bin = shutil.which("node") or "/usr/bin/node"
+        db, socket_dir = self._host_db()
         config = {
             "stage": self.stage, "gateway_host": "127.0.0.1", "gateway_port": port,
             "admin_port": 0, "admin_token": self.admin_token,
             "control_url": f"http://127.0.0.1:{self.server.server_address[1]}", "control_token": self.token,
             "node_bin": node_bin, "max_body_bytes": MAX_BODY_BYTES, "project_root": str(self.root.resolve()),
+            "deno_dir": str(self.dir / "deno-workers"), "db": db,
         }
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "DENO_DIR")}
         env["FLUX_HOST_CONFIG"] = json.dumps(config)
         env["NO_COLOR"] = "1"  # deno's own error output lands in daemon.log: no escape codes
-        cmd = host_command(deno.find_deno_bin(), artifacts_dir(self.root), node_bin=node_bin)
+        cmd = host_command(deno.find_deno_bin(), artifacts_dir(self.root), node_bin=node_bin,
+                           db_socket_dir=socket_dir)
         self.host_ready.clear()
         self.host = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, stdin=subprocess.DEVNULL,
                                      env=env, cwd=str(self.dir), preexec_fn=_die_with_parent)
@@ -455,6 +455,18 @@ class Daemon:
         self.host_ready.set()
         self._record({"level": "info", "function": None, "msg": "runtime started",
                       "data": {"gateway_port": self.gateway_port, "functions": len(self.table["functions"])}})
+
+    def _host_db(self) -> tuple[dict[str, Any] | None, str | None]:
+        """ctx.db settings of the host: the embedded server's owner role over its socket, or DATABASE_URL as given."""
+        if not self.db_uri:
+            return None, None
+        if self.pg is None:
+            return {"url": self.db_uri}, None
+        u = urllib.parse.urlsplit(self.db_uri)
+        socket_dir = urllib.parse.parse_qs(u.query)["host"][0]
+        return {"host": socket_dir, "port": u.port or 5432, "user": urllib.parse.unquote(u.username or ""),
+                "password": urllib.parse.unquote(u.password or ""), "database": u.path.lstrip("/") or "postgres"}, \
+            socket_dir
 
     def _pump_logs(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -588,10 +600,6 @@ class Daemon:
         parts = [urllib.parse.unquote(p) for p in path.split("?", 1)[0].split("/") if p]
         body = body if isinstance(body, dict) else {}
         match method, parts:
-            case "POST", ["v1", "secrets", "get"]:
-                return self._api_secret(body)
-            case "POST", ["v1", "db", "query"]:
-                return self.db_query(str(body.get("function")), body.get("params"))
             case "POST", ["v1", "async", "enqueue"]:
                 assert self.queue is not None
                 rid = str(body.get("request_id") or pysecrets.token_hex(8))
@@ -633,15 +641,6 @@ class Daemon:
         time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    def _api_secret(self, body: dict[str, Any]) -> tuple[int, Any]:
-        key = str(body.get("key"))
-        fn = self.table["functions"].get(str(body.get("function")), {})
-        allowed = key in fn.get("env_keys", [])
-        value = self._value(key)
-        if not allowed or value is None:
-            return 404, {"error": f"secret {key} is not set (flux secrets set {key}=...)"}
-        return 200, {"value": value}
-
     def status(self) -> dict[str, Any]:
         health: Any = None
         if self.host_ready.is_set():
@@ -650,7 +649,7 @@ class Daemon:
         return {
             "pid": os.getpid(), "stage": self.stage, "gateway_port": self.gateway_port,
             "host_pid": self.host.pid if self.host else None, "host_ready": self.host_ready.is_set(),
-            "pg_pid": self.pg.pid if self.pg else None, "db_uri": self.db_uri if self.pg else None,
+            "pg_pid": self.pg.pid if self.pg else None, "db_alive": (pid_alive(self.pg.pid) if self.pg else None),
             "functions": self.table["functions"], "routes": self.table["routes"],
             "secrets": self.table["secrets"], "health": health,
             "queue_pending": self.queue.pending_count() if self.queue else 0,

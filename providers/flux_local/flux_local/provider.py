@@ -47,7 +47,7 @@ def function_config(spec: FunctionSpec, bundle: str) -> dict[str, Any]:
     keys = sorted({*spec.env_keys, *spec.secrets})
     return {
         "runtime": spec.runtime, "bundle": bundle, "digest": spec.source_digest, "env_keys": keys,
-        "uses_db": spec.uses_db,
+        "uses_db": spec.uses_db, "memory": spec.memory,
         "timeout_ms": spec.timeout * 1000, "concurrency": spec.concurrency, "queue_limit": 100,
         "idle_ms": 300_000, "async": spec.async_, "route": spec.route, "method": spec.method,
     }

@@ -12,6 +12,8 @@
 //
 // stdout carries exactly one {"event":"ready",...} line, then JSON log records only; diagnostics go to stderr.
 
+import { compileQuery, QueryError, SCHEMA_SQL, schemaFromRows, wireArgs } from "flux:query";
+
 type Runtime = "deno" | "node";
 
 interface HostConfig {
@@ -25,6 +27,9 @@ interface HostConfig {
   node_bin?: string;
   max_body_bytes?: number;
   project_root?: string; // stacks in the logs name files relative to it
+  deno_threads?: boolean;
+  db?: DbConfig; // ctx.db (the owner role of the stage database); absent: no database
+  deno_dir?: string; // DENO_DIR of deno function processes (they run only .mjs: nothing is cached in it)
 }
 
 interface FnConfig {
@@ -37,9 +42,21 @@ interface FnConfig {
   queue_limit?: number;
   idle_ms?: number;
   async?: boolean;
+  uses_db?: boolean; // its code names ctx.db (false: ctx.db refused)
+  memory_mb?: number; // flux.json `memory`: V8 heap limit of each of its worker processes (default 256)
   max_workers?: number; // workers of one function (default: min(concurrency, cores - 1), at least 1)
   per_worker?: number; // in-flight invocations on every worker before another worker is started
   endpoint?: { port: number; token: string }; // docker provider: the function's container on 127.0.0.1
+}
+
+interface DbConfig {
+  url?: string; // DATABASE_URL as the user gave it
+  host?: string; // embedded: the socket directory
+  port?: number;
+  user?: string;
+  password?: string;
+  database?: string;
+  max?: number;
 }
 
 interface RouteConfig {
@@ -76,6 +93,10 @@ const RUNTIME_DIR = decodeURIComponent(new URL(".", import.meta.url).pathname).r
 /** the shared worker runtime (flux_plan/runtime/core.mjs), located through the import map of host_command() */
 const CORE_PATH = decodeURIComponent(new URL(import.meta.resolve("flux:core")).pathname);
 const CORES = Math.max(1, navigator.hardwareConcurrency || 1);
+/** deno functions as in-process Workers (faster, no memory limit: a runaway one kills the host) instead of
+ * processes; only for benchmarks comparing the two (FLUX_HOST_CONFIG "deno_threads": true). */
+const THREAD_WORKERS = CFG.deno_threads === true;
+const DENO_DIR_OF_WORKERS = CFG.deno_dir ?? "/tmp/flux-deno-workers";
 const JSON_TYPE = "application/json";
 const SWEEP_MS = 20;
 
@@ -224,8 +245,9 @@ abstract class WorkerHandle {
     this.kill();
   }
 
-  /** The worker died under us: its in-flight requests get 502, the pool replaces it on demand. */
-  crashed(reason: string): void {
+  /** The worker died under us: its in-flight requests get 502, the pool replaces it on demand. `oom`: it went
+   * over its memory limit (the 502 names the limit). */
+  crashed(reason: string, oom = false): void {
     if (this.state === "dead") return;
     const wasStarting = this.state === "starting";
     this.state = "dead";
@@ -233,10 +255,12 @@ abstract class WorkerHandle {
     this.pool.detach(this);
     this.kill();
     const rids = [...this.inflight.values()].map((j) => j.rid);
-    log("error", this.pool.name, rids[0] ?? null, "worker crashed", { reason, worker: this.seq, requests: rids });
-    for (const job of this.inflight.values()) {
-      this.pool.finish(job, errorOutcome(502, job.rid, `function ${this.pool.name} crashed while handling the request`));
-    }
+    log("error", this.pool.name, rids[0] ?? null, oom ? "worker exceeded its memory limit" : "worker crashed",
+      { reason, worker: this.seq, requests: rids, memory_mb: memoryMb(this.pool.fc) });
+    const why = oom
+      ? `function ${this.pool.name} exceeded its memory limit (${memoryMb(this.pool.fc)} MB, flux.json "memory")`
+      : `function ${this.pool.name} crashed while handling the request`;
+    for (const job of this.inflight.values()) this.pool.finish(job, errorOutcome(502, job.rid, why));
     this.inflight.clear();
     if (wasStarting) this.pool.startFailed(this, 502, `function ${this.pool.name} crashed while starting (details in flux logs)`);
   }
@@ -319,6 +343,15 @@ class DenoWorker extends WorkerHandle {
   }
 }
 
+function memoryMb(fc: FnConfig): number {
+  return Math.max(16, Math.floor(fc.memory_mb ?? 256));
+}
+
+/** V8's report of a heap over its --max-old-space-size (node: "FATAL ERROR: ... heap limit ... out of memory"). */
+const OOM_RE = /heap limit|heap out of memory|Fatal JavaScript out of memory/i;
+
+/** A function in its own OS process (every node function; every deno function, see the constructor), speaking the
+ * worker channel as JSON lines over stdin/stdout (node_host.mjs, which Deno runs unchanged too). */
 class NodeWorker extends WorkerHandle {
   private readonly child: Deno.ChildProcess;
   private readonly writer: WritableStreamDefaultWriter<Uint8Array>;
@@ -329,17 +362,30 @@ class NodeWorker extends WorkerHandle {
   constructor(pool: Pool) {
     super(pool);
     const bundleDir = pool.fc.bundle.replace(/\/[^/]*$/, "");
+    const heap = `--max-old-space-size=${memoryMb(pool.fc)}`;
     // Node 20 permission model: fs reads limited to the runtime files + the bundle; no child processes, no
     // worker threads, no addons; environment scrubbed (the function's keys come in the init message).
-    this.child = new Deno.Command(CFG.node_bin || "node", {
-      args: [
-        "--experimental-permission", "--no-warnings", "--enable-source-maps",
+    // Deno functions run as `deno run` processes with the same reads, net only, no env/run/write/ffi/sys (the
+    // function's keys come in the init message, as for Workers).
+    // Why processes for deno too: a V8 heap limit is per process (Deno Workers have none: one runaway Worker
+    // took the whole host down with "Fatal JavaScript out of memory"); a process over its limit dies alone.
+    const [cmd, args] = pool.fc.runtime === "node"
+      ? [CFG.node_bin || "node", [
+        "--experimental-permission", "--no-warnings", "--enable-source-maps", heap,
         // one flag per path: node 20.x does not split a comma-separated list reliably
         `--allow-fs-read=${RUNTIME_DIR}/node_host.mjs`, `--allow-fs-read=${CORE_PATH}`,
         `--allow-fs-read=${bundleDir}/*`,
         NODE_HOST, CORE_PATH,
-      ],
-      cwd: bundleDir, clearEnv: true, env: {}, stdin: "piped", stdout: "piped", stderr: "piped",
+      ]]
+      : [Deno.execPath(), [
+        "run", "--quiet", "--no-prompt", "--no-config", "--no-lock", `--v8-flags=${heap}`,
+        `--allow-read=${NODE_HOST},${CORE_PATH},${bundleDir}`, "--allow-net",
+        NODE_HOST, CORE_PATH,
+      ]];
+    this.child = new Deno.Command(cmd, {
+      args, cwd: bundleDir, clearEnv: true, // PATH only so that a denied subprocess reads NotCapable, not NotFound
+      env: pool.fc.runtime === "node" ? {} : { DENO_DIR: DENO_DIR_OF_WORKERS, PATH: "/usr/bin:/bin" },
+      stdin: "piped", stdout: "piped", stderr: "piped",
     }).spawn();
     this.writer = this.child.stdin.getWriter();
     this.readLines(this.child.stdout, (line) => {
@@ -358,7 +404,8 @@ class NodeWorker extends WorkerHandle {
     });
     this.child.status.then((s) => {
       const tail = this.stderrTail.join("\n").trim();
-      this.crashed(`node exited with code ${s.code}${s.signal ? ` (${s.signal})` : ""}${tail ? `: ${tail}` : ""}`);
+      this.crashed(`${pool.fc.runtime} exited with code ${s.code}${s.signal ? ` (${s.signal})` : ""}${tail ? `: ${tail}` : ""}`,
+        OOM_RE.test(tail));
     });
     this.init();
   }
@@ -555,7 +602,8 @@ class Pool {
   }
 
   spawn(): WorkerHandle {
-    const w = this.fc.endpoint ? new RemoteWorker(this) : this.fc.runtime === "node" ? new NodeWorker(this) : new DenoWorker(this);
+    const w = this.fc.endpoint ? new RemoteWorker(this)
+      : this.fc.runtime === "node" || !THREAD_WORKERS ? new NodeWorker(this) : new DenoWorker(this);
     this.workers.push(w);
     return w;
   }
@@ -790,23 +838,99 @@ async function controlPost(path: string, payload: unknown): Promise<{ status: nu
   }
 }
 
+// ---------------------------------------------------------------------------------------------- ctx services
+// Answered in this process (DESIGN §8): ctx.secrets.get from the function's granted keys in the table the supervisor
+// pushed (fc.env: nothing else is granted), ctx.db through a pooled postgres.js connected as the stage's owner role,
+// compiled by the shared query.mjs. No Python and no extra socket hop on a secret read or a query.
+
+/** postgres.js options: every default given, so that it reads no PG* variable of the (scrubbed) environment. */
+function pgOptions(db: DbConfig): Record<string, unknown> {
+  const toNumber = (t: string) => {
+    const n = Number(t);
+    return Number.isSafeInteger(n) || (!Number.isInteger(n) && Number.isFinite(n)) ? n : t;
+  };
+  return {
+    ...(db.url ? {} : { host: db.host, port: db.port ?? 5432, user: db.user, pass: db.password, database: db.database }),
+    max: db.max ?? 10, ssl: db.url ? undefined : false, sslnegotiation: null, idle_timeout: 60, connect_timeout: 10,
+    max_lifetime: null, max_pipeline: 100, backoff: 0.2, keep_alive: 60, prepare: true, debug: false, fetch_types: false,
+    publications: "alltables", target_session_attrs: null, onnotice: () => {},
+    // row values as query.py's json_value gives them: numbers for int8/numeric (when exact), dates as PostgreSQL's text
+    types: {
+      flux_number: { to: 20, from: [20, 1700], serialize: (x: unknown) => String(x), parse: toNumber },
+      flux_date: { to: 1082, from: [1082], serialize: (x: unknown) => String(x), parse: (t: string) => t },
+    },
+  };
+}
+
+// deno-lint-ignore no-explicit-any
+type Sql = any;
+let sqlClient: Promise<Sql> | null = null;
+let dbSchema: Record<string, Record<string, string>> | null = null;
+
+function sql(): Promise<Sql> {
+  const db = CFG.db;
+  if (!db) return Promise.reject(new Error("ctx.db.query: this stage has no database"));
+  return sqlClient ??= (async () => {
+    const { default: postgres } = await import("flux:postgres");
+    return db.url ? postgres(db.url, pgOptions(db)) : postgres(pgOptions(db));
+  })().catch((err) => {
+    sqlClient = null;
+    diag(`cannot load the PostgreSQL driver: ${err}`);
+    throw new Error("ctx.db.query: the PostgreSQL driver (npm postgres) is not installed; run ./scripts/setup.sh");
+  });
+}
+
+function jsonValue(v: unknown): unknown {
+  if (v instanceof Date) return v.toISOString();
+  if (v instanceof Uint8Array) return btoa(Array.from(v, (b) => String.fromCharCode(b)).join(""));
+  return v;
+}
+
+async function dbQuery(params: unknown): Promise<unknown[]> {
+  const client = await sql();
+  const readSchema = async () => (dbSchema = schemaFromRows(await client.unsafe(SCHEMA_SQL)) as Record<string, Record<string, string>>);
+  let compiled: [string, unknown[]];
+  try {
+    compiled = compileQuery(params, dbSchema ?? await readSchema());
+  } catch (err) {
+    if (!(err instanceof QueryError)) throw err;
+    compiled = compileQuery(params, await readSchema()); // a migration may have run since: look again once
+  }
+  const [text, args] = compiled;
+  let rows: Record<string, unknown>[];
+  try {
+    rows = await client.unsafe(text, wireArgs(args), { prepare: true });
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    if (e.code === "42P01" || e.code === "42703") dbSchema = null; // undefined table/column: the schema changed
+    throw new Error(`database error: ${e.message ?? String(err)}`);
+  }
+  return rows.map((row) => {
+    const out: Record<string, unknown> = {};
+    for (const k in row) out[k] = jsonValue(row[k]);
+    return out;
+  });
+}
+
 async function controlCall(w: WorkerHandle, m: Msg): Promise<void> {
   let reply: Msg;
-  const fn = w.pool.name;
+  const fc = w.pool.fc;
   try {
-    if (!CFG.control_url) throw new Error("no control API configured");
-    const [path, payload] = m.op === "secret"
-      ? ["/v1/secrets/get", { function: fn, request_id: m.request_id, key: m.key }]
-      : m.op === "db"
-      ? ["/v1/db/query", { function: fn, request_id: m.request_id, params: m.params }]
-      : [null, null];
-    if (!path) throw new Error(`unknown operation ${m.op}`);
-    const { status, doc } = await controlPost(path, payload);
-    if (status >= 200 && status < 300) reply = { t: "reply", id: m.id, ok: true, value: m.op === "secret" ? doc.value : doc.rows };
-    else reply = { t: "reply", id: m.id, ok: false, error: doc.error ?? `runtime control API answered HTTP ${status}` };
+    if (m.op === "secret") {
+      const env = fc.env ?? {};
+      if (typeof m.key !== "string" || !Object.hasOwn(env, m.key)) {
+        throw new Error(`secret ${m.key} is not set (flux secrets set ${m.key}=...)`);
+      }
+      reply = { t: "reply", id: m.id, ok: true, value: env[m.key] };
+    } else if (m.op === "db") {
+      if (fc.uses_db === false) {
+        throw new Error("ctx.db is not available to this function: its code does not name ctx.db " +
+          "(write ctx.db.query(...) in the function's own code, then flux apply)");
+      }
+      reply = { t: "reply", id: m.id, ok: true, value: await dbQuery(m.params) };
+    } else throw new Error(`unknown operation ${m.op}`);
   } catch (err) {
-    diag(`control call ${m.op} failed: ${err}`);
-    reply = { t: "reply", id: m.id, ok: false, error: `flux runtime: ${m.op} is unavailable (${(err as Error).message})` };
+    reply = { t: "reply", id: m.id, ok: false, error: (err as Error).message };
   }
   if (w.state !== "dead") w.send(reply);
 }

@@ -1,4 +1,5 @@
-// Node worker process for runtime "node" functions: speaks the worker channel as JSON lines on stdin/stdout.
+// Worker process of a function (node functions under node, deno functions under `deno run`: one process each, so
+// flux.json `memory` is a real heap limit): speaks the worker channel as JSON lines on stdin/stdout.
 // Started by host.ts under the Node permission model (fs reads limited to this file, the shared core.mjs and the
 // bundle dir) with a scrubbed environment; the function's configured keys arrive in the init message.
 // argv[2] is the path of the shared runtime (flux_plan/runtime/core.mjs), which lives in another package.
@@ -28,10 +29,15 @@ const rt = createRuntime({
   post,
   load: (bundle) => import(pathToFileURL(bundle).href),
   onEnv: (env) => {
-    // npm libraries read process.env: give them exactly the function's keys, nothing of the host.
-    for (const k of envKeys) delete process.env[k];
-    Object.assign(process.env, env);
-    envKeys = Object.keys(env);
+    // npm libraries read process.env: give them exactly the function's keys, nothing of the host. Under Deno
+    // (deno functions run this file too) the env is not writable (no --allow-env): ctx.env is what counts.
+    try {
+      for (const k of envKeys) delete process.env[k];
+      Object.assign(process.env, env);
+      envKeys = Object.keys(env);
+    } catch {
+      envKeys = [];
+    }
   },
 });
 
