@@ -10,6 +10,7 @@ and of listing what destroy left (Stage.leftovers). HTTP checks run where the pr
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -145,7 +146,7 @@ def scenario_timeout_504_and_overload_503(stage: Stage) -> None:
 
     with ThreadPoolExecutor(max_workers=110) as pool:
         results = list(pool.map(one, range(110)))
-    assert set(results) <= {200, 503, 504}, __import__("collections").Counter(results)
+    assert set(results) <= {200, 503, 504}, collections.Counter(results)
     assert results.count(503) >= 1 and results.count(200) >= 1, results
 
 

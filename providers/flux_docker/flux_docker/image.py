@@ -29,11 +29,14 @@ _build_lock = threading.Lock()
 
 
 def runtime_sources() -> dict[str, Path]:
-    """The worker-side JavaScript: the shared core.mjs (flux_plan/runtime) + the container transport."""
-    from flux_plan.runtime import shared_runtime_dir
+    """The worker-side JavaScript: the shared runtime files (flux_plan/runtime: core.mjs and the modules it imports)
+    + the container transport."""
+    from flux_plan import runtime as shared
 
-    return {"core.mjs": shared_runtime_dir() / "core.mjs",
-            "container_worker.mjs": Path(__file__).resolve().parent / "runtime" / "container_worker.mjs"}
+    base = shared.shared_runtime_dir()
+    files = {name: base / name for name in getattr(shared, "SHARED_FILES", ("core.mjs",))}  # core imports siblings
+    files["container_worker.mjs"] = Path(__file__).resolve().parent / "runtime" / "container_worker.mjs"
+    return files
 
 
 def runtime_binary(runtime: str, node_bin: str | None = None) -> Path:
