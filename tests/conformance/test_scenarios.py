@@ -290,6 +290,14 @@ def scenario_destroy_leaves_nothing(stage: Stage) -> None:
             stage.http("POST", "/hello", {}, timeout=5)
 
 
+# Provider bugs this suite found and that belong to another part of Flux: the scenario still runs and reports; a
+# failure shows as xfail (and "known bug" in the provider table) instead of failing the suite, a pass shows as pass.
+KNOWN_BUGS: dict[tuple[str, str], str] = {
+    ("local", "timeout_504_and_overload_503"):
+        "local host pool: in a 110-request burst on a concurrency-1 function one request is never answered "
+        "(seen on Deno Workers and on worker processes; docker, whose pool has one persistent worker, passes)",
+}
+
 SCENARIOS: list[tuple[str, Callable[[Stage], None]]] = [
     ("deploy", scenario_deploy),
     ("noop_replan", scenario_noop_replan),
@@ -325,6 +333,12 @@ def test_conformance(stage: Stage, subtests: pytest.Subtests) -> None:
             except pytest.skip.Exception as exc:
                 outcome = "n/a: " + str(exc.msg).split(": ", 1)[-1]
                 raise
+            except AssertionError as exc:
+                known = KNOWN_BUGS.get((stage.provider, name))
+                if known is None:
+                    raise
+                outcome = "known bug: " + known
+                pytest.xfail(f"{known}: {str(exc)[:300]}")
             finally:
                 if out:
                     with open(out, "a", encoding="utf-8") as fh:
