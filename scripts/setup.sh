@@ -25,7 +25,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-  -e ".[test]" -e providers/flux_local -e providers/flux_aws -e tests/fixtures/flux_record
+  -e ".[test]" -e providers/flux_local -e providers/flux_aws -e providers/flux_docker -e tests/fixtures/flux_record
 
 if [ -f package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error

@@ -318,6 +318,8 @@ class Daemon:
                 "memory_mb": int(fn.get("memory", 256)),
                 # entries written by an older flux have no `uses_db`: they keep ctx.db until updated
                 "uses_db": bool(fn.get("uses_db", True)),
+                # docker provider: the function's container (one channel per container)
+                **({"endpoint": fn["endpoint"], "max_workers": 1} if fn.get("endpoint") else {}),
             }
             for name, fn in sorted(fns.items())
         }

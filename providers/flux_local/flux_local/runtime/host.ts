@@ -49,6 +49,7 @@ interface FnConfig {
   memory_mb?: number; // flux.json `memory`: V8 heap limit of each of its worker processes (default 256)
   max_workers?: number; // workers of one function (default: min(concurrency, cores - 1), at least 1)
   per_worker?: number; // in-flight invocations on every worker before another worker is started
+  endpoint?: { port: number; token: string }; // docker provider: the function's container on 127.0.0.1
 }
 
 interface DbConfig {
@@ -517,6 +518,85 @@ class NodeWorker extends WorkerHandle {
   }
 }
 
+/** A function running in its own container (docker provider): the node worker channel (JSON lines) over one TCP
+ * connection to 127.0.0.1:<port>, opened with the container's token. See flux_docker/runtime/container_worker.mjs. */
+class RemoteWorker extends WorkerHandle {
+  private conn: Deno.TcpConn | null = null;
+  private outBuf: string[] = [];
+  private flushScheduled = false;
+  private closed = false;
+
+  constructor(pool: Pool) {
+    super(pool);
+    const ep = pool.fc.endpoint!;
+    this.outBuf.push(JSON.stringify({ t: "hello", token: ep.token }));
+    this.init();
+    Deno.connect({ hostname: "127.0.0.1", port: ep.port }).then((conn) => {
+      if (this.closed) {
+        conn.close();
+        return;
+      }
+      conn.setNoDelay(true);
+      this.conn = conn;
+      this.flushNow();
+      this.readLoop(conn);
+    }, (err) => this.crashed(`cannot reach the container of ${pool.name} on 127.0.0.1:${ep.port}: ${err.message}`));
+  }
+
+  private async readLoop(conn: Deno.TcpConn): Promise<void> {
+    let pending = "";
+    try {
+      for await (const chunk of conn.readable.pipeThrough(new TextDecoderStream())) {
+        pending += chunk;
+        let nl: number;
+        while ((nl = pending.indexOf("\n")) >= 0) {
+          const line = pending.slice(0, nl);
+          pending = pending.slice(nl + 1);
+          if (!line) continue;
+          let m: Msg;
+          try {
+            m = JSON.parse(line);
+          } catch {
+            log("info", this.pool.name, null, line);
+            continue;
+          }
+          this.onMessage(m);
+        }
+      }
+    } catch {
+      // connection reset: reported below
+    }
+    if (!this.closed) this.crashed(`the container of ${this.pool.name} closed its channel`);
+  }
+
+  private flushNow(): void {
+    this.flushScheduled = false;
+    if (!this.conn || this.outBuf.length === 0) return;
+    const data = encoder.encode(this.outBuf.join("\n") + "\n");
+    this.outBuf = [];
+    const conn = this.conn;
+    (async () => {
+      for (let off = 0; off < data.length;) off += await conn.write(data.subarray(off));
+    })().catch(() => {});
+  }
+
+  send(m: Msg): void {
+    this.outBuf.push(JSON.stringify(m));
+    if (this.flushScheduled || !this.conn) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => this.flushNow());
+  }
+
+  protected kill(): void {
+    this.closed = true;
+    try {
+      this.conn?.close();
+    } catch {
+      // already closed
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------- pools
 const livePools = new Set<Pool>();
 
@@ -607,7 +687,8 @@ class Pool {
   }
 
   spawn(): WorkerHandle {
-    const w = this.fc.runtime === "node" || !THREAD_WORKERS ? new NodeWorker(this) : new DenoWorker(this);
+    const w = this.fc.endpoint ? new RemoteWorker(this)
+      : this.fc.runtime === "node" || !THREAD_WORKERS ? new NodeWorker(this) : new DenoWorker(this);
     this.workers.push(w);
     return w;
   }
@@ -944,7 +1025,8 @@ async function applyConfig(doc: Msg): Promise<void> {
       throw new BadRequest(`functions.${name}: runtime must be deno|node and bundle an absolute path`);
     }
     const prev = old.pools.get(name);
-    if (prev && prev.fc.digest === fc.digest && prev.fc.bundle === fc.bundle && prev.fc.runtime === fc.runtime) {
+    if (prev && prev.fc.digest === fc.digest && prev.fc.bundle === fc.bundle && prev.fc.runtime === fc.runtime &&
+      JSON.stringify(prev.fc.endpoint ?? null) === JSON.stringify(fc.endpoint ?? null)) {
       prev.update(fc);
       pools.set(name, prev);
     } else {
