@@ -2,6 +2,7 @@
 # Sets up (idempotent) and runs the whole test suite. Exit code 5 from pytest ("no tests") fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/system-deps.sh
 ./scripts/setup.sh
 .venv/bin/ruff check .
 ./scripts/typecheck.sh
