@@ -56,6 +56,7 @@ class CodeScan:
     name_line: int | None = None
     secrets: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (file, line)
     env_keys: dict[str, tuple[str, int]] = field(default_factory=dict)
+    uses_db: bool = False  # `ctx.db` / `.db.query(` somewhere in the function's own code
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,6 +185,8 @@ def scan_code(files: list[tuple[str, str]], entry: str) -> CodeScan:
                 if nm:
                     found.name_literal = nm.group(2)
                     found.name_line = line_of(text, nm.start())
+        if "ctx.db" in text or ".db.query(" in text:
+            found.uses_db = True
         if "ctx" not in text:
             continue
         for m in _SECRET_GET_RE.finditer(text):
@@ -358,6 +361,9 @@ def _scan_function(root: Path, d: Path, problems: list[Problem]) -> tuple[Functi
             "concurrency": data.get("concurrency", 10),
             "secrets": tuple(secrets),
             "env_keys": tuple(sorted(code.env_keys)),
+            "uses_db": code.uses_db,
+            "env": tuple(sorted(data.get("env", {}).items())),
+            "architecture": data.get("architecture"),
             "source_digest": source_digest(root, rel_dir, runtime),
         }
     )
