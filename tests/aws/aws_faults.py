@@ -122,7 +122,7 @@ class FaultInjector:
     @staticmethod
     def _error(kind: str, service: str, start_response: Callable[..., Any]) -> Iterable[bytes]:
         if kind == "500-html":  # a load balancer's error page: no AWS error document at all
-            page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            page = b"<html><body><h1>502 Bad Gateway</h1><hr></body></html>"
             start_response("502 Bad Gateway", [("Content-Type", "text/html"), ("Content-Length", str(len(page)))])
             return [page]
         code, status = {
