@@ -36,12 +36,16 @@ def _second_database(pg_url: str) -> str:
 
 
 def test_unknown_or_invalid_stage_settings_fail_validate(moto: FaultyMotoServer, tmp_path: Path, pg_url: str) -> None:
-    proj = make_project(moto, tmp_path, pg_url, vcp={"subnet_ids": ["subnet-1"]}, architecture="arm65")
+    proj = make_project(moto, tmp_path, pg_url)
+    cfg_path = proj.root / "flux.project.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["stages"]["prod"].update(vcp={"subnet_ids": ["subnet-1"]}, architecture="arm65")
+    cfg_path.write_text(json.dumps(cfg, indent=2))
     out = proj.flux("validate", check=False)
     assert out.returncode == 1
     text = out.stdout + out.stderr
     assert "flux.project.json" in text and "unknown key 'vcp'" in text and "did you mean 'vpc'?" in text
-    assert "'arm65' is not one of x86_64, arm64" in text
+    assert "'arm65' is not one of x86_64, arm64" in text and "did you mean 'arm64'?" in text
     plan = proj.flux("plan", "--stage", "prod", check=False)
     assert plan.returncode == 1 and "unknown key 'vcp'" in plan.stdout + plan.stderr
     assert "Traceback" not in plan.stdout + plan.stderr
