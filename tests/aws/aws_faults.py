@@ -6,6 +6,7 @@ and then writes in two steps (a race between threads), while real S3 does both a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
@@ -110,10 +111,8 @@ class FaultInjector:
         if rule is not None and rule.kind == "lost":  # the work is done, the answer never arrives
             sock = environ.get("werkzeug.socket")
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
             return []
         if rule is not None:  # "timeout": the work is done, the answer comes too late for the client
             time.sleep(rule.delay)

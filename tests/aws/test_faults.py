@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aws_faults import Rule
 from conftest import FaultyMotoServer, make_project
-from test_deploy import assert_deployed
+from test_deploy import assert_deployed, assert_nothing_left
 
 SERVICES = ("lambda", "iam", "apigatewayv2", "secretsmanager", "logs", "sqs", "s3", "sts")
 
@@ -62,3 +62,39 @@ def test_persistent_failure_skips_dependents_and_keeps_the_rest(
     assert {c["address"] for c in plan["changes"] if c["action"] != "noop"} == {"function.greet", "route.POST_/greet"}
     proj.flux("apply", "--stage", "prod", "--auto-approve")
     assert_deployed(proj)
+
+
+def test_deploy_converges_and_destroy_leaves_nothing_at_twenty_percent_faults(
+    moto: FaultyMotoServer, tmp_path: Path, pg_url: str
+) -> None:
+    """A fifth of all calls fail: throttled, 500 with an AWS error body, 502 with an HTML page,
+    answered too late, or carried out by moto with the answer dropped. Deploy still converges to
+    exactly one of everything, a plan under the same weather sees no changes, and destroy (also in
+    the weather) leaves nothing of any resource type."""
+    proj = make_project(moto, tmp_path, pg_url, read_timeout=5)
+    p = 0.045  # five rules: 1 - 0.955**5 = 20.6 % of the calls
+    moto.faults.rules[:] = [
+        Rule("throttle", service=SERVICES, probability=p),
+        Rule("500", service=SERVICES, probability=p),
+        Rule("500-html", service=SERVICES, probability=p),
+        Rule("lost", service=SERVICES, probability=p),
+        Rule("timeout", service=SERVICES, probability=p, delay=6),
+    ]
+    out = proj.flux("deploy", "--stage", "prod")
+    assert "17 added" in out.stdout
+    kinds = {k for k, _, _ in moto.faults.injected}
+    assert kinds == {"throttle", "500", "500-html", "lost", "timeout"}, moto.faults.injected
+    rate = len(moto.faults.injected) / len(moto.faults.calls)
+    assert 0.12 < rate < 0.3, rate
+    assert proj.flux("plan", "--stage", "prod", "--detailed-exitcode").returncode == 0
+    rules = list(moto.faults.rules)
+    moto.faults.clear()
+    assert_deployed(proj)  # exactly one function, role, API, integration, version, layer version...
+    assert len(proj.client("iam").list_roles()["Roles"]) == 6
+    assert len(proj.client("sqs").list_queues()["QueueUrls"]) == 1
+
+    moto.faults.rules[:] = rules
+    proj.flux("destroy", "--stage", "prod", "--auto-approve")
+    assert moto.faults.injected
+    moto.faults.clear()
+    assert_nothing_left(proj)

@@ -12,7 +12,7 @@ from pathlib import Path
 from aws_faults import Rule
 from conftest import REGION, AwsProject, FaultyMotoServer, make_project
 from flux_aws import layer, packaging
-from test_deploy import ACCOUNT, FUNCTIONS, P, USES_DB, assert_nothing_left
+from test_deploy import ACCOUNT, FUNCTIONS, USES_DB, P, assert_nothing_left
 
 TAGS = {"team": "payments", "cost-center": "42"}
 

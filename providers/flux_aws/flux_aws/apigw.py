@@ -42,13 +42,20 @@ def ensure_api(gw: Any, name: str, tags: dict[str, str]) -> dict[str, str]:
     except ClientError as exc:
         if error_code(exc) != "NotFoundException":
             raise
-        try:
-            aws_call(gw.create_stage, ApiId=api_id, StageName=STAGE, AutoDeploy=True, Tags=tags)
-        except ClientError as exc2:  # a retried create whose first answer was lost
-            if error_code(exc2) not in ("ConflictException", "BadRequestException") or "exist" not in str(exc2):
-                raise
+        aws_call(gw.create_stage, ApiId=api_id, StageName=STAGE, AutoDeploy=True, Tags=tags,
+                 adopt=lambda: _stage_if_exists(gw, api_id))
     endpoint = str(api["ApiEndpoint"])
     return {"api_id": api_id, "api_endpoint": endpoint, "url": endpoint.rstrip("/") + "/"}
+
+
+def _stage_if_exists(gw: Any, api_id: str) -> dict[str, Any] | None:
+    """The `$default` stage when a create whose answer was lost did make it."""
+    try:
+        return dict(gw.get_stage(ApiId=api_id, StageName=STAGE))
+    except ClientError as exc:
+        if error_code(exc) == "NotFoundException":
+            return None
+        raise
 
 
 def _api_arn(gw: Any, api_id: str) -> str:
@@ -152,11 +159,25 @@ def ensure_route(
             Action="lambda:InvokeFunction",
             Principal="apigateway.amazonaws.com",
             SourceArn=source_arn,
+            adopt=lambda: {} if _has_permission(lam, function_name, sid) else None,
         )
     except ClientError as exc:  # "already exists": a retried add whose first answer was lost
         if error_code(exc) != "ResourceConflictException":
             raise
     return {"route_id": route["RouteId"], "integration_id": integ["IntegrationId"], "permission_sid": sid}
+
+
+def _has_permission(lam: Any, function_name: str, sid: str) -> bool:
+    """Whether the `live` alias's resource policy already holds statement `sid`."""
+    import json
+
+    try:
+        doc = json.loads(lam.get_policy(FunctionName=function_name, Qualifier="live")["Policy"])
+    except ClientError as exc:
+        if error_code(exc) == "ResourceNotFoundException":
+            return False
+        raise
+    return any(st.get("Sid") == sid for st in doc.get("Statement", []))
 
 
 def route_target(gw: Any, api_id: str, route_id: str) -> str | None:

@@ -108,10 +108,18 @@ def set_alias(lam: Any, name: str, version: str) -> str:
     except ClientError as exc:
         if error_code(exc) != "ResourceNotFoundException":
             raise
+        def adopt() -> dict[str, Any] | None:  # a create whose answer was lost did make the alias
+            try:
+                return dict(lam.update_alias(FunctionName=name, Name=ALIAS, FunctionVersion=version))
+            except ClientError as exc3:
+                if error_code(exc3) == "ResourceNotFoundException":
+                    return None
+                raise
+
         try:
-            resp = aws_call(lam.create_alias, FunctionName=name, Name=ALIAS, FunctionVersion=version)
-        except ClientError as exc2:  # a retried create whose first answer was lost
-            if error_code(exc2) not in ("ResourceConflictException", "ResourceExistsException"):
+            resp = aws_call(lam.create_alias, FunctionName=name, Name=ALIAS, FunctionVersion=version, adopt=adopt)
+        except ClientError as exc2:  # another writer created it in between
+            if error_code(exc2) not in ("ResourceConflictException", "ConflictException", "ResourceExistsException"):
                 raise
             resp = aws_call(lam.update_alias, FunctionName=name, Name=ALIAS, FunctionVersion=version)
     return str(resp["AliasArn"])
@@ -165,14 +173,19 @@ def rollback(lam: Any, name: str, to_version: str | None = None) -> tuple[str, s
 
 
 def set_async_config(lam: Any, name: str, failure_queue_arn: str, retries: int, max_age: int) -> None:
-    aws_call(
-        lam.put_function_event_invoke_config,
-        FunctionName=name,
-        Qualifier=ALIAS,
-        MaximumRetryAttempts=retries,
-        MaximumEventAgeInSeconds=max_age,
-        DestinationConfig={"OnFailure": {"Destination": failure_queue_arn}},
-    )
+    kwargs = {
+        "FunctionName": name,
+        "Qualifier": ALIAS,
+        "MaximumRetryAttempts": retries,
+        "MaximumEventAgeInSeconds": max_age,
+        "DestinationConfig": {"OnFailure": {"Destination": failure_queue_arn}},
+    }
+    try:
+        aws_call(lam.put_function_event_invoke_config, **kwargs)
+    except ClientError as exc:  # "already exists" (a retried put whose first answer was lost)
+        if error_code(exc) != "ResourceConflictException":
+            raise
+        aws_call(lam.update_function_event_invoke_config, **kwargs)
 
 
 def delete(lam: Any, name: str) -> None:
