@@ -277,6 +277,11 @@ def make_plan(
         plan.warnings = warnings
         return plan
 
+    # A create that an interrupted apply never finished and that the provider does not have was never
+    # made: it is planned as new, not as "deleted outside Flux".
+    for a in pending:
+        if a in current and a in live and live[a] is None and not current[a].outputs:
+            current.pop(a)
     all_changes = diff(graph.resources, current, live, ws.provider.force_replace, replace=set(replace))
     for c in all_changes:
         if c.action == "noop" and c.resource is None and c.reasons:

@@ -45,7 +45,7 @@ def request_info(environ: dict[str, Any]) -> tuple[str, str, bytes]:
 class Rule:
     """Inject `kind` on requests whose service/operation match, with `probability`, at most `times`."""
 
-    kind: str  # "throttle" | "500" | "500-html" | "timeout" | "lost" | "conflict" | "fail"
+    kind: str  # "throttle" | "500" | "500-html" | "timeout" | "lost" | "stall" | "conflict" | "fail"
     service: str | tuple[str, ...] | None = None
     operation: str | None = None  # substring of the operation name / "METHOD path"
     body_contains: str | None = None
@@ -98,6 +98,9 @@ class FaultInjector:
             return self.app(environ, start_response)
         service, op, body = request_info(environ)
         rule = self._pick(service, op, body)
+        if rule is not None and rule.kind == "stall":  # held before moto sees it, then refused
+            time.sleep(rule.delay)
+            return self._error("500", service, start_response)
         if rule is not None and rule.kind not in ("timeout", "lost"):
             return self._error(rule.kind, service, start_response)
         conditional_s3 = service == "s3" and (

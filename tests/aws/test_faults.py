@@ -98,3 +98,42 @@ def test_deploy_converges_and_destroy_leaves_nothing_at_twenty_percent_faults(
     assert moto.faults.injected
     moto.faults.clear()
     assert_nothing_left(proj)
+
+
+def test_after_a_crash_a_function_never_created_is_planned_as_new(
+    moto: FaultyMotoServer, tmp_path: Path, pg_url: str
+) -> None:
+    """SIGKILL while greet's role is being created (moto never saw the request): the next plan shows
+    greet as a new function, not as "deleted outside Flux", and deploy finishes the stage."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import FLUX, STATE_BUCKET
+
+    proj = make_project(moto, tmp_path, pg_url)
+    moto.faults.rules[:] = [Rule("stall", service="iam", operation="CreateRole", body_contains="prod-greet", delay=30)]
+    proc = subprocess.Popen([FLUX, "deploy", "--stage", "prod"], cwd=proj.root, env=proj.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not moto.faults.injected and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert moto.faults.injected, "the deploy never reached greet's CreateRole"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    moto.faults.rules.clear()
+    assert "flux-todo-prod-greet" not in {r["RoleName"] for r in proj.client("iam").list_roles()["Roles"]}
+
+    plan = json.loads(proj.flux("plan", "--stage", "prod", "--json").stdout)
+    greet = next(c for c in plan["changes"] if c["address"] == "function.greet")
+    assert greet["action"] == "create"
+    assert not any("outside Flux" in r for r in greet["reasons"]), greet["reasons"]
+
+    lock = json.loads(proj.client("s3").get_object(Bucket=STATE_BUCKET, Key="todo/prod.json.lock")["Body"].read())
+    proj.flux("state", "unlock", lock["id"], "--stage", "prod")  # the killed run's lock
+    proj.flux("deploy", "--stage", "prod")
+    assert_deployed(proj)
+    assert proj.flux("plan", "--stage", "prod", "--detailed-exitcode").returncode == 0
