@@ -187,7 +187,10 @@ def test_deploy_update_rollback_drift_destroy(aws_project: AwsProject) -> None:
     assert set(changes) == {"function.greet", "function.list_todos", "route.POST_/slugify"}
     assert changes["route.POST_/slugify"]["action"] == "create"
     reasons = " ".join(r for c in changes.values() for r in c["reasons"])
-    assert "memory" in reasons and "role_policy" in reasons and "alias" in reasons
+    assert "memory" in reasons and "role_policy" in reasons
+    assert "alias: by flux rollback: live -> 1" in changes["function.greet"]["reasons"][0] + " ".join(
+        changes["function.greet"]["reasons"])
+    assert "drift: alias" not in reasons  # Flux's own rollback is not "changed outside Flux"
     proj.flux("apply", "--stage", "prod", "--auto-approve")
     assert lam.get_function_configuration(FunctionName=f"{P}-list_todos")["MemorySize"] == 256
     assert policy(proj, "greet") == [logs_stmt("greet")]

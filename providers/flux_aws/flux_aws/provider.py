@@ -334,7 +334,10 @@ class AwsProvider:
             attrs["log_group"] = "deleted outside flux"
         version = lambda_.alias_version(self._c("lambda"), fname)
         if version != prior.outputs.get("version"):
-            attrs["alias"] = f"live -> {version}" if version else "live alias missing"
+            if version and version in (prior.outputs.get("versions") or []):  # a version Flux published
+                attrs["alias"] = f"by flux rollback: live -> {version}; apply deploys the current code again"
+            else:
+                attrs["alias"] = f"live -> {version}" if version else "live alias missing"
         role = prior.outputs.get("role_name")
         if role and iam.read_policy(self._c("iam"), role) != prior.outputs.get("policy"):
             attrs["role_policy"] = "edited outside flux"
