@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import REGION, STATE_BUCKET, AwsProject
 
 ACCOUNT = "123456789012"
@@ -143,6 +144,7 @@ def assert_nothing_left(proj: AwsProject) -> None:
     assert keys == ["todo/prod.json", "todo/prod.json.backup"]  # only the (now empty) state remains
 
 
+@pytest.mark.timeout(1200)  # a whole stage deployed through the CLI, on a shared machine
 def test_deploy_update_rollback_drift_destroy(aws_project: AwsProject) -> None:
     proj = aws_project
     out = proj.flux("deploy", "--stage", "prod")

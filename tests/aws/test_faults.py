@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from aws_faults import Rule
 from conftest import FaultyMotoServer, make_project
 from test_deploy import assert_deployed, assert_nothing_left
@@ -16,6 +17,7 @@ SERVICES = ("lambda", "iam", "apigatewayv2", "secretsmanager", "logs", "sqs", "s
 
 
 
+@pytest.mark.timeout(1200)  # a whole stage deployed through the CLI, on a shared machine
 def test_apply_converges_under_throttling_errors_timeouts_and_conflicts(
     moto: FaultyMotoServer, tmp_path: Path, pg_url: str
 ) -> None:
@@ -37,6 +39,7 @@ def test_apply_converges_under_throttling_errors_timeouts_and_conflicts(
     assert proj.flux("plan", "--stage", "prod", "--detailed-exitcode").returncode == 0
 
 
+@pytest.mark.timeout(1200)  # a whole stage deployed through the CLI, on a shared machine
 def test_persistent_failure_skips_dependents_and_keeps_the_rest(
     moto: FaultyMotoServer, tmp_path: Path, pg_url: str
 ) -> None:
@@ -64,6 +67,7 @@ def test_persistent_failure_skips_dependents_and_keeps_the_rest(
     assert_deployed(proj)
 
 
+@pytest.mark.timeout(1200)  # a whole stage deployed through the CLI, on a shared machine
 def test_deploy_converges_and_destroy_leaves_nothing_at_twenty_percent_faults(
     moto: FaultyMotoServer, tmp_path: Path, pg_url: str
 ) -> None:
@@ -100,6 +104,7 @@ def test_deploy_converges_and_destroy_leaves_nothing_at_twenty_percent_faults(
     assert_nothing_left(proj)
 
 
+@pytest.mark.timeout(1200)  # a whole stage deployed through the CLI, on a shared machine
 def test_after_a_crash_a_function_never_created_is_planned_as_new(
     moto: FaultyMotoServer, tmp_path: Path, pg_url: str
 ) -> None:

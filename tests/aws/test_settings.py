@@ -9,6 +9,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import pytest
 from aws_faults import Rule
 from conftest import REGION, AwsProject, FaultyMotoServer, make_project
 from flux_aws import layer, packaging
@@ -51,6 +52,32 @@ def test_unknown_or_invalid_stage_settings_fail_validate(moto: FaultyMotoServer,
     assert "Traceback" not in plan.stdout + plan.stderr
     assert proj.client("lambda").list_functions()["Functions"] == []  # nothing was half-applied
 
+    # flux.json: an unknown architecture, an env key Lambda or Flux reserves
+    cfg["stages"]["prod"].pop("vcp")
+    cfg["stages"]["prod"]["architecture"] = "arm64"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    _edit_json(proj.root / "functions" / "greet" / "flux.json", architecture="aarch64", env={"FLUX_STAGE": "x"})
+    out = proj.flux("validate", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1 and "functions/greet/flux.json" in text
+    assert "'aarch64' is not one of x86_64, arm64" in text and "FLUX_STAGE" in text
+
+
+def test_a_missing_state_bucket_fails_plan_instead_of_planning_everything(
+        moto: FaultyMotoServer, tmp_path: Path, pg_url: str) -> None:
+    proj = make_project(moto, tmp_path, pg_url)
+    cfg_path = proj.root / "flux.project.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["stages"]["prod"]["state"]["bucket"] = "no-such-flux-bucket"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    out = proj.flux("plan", "--stage", "prod", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1 and "bucket 'no-such-flux-bucket' does not exist" in text and "state.bucket" in text
+    assert "to add" not in text and "Traceback" not in text
+    out = proj.flux("deploy", "--stage", "prod", check=False)
+    assert out.returncode == 1 and "does not exist" in out.stdout + out.stderr and "NoSuchBucket" not in out.stdout
+    assert proj.client("lambda").list_functions()["Functions"] == []
+
 
 def _vpc(proj: AwsProject) -> dict[str, list[str]]:
     ec2 = proj.client("ec2")
@@ -60,6 +87,7 @@ def _vpc(proj: AwsProject) -> dict[str, list[str]]:
     return {"subnet_ids": [subnet], "security_group_ids": [sg]}
 
 
+@pytest.mark.timeout(1200)  # a whole stage deployed through the CLI, on a shared machine
 def test_settings_database_url_log_group_and_destroy(moto: FaultyMotoServer, tmp_path: Path, pg_url: str) -> None:
     proj = make_project(moto, tmp_path, pg_url, architecture="arm64", tags=TAGS)
     vpc = _vpc(proj)
