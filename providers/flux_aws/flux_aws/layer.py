@@ -69,7 +69,8 @@ def deno_binary(arch: str) -> Path:
         if proc.returncode != 0 or not wheels:
             raise ProviderError(
                 f"cannot fetch the deno {ver} wheel for {tag} (the Deno layer for {arch} functions): "
-                f"{(proc.stderr or proc.stdout).strip()[-800:]}"
+                f"{(proc.stderr or proc.stdout).strip()[-800:]}; it is fetched once with pip from the package "
+                f"index into {out.parent} (or put a Linux {arch} `deno` {ver} binary there yourself)"
             )
         with zipfile.ZipFile(wheels[0]) as zf:
             member = next((m for m in zf.namelist() if m.endswith("/scripts/deno") or m.endswith("/bin/deno")), None)

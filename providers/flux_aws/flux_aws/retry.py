@@ -132,7 +132,7 @@ def aws_call(
                 return fn(*args, **kwargs)
     except Exception as exc:
         if is_transient(exc):
-            name = getattr(fn, "__name__", "call")
+            name = getattr(fn, "__name__", "call").replace("<lambda>", "call")
             raise ProviderError(f"AWS {name}: still failing after {attempts} attempts: {exc}") from exc
         raise
     raise AssertionError("unreachable")  # pragma: no cover
