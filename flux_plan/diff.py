@@ -80,6 +80,8 @@ def _config_reason(res: Resource, attr: str, before: Any, after: Any) -> str:
         return f"code reads other {what}: {_fmt(before)} → {_fmt(after)}"
     if res.type == "secret" and attr == "fingerprint":
         return "secret rotated"
+    if res.type == "function" and attr == "database":
+        return "the stage's database URL changed (database_url_env)"
     if res.type == "route" and attr == "function":
         return f"route now served by function {after!r} (was {before!r})"
     return f"{src}: {attr} {_fmt(before)} → {_fmt(after)}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aws_faults import Rule
-from conftest import FaultyMotoServer, make_project
+from conftest import FLUX, STATE_BUCKET, FaultyMotoServer, make_project
 from test_deploy import assert_deployed, assert_nothing_left
 
 SERVICES = ("lambda", "iam", "apigatewayv2", "secretsmanager", "logs", "sqs", "s3", "sts")
@@ -113,8 +113,6 @@ def test_after_a_crash_a_function_never_created_is_planned_as_new(
     import signal
     import subprocess
     import time
-
-    from conftest import FLUX, STATE_BUCKET
 
     proj = make_project(moto, tmp_path, pg_url)
     moto.faults.rules[:] = [Rule("stall", service="iam", operation="CreateRole", body_contains="prod-greet", delay=30)]
