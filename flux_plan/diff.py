@@ -81,9 +81,19 @@ def _config_reason(res: Resource, attr: str, before: Any, after: Any) -> str:
         return f"code reads other {what}: {_fmt(before)} → {_fmt(after)}"
     if res.type == "secret" and attr == "fingerprint":
         return "secret rotated"
+    if res.type == "function" and attr == "database":
+        return "the stage's database URL changed (database_url_env)"
     if res.type == "route" and attr == "function":
         return f"route now served by function {after!r} (was {before!r})"
     return f"{src}: {attr} {_fmt(before)} → {_fmt(after)}"
+
+
+def _drift_reason(attr: str, live_value: Any) -> str:
+    """A provider reports a change Flux itself made out of band (e.g. `flux rollback`) as a live value
+    starting with "by flux "; anything else is drift."""
+    if isinstance(live_value, str) and live_value.startswith("by flux "):
+        return f"{attr}: {live_value}"
+    return f"drift: {attr} changed outside Flux"
 
 
 def _top_changed(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -154,7 +164,7 @@ def diff(
             if attr == "digest" and res.type == "function" and _FLUX_JSON_ATTRS & set(changed):
                 continue  # flux.json is part of the digest: its own reason says what changed
             if prior.attributes.get(attr) == res.attributes.get(attr):
-                reasons.append(f"drift: {attr} changed outside Flux")
+                reasons.append(_drift_reason(attr, base.get(attr)))
             else:
                 reasons.append(_config_reason(res, attr, prior.attributes.get(attr), res.attributes.get(attr)))
         action: Action = "update" if changed else "noop"
@@ -198,5 +208,5 @@ def drift(current: dict[str, ResourceState], live: dict[str, dict[str, Any] | No
         changed = _top_changed(prior.attributes, now)
         out.append(ResourceChange(address=addr, type=prior.type, action="update", prior=prior,
                                   depends_on=prior.dependencies, diffs=attr_diffs(prior.attributes, now),
-                                  reasons=[f"drift: {a} changed outside Flux" for a in changed]))
+                                  reasons=[_drift_reason(a, now.get(a)) for a in changed]))
     return out

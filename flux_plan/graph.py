@@ -17,6 +17,22 @@ from flux_plan.model import Address, FunctionSpec, Project, Resource, RouteSpec,
 PROJECT_FILE = "flux.project.json"
 # Stage settings that are about where state lives, not about the deployed API.
 _NON_API_SETTINGS = {"state"}
+# Stage settings that also shape every function (a flux.json `architecture` wins): copied into the
+# function's attributes, so changing one updates the functions, not only the API.
+_FUNCTION_STAGE_SETTINGS = ("architecture", "tags", "vpc")
+
+
+def _function_settings(spec: FunctionSpec, stage: StageConfig, database_fingerprint: str | None) -> dict[str, Any]:
+    """Attributes present only when set (unchanged projects keep unchanged attributes). The database
+    URL is diffed by its fingerprint, and only for functions whose code calls ctx.db."""
+    out: dict[str, Any] = {k: stage.settings[k] for k in _FUNCTION_STAGE_SETTINGS if k in stage.settings}
+    if spec.architecture:
+        out["architecture"] = spec.architecture
+    if spec.env:
+        out["env"] = dict(spec.env)
+    if spec.uses_db and database_fingerprint:
+        out["database"] = database_fingerprint
+    return out
 
 
 def function_attributes(spec: FunctionSpec) -> dict[str, Any]:
@@ -116,9 +132,11 @@ class DesiredGraph:
         return "\n".join(lines) + "\n"
 
 
-def build_graph(project: Project, stage: StageConfig, secret_fingerprints: dict[str, str] | None = None) -> DesiredGraph:
+def build_graph(project: Project, stage: StageConfig, secret_fingerprints: dict[str, str] | None = None,
+                database_fingerprint: str | None = None) -> DesiredGraph:
     """Resources per DESIGN §3 for one stage. `secret_fingerprints` maps every key set in the store to
-    its fingerprint (HMAC, never the value)."""
+    its fingerprint (HMAC, never the value); `database_fingerprint` is the one of the stage's database
+    URL (`database_url_env`), when it is set."""
     fingerprints = secret_fingerprints or {}
     res: dict[str, Resource] = {}
 
@@ -147,7 +165,8 @@ def build_graph(project: Project, stage: StageConfig, secret_fingerprints: dict[
     for spec in project.functions:
         addr = Address.of("function", spec.name)
         secret_deps = [Address.of("secret", k) for k in sorted({*spec.secrets, *spec.env_keys}) if k in fingerprints]
-        res[addr] = Resource(address=addr, type="function", name=spec.name, attributes=function_attributes(spec),
+        attrs = {**function_attributes(spec), **_function_settings(spec, stage, database_fingerprint)}
+        res[addr] = Resource(address=addr, type="function", name=spec.name, attributes=attrs,
                              depends_on=[*secret_deps, *migration_addrs], source=f"{spec.dir}/flux.json")
         route = RouteSpec(method=spec.method, path=spec.route, function=spec.name)
         raddr = Address.of("route", route.key)

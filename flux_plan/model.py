@@ -50,7 +50,9 @@ class FunctionSpec(BaseModel):
     concurrency: int = 10  # max concurrent invocations (local provider pool)
     secrets: tuple[str, ...] = ()  # keys read by ctx.secrets.get("K") or listed in flux.json
     env_keys: tuple[str, ...] = ()  # keys read as ctx.env.K
-    uses_db: bool = False  # its code names ctx.db: only then may it reach the stage database
+    uses_db: bool = False  # the code calls ctx.db: only then does a provider grant it the database
+    env: tuple[tuple[str, str], ...] = ()  # flux.json `env`: plain (non-secret) values, sorted by key
+    architecture: str | None = None  # flux.json `architecture` (x86_64 | arm64); None: the stage's
     source_digest: str = ""  # sha256 over everything the bundle is built from (see artifacts.py)
 
 

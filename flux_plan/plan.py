@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -275,7 +276,9 @@ def make_plan(
     state = ws.state.load()
     current: dict[str, ResourceState] = dict(state.resources)
     fingerprints = {k: ws.secrets.fingerprint(k) for k in ws.secrets.keys()}  # noqa: SIM118 (SecretStore API)
-    graph = build_graph(ws.project, ws.stage, fingerprints)
+    db_var = ws.stage.settings.get("database_url_env")
+    db_url = os.environ.get(db_var) if isinstance(db_var, str) else None
+    graph = build_graph(ws.project, ws.stage, fingerprints, ws.secrets.fingerprint_value(db_url) if db_url else None)
     warnings = [f"{p.location()}: {p.message}" + (f" ({p.hint})" if p.hint else "")
                 for p in scan_warnings(ws.project) if ENV_EXAMPLE_WARNING not in p.message]
     warnings += _secret_warnings(ws, fingerprints, strict)
@@ -317,6 +320,11 @@ def make_plan(
         plan.warnings = warnings
         return plan
 
+    # A create that an interrupted apply never finished and that the provider does not have was never
+    # made: it is planned as new, not as "deleted outside Flux".
+    for a in pending:
+        if a in current and a in live and live[a] is None and not current[a].outputs:
+            current.pop(a)
     all_changes = diff(graph.resources, current, live, ws.provider.force_replace, replace=set(replace))
     if not allow_out_of_order:
         _check_migration_order(all_changes, current)

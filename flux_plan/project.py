@@ -249,6 +249,8 @@ def scan_code(files: list[tuple[str, str]], entry: str) -> CodeScan:
                 if nm:
                     found.name_literal = nm.group(2)
                     found.name_line = line_of(text, nm.start())
+        if "ctx.db" in text or ".db.query(" in text:
+            found.uses_db = True
         if "ctx" not in text:
             continue
         if not found.uses_db and _DB_RE.search(text):
@@ -465,6 +467,8 @@ def _scan_function_files(root: Path, d: Path,
             "secrets": tuple(secrets),
             "env_keys": tuple(sorted(code.env_keys)),
             "uses_db": code.uses_db,
+            "env": tuple(sorted(data.get("env", {}).items())),
+            "architecture": data.get("architecture"),
             "source_digest": digest,
         }
     )

@@ -322,6 +322,12 @@ class SecretStore:
         value = self.get(key)
         return hmac.new(self._derive("fingerprint"), value.encode(), hashlib.sha256).hexdigest()
 
+    def fingerprint_value(self, value: str) -> str:
+        """The same HMAC for a value from outside the store (the stage's database URL), so it can be
+        diffed without being kept anywhere. Creates the project key if there is none yet."""
+        self._load_master(create=True)
+        return hmac.new(self._derive("fingerprint"), value.encode(), hashlib.sha256).hexdigest()
+
     def mask(self, text: str) -> str:
         """Replace every known value in `text` with the mask (rules in `Masker`). Never raises."""
         try:

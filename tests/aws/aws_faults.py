@@ -1,14 +1,17 @@
 """A WSGI middleware around the moto app that injects the failures AWS really produces (throttling,
-500s, slow responses whose work did happen, conflicts), so the provider's retry and idempotency paths
-run against real HTTP. It also serialises conditional S3 writes: moto checks If-Match/If-None-Match
+500s with and without a parseable body, slow responses whose work did happen, lost responses: moto
+did the work and the connection is dropped before the answer, conflicts), so the provider's retry
+and idempotency paths run against real HTTP. It also serialises conditional S3 writes: moto checks If-Match/If-None-Match
 and then writes in two steps (a race between threads), while real S3 does both atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -42,7 +45,7 @@ def request_info(environ: dict[str, Any]) -> tuple[str, str, bytes]:
 class Rule:
     """Inject `kind` on requests whose service/operation match, with `probability`, at most `times`."""
 
-    kind: str  # "throttle" | "500" | "timeout" | "conflict" | "fail"
+    kind: str  # "throttle" | "500" | "500-html" | "timeout" | "lost" | "stall" | "conflict" | "fail"
     service: str | tuple[str, ...] | None = None
     operation: str | None = None  # substring of the operation name / "METHOD path"
     body_contains: str | None = None
@@ -95,7 +98,10 @@ class FaultInjector:
             return self.app(environ, start_response)
         service, op, body = request_info(environ)
         rule = self._pick(service, op, body)
-        if rule is not None and rule.kind != "timeout":
+        if rule is not None and rule.kind == "stall":  # held before moto sees it, then refused
+            time.sleep(rule.delay)
+            return self._error("500", service, start_response)
+        if rule is not None and rule.kind not in ("timeout", "lost"):
             return self._error(rule.kind, service, start_response)
         conditional_s3 = service == "s3" and (
             "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ
@@ -105,12 +111,22 @@ class FaultInjector:
                 out = list(self.app(environ, start_response))
         else:
             out = list(self.app(environ, start_response))
+        if rule is not None and rule.kind == "lost":  # the work is done, the answer never arrives
+            sock = environ.get("werkzeug.socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            return []
         if rule is not None:  # "timeout": the work is done, the answer comes too late for the client
             time.sleep(rule.delay)
         return out
 
     @staticmethod
     def _error(kind: str, service: str, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if kind == "500-html":  # a load balancer's error page: no AWS error document at all
+            page = b"<html><body><h1>502 Bad Gateway</h1><hr></body></html>"
+            start_response("502 Bad Gateway", [("Content-Type", "text/html"), ("Content-Length", str(len(page)))])
+            return [page]
         code, status = {
             "throttle": ("ThrottlingException", "400 Bad Request"),
             "500": ("InternalFailure", "500 Internal Server Error"),

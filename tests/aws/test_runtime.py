@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from aws_faults import Rule
 from conftest import REGION, FaultyMotoServer
 from flux_aws import layer, packaging
 from lambda_runtime_api import RuntimeApi
@@ -375,5 +376,40 @@ def test_ctx_db_query_runs_compiled_statements(runtime: str, moto: FaultyMotoSer
         assert 'unknown table "todos; DROP TABLE todos" (tables: todos)' in failure["data"]["error"]
         assert db({"table": "todos", "operation": "select", "columns": ["id"]}) == [{"id": 1}, {"id": 2}]
         assert all("db-pass-9z" not in line for line in r.lines)
+    finally:
+        r.stop()
+
+
+@pytest.mark.parametrize("runtime", ["node", "deno"])
+def test_a_failed_async_enqueue_is_a_json_503_not_a_bare_502(runtime: str, moto: FaultyMotoServer,
+                                                            bundles: dict[str, Path], deno_layer: Path,
+                                                            tmp_path: Path) -> None:
+    """The self-invoke used to run outside the handler's try: its error escaped the shim and API
+    Gateway answered a bare 502 without the request id."""
+    _secrets(moto)
+    _target_function(moto, f"flux-probe-test-probe_{runtime}")
+    moto.faults.rules[:] = [Rule("fail", service="lambda", operation="/invocations")]
+    r = spawn(runtime, moto, bundles, deno_layer, tmp_path, FLUX_ASYNC="1")
+    try:
+        res = r.invoke(apigw_event(json.dumps({"n": 3})))
+        assert res.kind == "response" and res.body["statusCode"] == 503
+        assert json.loads(res.body["body"]) == {"error": "could not queue the request, retry later",
+                                                "request_id": res.request_id}
+        r.wait_record(lambda rec: rec.get("msg") == "async enqueue failed" and rec["request_id"] == res.request_id)
+    finally:
+        r.stop()
+    assert moto.faults.injected
+
+
+@pytest.mark.parametrize("runtime", ["node", "deno"])
+def test_plain_env_values_reach_ctx_env(runtime: str, moto: FaultyMotoServer, bundles: dict[str, Path],
+                                        deno_layer: Path, tmp_path: Path) -> None:
+    """flux.json `env` (non-secret) arrives as FLUX_PLAIN_ENV and is part of ctx.env."""
+    _secrets(moto)
+    r = spawn(runtime, moto, bundles, deno_layer, tmp_path, FLUX_ENV_KEYS="",
+              FLUX_PLAIN_ENV=json.dumps({"APP_NAME": "plain-app"}))
+    try:
+        ok = r.invoke(apigw_event(json.dumps({"n": 1})))
+        assert ok.body["statusCode"] == 200 and json.loads(ok.body["body"])["app"] == "plain-app"
     finally:
         r.stop()

@@ -14,11 +14,18 @@ from flux_aws.retry import aws_call, error_code
 STAGE = "$default"
 
 
+def _pages(gw: Any, op: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every page of a paginated call, retried as one unit."""
+    return aws_call(lambda: list(gw.get_paginator(op).paginate(**kwargs)))
+
+
 def find_api(gw: Any, name: str, tags: dict[str, str]) -> dict[str, Any] | None:
-    for page in gw.get_paginator("get_apis").paginate():
+    """The stage's API by name and Flux's project/stage tags (user tags may change, these do not)."""
+    want = {k: v for k, v in tags.items() if k.startswith("flux:") and k != "flux:address"}
+    for page in _pages(gw, "get_apis"):
         for api in page.get("Items", []):
             api_tags = api.get("Tags") or {}
-            if api["Name"] == name and all(api_tags.get(k) == v for k, v in tags.items() if k != "flux:address"):
+            if api["Name"] == name and all(api_tags.get(k) == v for k, v in want.items()):
                 return dict(api)
     return None
 
@@ -75,25 +82,46 @@ def ensure_api(gw: Any, name: str, tags: dict[str, str], cors: dict[str, Any] | 
     want = cors_configuration(cors)
     if api is None:
         extra = {"CorsConfiguration": want} if want else {}
-        api = aws_call(gw.create_api, Name=name, ProtocolType="HTTP", Tags=tags, **extra)
-    elif not same_cors(cors_setting(api.get("CorsConfiguration")), cors):
-        # one field dropped from the setting must be dropped live too: clear, then set the whole configuration
-        try:
-            aws_call(gw.delete_cors_configuration, ApiId=api["ApiId"])
-        except ClientError as exc:
-            if error_code(exc) != "NotFoundException":
-                raise
-        if want:
-            aws_call(gw.update_api, ApiId=api["ApiId"], CorsConfiguration=want)
+        api = aws_call(gw.create_api, Name=name, ProtocolType="HTTP", Tags=tags, **extra,
+                       adopt=lambda: find_api(gw, name, tags))
+    else:
+        if not same_cors(cors_setting(api.get("CorsConfiguration")), cors):
+            # one field dropped from the setting must be dropped live too: clear, then set the whole configuration
+            try:
+                aws_call(gw.delete_cors_configuration, ApiId=api["ApiId"])
+            except ClientError as exc:
+                if error_code(exc) != "NotFoundException":
+                    raise
+            if want:
+                aws_call(gw.update_api, ApiId=api["ApiId"], CorsConfiguration=want)
+        if {k: v for k, v in (api.get("Tags") or {}).items()} != tags:
+            aws_call(gw.tag_resource, ResourceArn=_api_arn(gw, api["ApiId"]), Tags=tags)
     api_id = api["ApiId"]
     try:
         aws_call(gw.get_stage, ApiId=api_id, StageName=STAGE)
     except ClientError as exc:
         if error_code(exc) != "NotFoundException":
             raise
-        aws_call(gw.create_stage, ApiId=api_id, StageName=STAGE, AutoDeploy=True, Tags=tags)
+        aws_call(gw.create_stage, ApiId=api_id, StageName=STAGE, AutoDeploy=True, Tags=tags,
+                 adopt=lambda: _stage_if_exists(gw, api_id))
     endpoint = str(api["ApiEndpoint"])
     return {"api_id": api_id, "api_endpoint": endpoint, "url": endpoint.rstrip("/") + "/"}
+
+
+def _stage_if_exists(gw: Any, api_id: str) -> dict[str, Any] | None:
+    """The `$default` stage when a create whose answer was lost did make it."""
+    try:
+        return dict(gw.get_stage(ApiId=api_id, StageName=STAGE))
+    except ClientError as exc:
+        if error_code(exc) == "NotFoundException":
+            return None
+        raise
+
+
+def _api_arn(gw: Any, api_id: str) -> str:
+    region = gw.meta.region_name
+    partition = gw.meta.partition
+    return f"arn:{partition}:apigateway:{region}::/apis/{api_id}"
 
 
 def api_exists(gw: Any, api_id: str) -> bool:
@@ -123,7 +151,7 @@ def permission_id(method: str, path: str) -> str:
 
 
 def find_route(gw: Any, api_id: str, key: str) -> dict[str, Any] | None:
-    for page in gw.get_paginator("get_routes").paginate(ApiId=api_id):
+    for page in _pages(gw, "get_routes", ApiId=api_id):
         for r in page.get("Items", []):
             if r["RouteKey"] == key:
                 return dict(r)
@@ -131,7 +159,7 @@ def find_route(gw: Any, api_id: str, key: str) -> dict[str, Any] | None:
 
 
 def find_integration(gw: Any, api_id: str, uri: str) -> dict[str, Any] | None:
-    for page in gw.get_paginator("get_integrations").paginate(ApiId=api_id):
+    for page in _pages(gw, "get_integrations", ApiId=api_id):
         for i in page.get("Items", []):
             if i.get("IntegrationUri") == uri:
                 return dict(i)
@@ -148,8 +176,12 @@ def ensure_route(
     function_name: str,
     alias_arn: str,
     source_arn: str,
+    timeout_s: int = 30,
 ) -> dict[str, str]:
-    """Integration + route + permission, each looked up first (idempotent after a crash)."""
+    """Integration + route + permission, each looked up first (idempotent after a crash) and adopted
+    when a create's answer was lost. The integration ends at the function's timeout, at most 30 s
+    (HTTP APIs' limit)."""
+    millis = max(50, min(30, timeout_s) * 1000)
     integ = find_integration(gw, api_id, alias_arn)
     if integ is None:
         integ = aws_call(
@@ -159,13 +191,17 @@ def ensure_route(
             IntegrationUri=alias_arn,
             IntegrationMethod="POST",
             PayloadFormatVersion="2.0",
-            TimeoutInMillis=30000,
+            TimeoutInMillis=millis,
+            adopt=lambda: find_integration(gw, api_id, alias_arn),
         )
+    elif int(integ.get("TimeoutInMillis") or 30000) != millis:
+        aws_call(gw.update_integration, ApiId=api_id, IntegrationId=integ["IntegrationId"], TimeoutInMillis=millis)
     target = f"integrations/{integ['IntegrationId']}"
     key = route_key(method, path)
     route = find_route(gw, api_id, key)
     if route is None:
-        route = aws_call(gw.create_route, ApiId=api_id, RouteKey=key, Target=target)
+        route = aws_call(gw.create_route, ApiId=api_id, RouteKey=key, Target=target,
+                         adopt=lambda: find_route(gw, api_id, key))
     elif route.get("Target") != target:
         aws_call(gw.update_route, ApiId=api_id, RouteId=route["RouteId"], Target=target)
     sid = permission_id(method, path)
@@ -174,16 +210,34 @@ def ensure_route(
     except ClientError as exc:
         if error_code(exc) != "ResourceNotFoundException":
             raise
-    aws_call(
-        lam.add_permission,
-        FunctionName=function_name,
-        Qualifier="live",
-        StatementId=sid,
-        Action="lambda:InvokeFunction",
-        Principal="apigateway.amazonaws.com",
-        SourceArn=source_arn,
-    )
+    try:
+        aws_call(
+            lam.add_permission,
+            FunctionName=function_name,
+            Qualifier="live",
+            StatementId=sid,
+            Action="lambda:InvokeFunction",
+            Principal="apigateway.amazonaws.com",
+            SourceArn=source_arn,
+            adopt=lambda: {} if _has_permission(lam, function_name, sid) else None,
+        )
+    except ClientError as exc:  # "already exists": a retried add whose first answer was lost
+        if error_code(exc) != "ResourceConflictException":
+            raise
     return {"route_id": route["RouteId"], "integration_id": integ["IntegrationId"], "permission_sid": sid}
+
+
+def _has_permission(lam: Any, function_name: str, sid: str) -> bool:
+    """Whether the `live` alias's resource policy already holds statement `sid`."""
+    import json
+
+    try:
+        doc = json.loads(lam.get_policy(FunctionName=function_name, Qualifier="live")["Policy"])
+    except ClientError as exc:
+        if error_code(exc) == "ResourceNotFoundException":
+            return False
+        raise
+    return any(st.get("Sid") == sid for st in doc.get("Statement", []))
 
 
 def route_target(gw: Any, api_id: str, route_id: str) -> str | None:

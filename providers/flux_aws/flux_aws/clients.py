@@ -1,6 +1,6 @@
 """boto3 clients for one stage: region + optional `endpoint_url` (moto, LocalStack) from the stage
 config, credentials exactly as boto3 reads them (env, profile, SSO, instance role). botocore's own
-"standard" retries handle the first layer of throttling; `retry.aws_call` adds the second."""
+retries are off (one attempt per call): `retry.aws_call` is the only retry layer."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class AwsClients:
             if service not in self._clients:
                 session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
                 cfg = Config(
-                    retries={"mode": "standard", "max_attempts": 4},
+                    retries={"mode": "standard", "total_max_attempts": 1},
                     connect_timeout=self.connect_timeout,
                     read_timeout=self.read_timeout,
                     max_pool_connections=32,

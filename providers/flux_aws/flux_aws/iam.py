@@ -27,14 +27,15 @@ def function_policy(
     secret_arn_patterns: list[str],
     self_invoke_arn: str | None = None,
     failure_queue_arn: str | None = None,
+    vpc: bool = False,
 ) -> dict[str, Any]:
     """The exact inline policy of a function's role (tests assert it statement by statement)."""
     statements: list[dict[str, Any]] = [
         {
             "Sid": "OwnLogs",
             "Effect": "Allow",
-            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": [f"{log_group_arn}:*"],
+            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": [log_group_arn, f"{log_group_arn}:*"],
         }
     ]
     if secret_arn_patterns:
@@ -64,6 +65,24 @@ def function_policy(
                 "Resource": [failure_queue_arn],
             }
         )
+    if vpc:
+        # What AWSLambdaVPCAccessExecutionRole grants: Lambda manages the function's network
+        # interfaces in the configured subnets (these actions support no resource scoping).
+        statements.append(
+            {
+                "Sid": "VpcNetworkInterfaces",
+                "Effect": "Allow",
+                "Action": [
+                    "ec2:CreateNetworkInterface",
+                    "ec2:DescribeNetworkInterfaces",
+                    "ec2:DescribeSubnets",
+                    "ec2:DeleteNetworkInterface",
+                    "ec2:AssignPrivateIpAddresses",
+                    "ec2:UnassignPrivateIpAddresses",
+                ],
+                "Resource": ["*"],
+            }
+        )
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -81,6 +100,8 @@ def ensure_role(iam: Any, role_name: str, policy: dict[str, Any], tags: dict[str
         if error_code(exc) != "EntityAlreadyExists":
             raise
         arn = aws_call(iam.get_role, RoleName=role_name)["Role"]["Arn"]
+        if tags:
+            aws_call(iam.tag_role, RoleName=role_name, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
         aws_call(iam.update_assume_role_policy, RoleName=role_name, PolicyDocument=json.dumps(ASSUME_ROLE))
     aws_call(iam.put_role_policy, RoleName=role_name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
     return str(arn)
@@ -99,14 +120,40 @@ def read_policy(iam: Any, role_name: str) -> dict[str, Any] | None:
     return dict(doc)
 
 
-def delete_role(iam: Any, role_name: str) -> None:
-    """Remove every inline/attached policy, then the role; gone already is fine."""
+def _gone_ok(fn: Any, **kwargs: Any) -> Any:
+    """One IAM call where NoSuchEntity means "already done" (a retried delete whose first answer was
+    lost): each step tolerates it on its own, so one of them can never skip the rest."""
     try:
-        for name in aws_call(iam.list_role_policies, RoleName=role_name)["PolicyNames"]:
-            aws_call(iam.delete_role_policy, RoleName=role_name, PolicyName=name)
-        for pol in aws_call(iam.list_attached_role_policies, RoleName=role_name)["AttachedPolicies"]:
-            aws_call(iam.detach_role_policy, RoleName=role_name, PolicyArn=pol["PolicyArn"])
-        aws_call(iam.delete_role, RoleName=role_name)
+        return aws_call(fn, **kwargs)
     except ClientError as exc:
         if error_code(exc) != "NoSuchEntity":
             raise
+        return None
+
+
+def delete_role(iam: Any, role_name: str) -> None:
+    """Remove every inline/attached policy, then the role; gone already is fine."""
+    listed = _gone_ok(iam.list_role_policies, RoleName=role_name)
+    if listed is None:
+        return  # no such role
+    for name in listed["PolicyNames"]:
+        _gone_ok(iam.delete_role_policy, RoleName=role_name, PolicyName=name)
+    attached = _gone_ok(iam.list_attached_role_policies, RoleName=role_name) or {"AttachedPolicies": []}
+    for pol in attached["AttachedPolicies"]:
+        _gone_ok(iam.detach_role_policy, RoleName=role_name, PolicyArn=pol["PolicyArn"])
+    _gone_ok(iam.delete_role, RoleName=role_name)
+
+
+def list_stage_roles(iam: Any, prefix: str, tags: dict[str, str]) -> list[str]:
+    """Roles named `<prefix>-...` that carry this stage's tags (for destroy by name/tag)."""
+    out: list[str] = []
+    for page in iam.get_paginator("list_roles").paginate():
+        for role in page.get("Roles", []):
+            name = str(role["RoleName"])
+            if not name.startswith(prefix + "-"):
+                continue
+            got = _gone_ok(iam.list_role_tags, RoleName=name)
+            have = {t["Key"]: t["Value"] for t in (got or {}).get("Tags", [])}
+            if all(have.get(k) == v for k, v in tags.items()):
+                out.append(name)
+    return out

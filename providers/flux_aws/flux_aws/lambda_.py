@@ -27,6 +27,9 @@ class FunctionConfig:
     env: dict[str, str]
     layers: list[str]
     tags: dict[str, str]
+    architecture: str = "x86_64"
+    vpc: dict[str, list[str]] | None = None  # {"SubnetIds": [...], "SecurityGroupIds": [...]}
+    reserved_concurrency: int | None = None  # None: no reservation (the account's shared pool)
 
 
 def get(lam: Any, name: str) -> dict[str, Any] | None:
@@ -51,6 +54,7 @@ def _config_kwargs(cfg: FunctionConfig) -> dict[str, Any]:
         "MemorySize": cfg.memory,
         "Environment": {"Variables": cfg.env},
         "Layers": cfg.layers,
+        "VpcConfig": cfg.vpc or {"SubnetIds": [], "SecurityGroupIds": []},
     }
 
 
@@ -64,26 +68,37 @@ def deploy(lam: Any, cfg: FunctionConfig, package: bytes, code_sha: str) -> dict
                 FunctionName=cfg.name,
                 Code={"ZipFile": package},
                 Publish=False,
-                Architectures=["x86_64"],
+                Architectures=[cfg.architecture],
                 PackageType="Zip",
                 Tags=cfg.tags,
                 **_config_kwargs(cfg),
             )
         except ClientError as exc:
-            if error_code(exc) != "ResourceConflictException":  # created by a retried call
-                raise
+            if error_code(exc) != "ResourceConflictException":  # "already exists": a retried call's
+                raise  # first attempt did create it (its answer was lost)
         aws_call(lam.get_waiter("function_active_v2").wait, FunctionName=cfg.name, WaiterConfig=_WAIT)
         current = get(lam, cfg.name) or {}
     live_cfg = current.get("Configuration", {})
-    if live_cfg.get("CodeSha256") != code_sha:
-        _wait_updated(lam, cfg.name)
-        aws_call(lam.update_function_code, FunctionName=cfg.name, ZipFile=package, Publish=False)
+    if live_cfg.get("CodeSha256") != code_sha or live_cfg.get("Architectures", ["x86_64"]) != [cfg.architecture]:
+        _wait_updated(lam, cfg.name)  # the architecture changes with the code (UpdateFunctionCode)
+        aws_call(lam.update_function_code, FunctionName=cfg.name, ZipFile=package, Publish=False,
+                 Architectures=[cfg.architecture])
     _wait_updated(lam, cfg.name)
     aws_call(lam.update_function_configuration, FunctionName=cfg.name, **_config_kwargs(cfg))
     _wait_updated(lam, cfg.name)
-    version = str(aws_call(lam.publish_version, FunctionName=cfg.name, CodeSha256=code_sha)["Version"])
-    alias_arn = set_alias(lam, cfg.name, version)
     fn = aws_call(lam.get_function_configuration, FunctionName=cfg.name)
+    aws_call(lam.tag_resource, Resource=fn["FunctionArn"], Tags=cfg.tags)
+    set_reserved_concurrency(lam, cfg.name, cfg.reserved_concurrency)
+    before = published_versions(lam, cfg.name)
+
+    def adopt_version() -> dict[str, Any] | None:
+        """A publish whose answer was lost: the version it made, instead of a second one."""
+        newer = [v for v in published_versions(lam, cfg.name) if not before or v > before[-1]]
+        return {"Version": str(newer[-1])} if newer else None
+
+    version = str(aws_call(lam.publish_version, FunctionName=cfg.name, CodeSha256=code_sha,
+                           adopt=adopt_version)["Version"])
+    alias_arn = set_alias(lam, cfg.name, version)
     return {"function_arn": fn["FunctionArn"], "alias_arn": alias_arn, "version": version, "code_sha256": code_sha}
 
 
@@ -93,8 +108,35 @@ def set_alias(lam: Any, name: str, version: str) -> str:
     except ClientError as exc:
         if error_code(exc) != "ResourceNotFoundException":
             raise
-        resp = aws_call(lam.create_alias, FunctionName=name, Name=ALIAS, FunctionVersion=version)
+        def adopt() -> dict[str, Any] | None:  # a create whose answer was lost did make the alias
+            try:
+                return dict(lam.update_alias(FunctionName=name, Name=ALIAS, FunctionVersion=version))
+            except ClientError as exc3:
+                if error_code(exc3) == "ResourceNotFoundException":
+                    return None
+                raise
+
+        try:
+            resp = aws_call(lam.create_alias, FunctionName=name, Name=ALIAS, FunctionVersion=version, adopt=adopt)
+        except ClientError as exc2:  # another writer created it in between
+            if error_code(exc2) not in ("ResourceConflictException", "ConflictException", "ResourceExistsException"):
+                raise
+            resp = aws_call(lam.update_alias, FunctionName=name, Name=ALIAS, FunctionVersion=version)
     return str(resp["AliasArn"])
+
+
+def set_reserved_concurrency(lam: Any, name: str, reserved: int | None) -> None:
+    """flux.json `concurrency` as reserved concurrency; none set: no reservation (idempotent)."""
+    if reserved is None:
+        aws_call(lam.delete_function_concurrency, FunctionName=name)
+    else:
+        aws_call(lam.put_function_concurrency, FunctionName=name, ReservedConcurrentExecutions=reserved)
+
+
+def reserved_concurrency(live: dict[str, Any]) -> int | None:
+    """The reservation in a GetFunction answer."""
+    value = (live.get("Concurrency") or {}).get("ReservedConcurrentExecutions")
+    return None if value is None else int(value)
 
 
 def alias_version(lam: Any, name: str) -> str | None:
@@ -108,7 +150,7 @@ def alias_version(lam: Any, name: str) -> str | None:
 
 def published_versions(lam: Any, name: str) -> list[int]:
     out: list[int] = []
-    for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=name):
+    for page in aws_call(lambda: list(lam.get_paginator("list_versions_by_function").paginate(FunctionName=name))):
         out += [int(v["Version"]) for v in page.get("Versions", []) if v["Version"] != "$LATEST"]
     return sorted(out)
 
@@ -131,14 +173,19 @@ def rollback(lam: Any, name: str, to_version: str | None = None) -> tuple[str, s
 
 
 def set_async_config(lam: Any, name: str, failure_queue_arn: str, retries: int, max_age: int) -> None:
-    aws_call(
-        lam.put_function_event_invoke_config,
-        FunctionName=name,
-        Qualifier=ALIAS,
-        MaximumRetryAttempts=retries,
-        MaximumEventAgeInSeconds=max_age,
-        DestinationConfig={"OnFailure": {"Destination": failure_queue_arn}},
-    )
+    kwargs = {
+        "FunctionName": name,
+        "Qualifier": ALIAS,
+        "MaximumRetryAttempts": retries,
+        "MaximumEventAgeInSeconds": max_age,
+        "DestinationConfig": {"OnFailure": {"Destination": failure_queue_arn}},
+    }
+    try:
+        aws_call(lam.put_function_event_invoke_config, **kwargs)
+    except ClientError as exc:  # "already exists" (a retried put whose first answer was lost)
+        if error_code(exc) != "ResourceConflictException":
+            raise
+        aws_call(lam.update_function_event_invoke_config, **kwargs)
 
 
 def delete(lam: Any, name: str) -> None:

@@ -28,7 +28,14 @@ def ensure_log_group(logs: Any, name: str, retention_days: int, tags: dict[str, 
     except ClientError as exc:
         if error_code(exc) != "ResourceAlreadyExistsException":
             raise
+        if tags:
+            aws_call(logs.tag_log_group, logGroupName=name, tags=tags)
     aws_call(logs.put_retention_policy, logGroupName=name, retentionInDays=retention_days)
+
+
+def log_group_exists(logs: Any, name: str) -> bool:
+    groups = aws_call(logs.describe_log_groups, logGroupNamePrefix=name).get("logGroups", [])
+    return any(g.get("logGroupName") == name for g in groups)
 
 
 def delete_log_group(logs: Any, name: str) -> None:

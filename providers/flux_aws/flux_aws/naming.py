@@ -64,6 +64,14 @@ class Names:
     def deno_layer(self) -> str:
         return _fit(f"{self.prefix}-deno", 140)
 
+    def deno_layer_for(self, arch: str) -> str:
+        """x86_64 keeps the original layer name; arm64 has its own (a layer version is one arch)."""
+        return self.deno_layer if arch == "x86_64" else _fit(f"{self.prefix}-deno-{arch}", 140)
+
+    def owns(self, tags: dict[str, str]) -> bool:
+        """Tags of a resource this stage created (destroy deletes by these, not by name alone)."""
+        return tags.get("flux:project") == self.project and tags.get("flux:stage") == self.stage
+
     def arn(self, service: str, account: str, resource: str, region: str | None = None) -> str:
         reg = self.region if region is None else region
         return f"arn:{self.partition}:{service}:{reg}:{account}:{resource}"

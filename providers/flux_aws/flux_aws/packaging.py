@@ -8,6 +8,7 @@ import base64
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +21,15 @@ from flux_plan.runtime import shared_runtime_dir
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
+# esbuild heads each input module with `// <path relative to the working directory>`: a random
+# temporary directory, the project's location or $HOME would make every build differ.
+_PATH_COMMENT = re.compile(rb"^([ \t]*)// (?:[^\s]*/)?([^/\s]+\.(?:[cm]?[jt]sx?|json))$", re.MULTILINE)
+
+
+def stable_paths(js: bytes) -> bytes:
+    """esbuild output with its module path comments reduced to file names (byte-for-byte the same
+    bundle wherever and whenever it is built)."""
+    return _PATH_COMMENT.sub(rb"\1// \2", js)
 
 
 def zip_entries(entries: list[tuple[str, bytes, int]], level: int = 6) -> bytes:
@@ -85,7 +95,7 @@ def pg_bundle() -> Path:
               "--external:pg-native", f"--banner:js={_PG_BANNER}", f"--outfile={part}", "--log-level=error"],
              work, "esbuild pg")
         tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
-        shutil.copyfile(part, tmp_out)
+        tmp_out.write_bytes(stable_paths(part.read_bytes()))
         os.replace(tmp_out, out)
     return out
 
@@ -124,7 +134,7 @@ def node_bundle(artifact_dir: Path, node_target: str = "node20") -> bytes:
         )
         if proc.returncode != 0:
             raise ProviderError(f"esbuild failed to bundle the Lambda shim for {artifact_dir}: {proc.stderr[-2000:]}")
-        return out.read_bytes()
+        return stable_paths(out.read_bytes())
 
 
 def node_zip(artifact_dir: Path, node_target: str = "node20") -> bytes:
@@ -139,7 +149,7 @@ def deno_zip(artifact_dir: Path) -> bytes:
 def runtime_files() -> list[tuple[str, bytes, int]]:
     """Shared JS runtime files (loop, shim, SigV4 client, query compiler, node-postgres) as zip
     entries under flux/."""
-    return [*_shim_files(), ("flux/pg.mjs", pg_bundle().read_bytes(), 0o644)]
+    return [*_shim_files(), ("flux/pg.mjs", stable_paths(pg_bundle().read_bytes()), 0o644)]
 
 
 def _shim_files() -> list[tuple[str, bytes, int]]:

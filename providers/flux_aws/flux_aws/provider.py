@@ -33,6 +33,8 @@ from flux_plan.providers import InvokeResult, ProviderContext
 
 NODE_RUNTIMES = {"nodejs20.x": "node20", "nodejs22.x": "node22"}
 DENO_RUNTIME = "provided.al2023"
+ARCHITECTURES = ("x86_64", "arm64")
+API_MAX_TIMEOUT = 30  # seconds: API Gateway HTTP APIs end every integration there
 
 
 class AwsProvider:
@@ -40,7 +42,7 @@ class AwsProvider:
 
     def __init__(self) -> None:
         self._layer_lock = threading.Lock()
-        self._layer_arn: str | None = None
+        self._layer_arns: dict[str, str] = {}
         self._db_lock = threading.Lock()
         self._db_secret: str | bool | None = False  # False: not looked at yet in this command
 
@@ -58,6 +60,24 @@ class AwsProvider:
         self.async_retries = int(self.settings.get("async_retries", 2))
         if not 0 <= self.async_retries <= 2:
             raise FluxError(f"{self.where}.async_retries must be 0, 1 or 2 (Lambda's limit)")
+        self.architecture = str(self.settings.get("architecture", "x86_64"))
+        if self.architecture not in ARCHITECTURES:
+            raise FluxError(f"{self.where}.architecture must be one of {list(ARCHITECTURES)}")
+        self.user_tags = {str(k): str(v) for k, v in dict(self.settings.get("tags") or {}).items()}
+        vpc = self.settings.get("vpc")
+        self.vpc: dict[str, list[str]] | None = None
+        if vpc:
+            if not isinstance(vpc, dict) or not vpc.get("subnet_ids") or not vpc.get("security_group_ids"):
+                raise FluxError(f"{self.where}.vpc needs \"subnet_ids\" and \"security_group_ids\" (non-empty lists)")
+            self.vpc = {"SubnetIds": sorted(map(str, vpc["subnet_ids"])),
+                        "SecurityGroupIds": sorted(map(str, vpc["security_group_ids"]))}
+
+    def _tags(self, address: str) -> dict[str, str]:
+        """The user's `tags` plus Flux's own (which win: destroy finds resources by them)."""
+        return {**self.user_tags, **self.names.tags(address)}
+
+    def _arch(self, spec: FunctionSpec) -> str:
+        return spec.architecture or self.architecture
 
     def force_replace(self, resource_type: str) -> frozenset[str]:
         return frozenset()  # Lambda changes runtime, code and config in place
@@ -117,7 +137,7 @@ class AwsProvider:
 
     # ----------------------------------------------------------------------------- api
     def _put_api(self, res: Resource, prior: ResourceState | None) -> ProviderResult:
-        out = apigw.ensure_api(self._c("apigatewayv2"), self.names.api, self.names.tags(res.address),
+        out = apigw.ensure_api(self._c("apigatewayv2"), self.names.api, self._tags(res.address),
                                cors=res.attributes.get("cors"))
         return ProviderResult(outputs=out)
 
@@ -148,7 +168,7 @@ class AwsProvider:
             self.names.secret(res.name),
             value,
             str(res.attributes["fingerprint"]),
-            self.names.tags(res.address),
+            self._tags(res.address),
         )
         return ProviderResult(outputs={**out, "name": self.names.secret(res.name)})
 
@@ -165,16 +185,18 @@ class AwsProvider:
         secrets.delete_secret(self._c("secretsmanager"), self.names.secret(address.split(".", 1)[1]))
 
     # ----------------------------------------------------------------------------- functions
-    def _deno_layer(self) -> str:
+    def _deno_layer(self, arch: str) -> str:
+        """This stage's Deno layer for `arch` (one layer name per architecture, built from the `deno`
+        wheel of that platform)."""
         with self._layer_lock:
-            if self._layer_arn is None:
+            if arch not in self._layer_arns:
                 state = self.settings.get("state") or {}
                 bucket = self.settings.get("artifact_bucket") or (state.get("bucket") if isinstance(state, dict) else None)
                 key_prefix = f"flux-artifacts/{self.names.project}/{self.names.stage}/"
-                self._layer_arn = layer.ensure_layer(
-                    self._c("lambda"), self._c("s3"), self.names.deno_layer, bucket, key_prefix
+                self._layer_arns[arch] = layer.ensure_layer(
+                    self._c("lambda"), self._c("s3"), self.names.deno_layer_for(arch), bucket, key_prefix, arch
                 )
-            return self._layer_arn
+            return self._layer_arns[arch]
 
     def _database_secret(self) -> str | None:
         """Name of the stage's database-URL secret for ctx.db: written from the variable named by
@@ -185,14 +207,14 @@ class AwsProvider:
                 url = self._db_url("function", required=False)
                 sm = self._c("secretsmanager")
                 if url:
-                    secrets.sync_value(sm, name, url, self.names.tags("database"))
+                    secrets.sync_value(sm, name, url, self._tags("database"))
                     self._db_secret = name
                 else:
                     self._db_secret = name if secrets.describe(sm, name) else None
             return self._db_secret or None
 
     def expected_policy(self, fn: str, secret_keys: list[str], is_async: bool,
-                        db_secret: str | None = None) -> dict[str, Any]:
+                        db_secret: str | None = None, vpc: bool = False) -> dict[str, Any]:
         account = self.aws.account_id()
         n = self.names
         fname = n.function(fn)
@@ -202,13 +224,14 @@ class AwsProvider:
             secret_arn_patterns=[n.arn("secretsmanager", account, f"secret:{name}-??????") for name in names],
             self_invoke_arn=n.arn("lambda", account, f"function:{fname}:{lambda_.ALIAS}") if is_async else None,
             failure_queue_arn=n.arn("sqs", account, n.failure_queue(fn)) if is_async else None,
+            vpc=vpc,
         )
 
     def _put_function(self, res: Resource, prior: ResourceState | None) -> ProviderResult:
         spec = self._spec(res.name)
         a = res.attributes
         n = self.names
-        tags = n.tags(res.address)
+        tags = self._tags(res.address)
         existing = {d.split(".", 1)[1] for d in res.depends_on if d.startswith("secret.")}
         secret_keys = sorted(k for k in a.get("secrets", []) if k in existing)
         env_keys = sorted(k for k in a.get("env_keys", []) if k in existing)
@@ -217,20 +240,21 @@ class AwsProvider:
         fname = n.function(res.name)
 
         logs.ensure_log_group(self._c("logs"), n.log_group(res.name), self.log_retention, tags)
-        db_secret = self._database_secret()
-        policy = self.expected_policy(res.name, readable, is_async, db_secret)
+        db_secret = self._database_secret() if spec.uses_db else None  # ctx.db callers only
+        policy = self.expected_policy(res.name, readable, is_async, db_secret, vpc=self.vpc is not None)
         role_arn = iam.ensure_role(self._c("iam"), n.role(res.name), policy, tags)
         queue_arn = None
         if is_async:
             _, queue_arn = lambda_.ensure_queue(self._c("sqs"), n.failure_queue(res.name), tags)
 
         bundle_dir = self.ctx.artifacts.ensure(spec)
+        arch = self._arch(spec)
         if a["runtime"] == "node":
             package = packaging.node_zip(bundle_dir, NODE_RUNTIMES[self.node_runtime])
             runtime, handler, layers = self.node_runtime, "index.handler", []
         else:
             package = packaging.deno_zip(bundle_dir)
-            runtime, handler, layers = DENO_RUNTIME, "index.mjs", [self._deno_layer()]
+            runtime, handler, layers = DENO_RUNTIME, "index.mjs", [self._deno_layer(arch)]
         env = {
             "FLUX_PROJECT": n.project,
             "FLUX_STAGE": n.stage,
@@ -242,6 +266,8 @@ class AwsProvider:
             "FLUX_ASYNC": "1" if is_async else "0",
             "FLUX_DATABASE_SECRET": db_secret or "",
         }
+        if spec.env:
+            env["FLUX_PLAIN_ENV"] = json.dumps(dict(spec.env), sort_keys=True, separators=(",", ":"))
         cfg = lambda_.FunctionConfig(
             name=fname,
             runtime=runtime,
@@ -252,12 +278,15 @@ class AwsProvider:
             env=env,
             layers=layers,
             tags=tags,
+            architecture=arch,
+            vpc=self.vpc,
+            reserved_concurrency=self._reserved_concurrency(spec),
         )
         out = lambda_.deploy(self._c("lambda"), cfg, package, packaging.code_sha256(package))
         if is_async and queue_arn:
             lambda_.set_async_config(self._c("lambda"), fname, queue_arn, self.async_retries, 3600)
         if prior is None:
-            self._restore_route_permissions(fname, out["alias_arn"])
+            self._restore_route_permissions(fname, out["alias_arn"], spec.timeout)
         history = list((prior.outputs.get("versions") if prior else None) or [])
         if not history or history[-1] != out["version"]:
             history.append(out["version"])
@@ -271,9 +300,21 @@ class AwsProvider:
                 "policy": policy,
                 "failure_queue_arn": queue_arn,
                 "layers": layers,
+                "architecture": arch,
+                "reserved_concurrency": cfg.reserved_concurrency,
                 "versions": history[-20:],
             }
         )
+
+    def _reserved_concurrency(self, spec: FunctionSpec) -> int | None:
+        """flux.json `concurrency`, when the file sets it (the model's default of 10 is the local
+        pool's size: reserving it on every Lambda would starve the account's shared pool)."""
+        cfg = self.ctx.project.root / spec.dir / "flux.json"
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return spec.concurrency if isinstance(data, dict) and "concurrency" in data else None
 
     def _read_function(self, address: str, prior: ResourceState) -> dict[str, Any] | None:
         fn = address.split(".", 1)[1]
@@ -287,9 +328,28 @@ class AwsProvider:
         attrs["timeout"] = cfg.get("Timeout", attrs.get("timeout"))
         attrs["runtime"] = "deno" if str(cfg.get("Runtime", "")).startswith("provided") else "node"
         attrs["digest"] = cfg.get("Environment", {}).get("Variables", {}).get("FLUX_DIGEST", "")
+        live_arch = (cfg.get("Architectures") or ["x86_64"])[0]
+        if "architecture" in attrs or live_arch != "x86_64":
+            attrs["architecture"] = live_arch
+        if "reserved_concurrency" in prior.outputs and lambda_.reserved_concurrency(live) != prior.outputs[
+                "reserved_concurrency"]:
+            attrs["concurrency"] = f"reserved {lambda_.reserved_concurrency(live)} (edited outside flux)"
+        vpc = cfg.get("VpcConfig") or {}
+        live_vpc = {"subnet_ids": sorted(vpc.get("SubnetIds") or []),
+                    "security_group_ids": sorted(vpc.get("SecurityGroupIds") or [])}
+        if "vpc" in attrs or live_vpc["subnet_ids"]:
+            want = attrs.get("vpc") or {}
+            same = want and all(sorted(want.get(k) or []) == live_vpc[k] for k in live_vpc)
+            if not same:
+                attrs["vpc"] = live_vpc
+        if not logs.log_group_exists(self._c("logs"), prior.outputs.get("log_group") or self.names.log_group(fn)):
+            attrs["log_group"] = "deleted outside flux"
         version = lambda_.alias_version(self._c("lambda"), fname)
         if version != prior.outputs.get("version"):
-            attrs["alias"] = f"live -> {version}" if version else "live alias missing"
+            if version and version in (prior.outputs.get("versions") or []):  # a version Flux published
+                attrs["alias"] = f"by flux rollback: live -> {version}; apply deploys the current code again"
+            else:
+                attrs["alias"] = f"live -> {version}" if version else "live alias missing"
         role = prior.outputs.get("role_name")
         if role and iam.read_policy(self._c("iam"), role) != prior.outputs.get("policy"):
             attrs["role_policy"] = "edited outside flux"
@@ -304,7 +364,7 @@ class AwsProvider:
         if prior.outputs.get("failure_queue_arn") or prior.attributes.get("async"):
             lambda_.delete_queue(self._c("sqs"), n.failure_queue(fn))
 
-    def _restore_route_permissions(self, fname: str, alias_arn: str) -> None:
+    def _restore_route_permissions(self, fname: str, alias_arn: str, timeout: int) -> None:
         """A function (re)created under routes that survived (replace, or deleted outside Flux) lost
         its resource policy with it: grant the API again for every route integrated with it."""
         gw = self._c("apigatewayv2")
@@ -315,14 +375,14 @@ class AwsProvider:
         if integ is None:
             return
         account = self.aws.account_id()
-        for page in gw.get_paginator("get_routes").paginate(ApiId=api["ApiId"]):
+        for page in apigw._pages(gw, "get_routes", ApiId=api["ApiId"]):
             for route in page.get("Items", []):
                 if route.get("Target") != f"integrations/{integ['IntegrationId']}":
                     continue
                 method, path = route["RouteKey"].split(" ", 1)
                 apigw.ensure_route(
                     gw, self._c("lambda"), api_id=api["ApiId"], method=method, path=path, function_name=fname,
-                    alias_arn=alias_arn,
+                    alias_arn=alias_arn, timeout_s=timeout,
                     source_arn=self.names.arn("execute-api", account, f"{api['ApiId']}/*/{method}{path}"),
                 )
 
@@ -344,9 +404,13 @@ class AwsProvider:
         if prior is not None and prior.attributes.get("function") not in (None, a["function"]):
             apigw.delete_route(self._c("apigatewayv2"), lam, api_id=api_id, outputs=prior.outputs,
                                function_name=self.names.function(prior.attributes["function"]))
+        timeout = self._spec(a["function"]).timeout
+        if timeout > API_MAX_TIMEOUT:
+            self.ctx.log(f"warning: {res.address}: function {a['function']!r} may run {timeout} s, but API Gateway "
+                         f"HTTP APIs answer 503 after {API_MAX_TIMEOUT} s; make it async or lower its timeout")
         out = apigw.ensure_route(
             self._c("apigatewayv2"), lam, api_id=api_id, method=a["method"], path=a["path"],
-            function_name=fname, alias_arn=alias_arn, source_arn=source_arn,
+            function_name=fname, alias_arn=alias_arn, source_arn=source_arn, timeout_s=timeout,
         )
         return ProviderResult(outputs={**out, "api_id": api_id, "source_arn": source_arn, "alias_arn": alias_arn})
 
@@ -480,15 +544,88 @@ class AwsProvider:
         )
 
     def destroy_stage(self) -> None:
-        """After destroy: the stage's Deno layer versions, uploaded layer zips and database-URL
-        secret go too."""
-        layer.delete_layer(self._c("lambda"), self.names.deno_layer)
-        secrets.delete_secret(self._c("secretsmanager"), self.names.database_secret)
-        state = self.settings.get("state") or {}
-        bucket = self.settings.get("artifact_bucket") or (state.get("bucket") if isinstance(state, dict) else None)
-        if bucket:
+        """After destroy: everything this stage created goes, found by name AND tag as well as by
+        state (a resource a crashed run created, or that state forgot, is not left behind): functions,
+        roles, log groups, queues, the API, secrets (the database URL's too), both architectures'
+        Deno layers and the uploaded layer zips. What cannot be deleted is listed, and the command
+        fails (exit 1) so nobody believes the stage is gone."""
+        n = self.names
+        failed: list[str] = []
+
+        def attempt(what: str, fn: Any, *args: Any) -> None:
+            try:
+                fn(*args)
+            except (ClientError, ProviderError) as exc:
+                failed.append(f"{what}: {exc}")
+
+        lam, iam_c, logs_c, sqs, gw, sm = (self._c(x) for x in ("lambda", "iam", "logs", "sqs", "apigatewayv2",
+                                                                 "secretsmanager"))
+
+        def functions() -> None:
+            for fn in aws_call(lambda: [f for pg in lam.get_paginator("list_functions").paginate()
+                                        for f in pg.get("Functions", [])]):
+                name = str(fn["FunctionName"])
+                if name.startswith(n.prefix + "-") and n.owns(aws_call(lam.list_tags, Resource=fn["FunctionArn"])
+                                                               .get("Tags", {})):
+                    attempt(f"Lambda function {name}", lambda_.delete, lam, name)
+
+        def roles() -> None:
+            for name in aws_call(iam.list_stage_roles, iam_c, n.prefix, {"flux:project": n.project,
+                                                                         "flux:stage": n.stage}):
+                attempt(f"IAM role {name}", iam.delete_role, iam_c, name)
+
+        def log_groups() -> None:
+            prefix = f"/aws/lambda/{n.prefix}-"
+            groups = aws_call(lambda: [g for pg in logs_c.get_paginator("describe_log_groups").paginate(
+                logGroupNamePrefix=prefix) for g in pg.get("logGroups", [])])
+            for g in groups:
+                name = str(g["logGroupName"])
+                if n.owns(aws_call(logs_c.list_tags_log_group, logGroupName=name).get("tags", {})):
+                    attempt(f"log group {name}", logs.delete_log_group, logs_c, name)
+
+        def queues() -> None:
+            for url in aws_call(sqs.list_queues, QueueNamePrefix=n.prefix + "-").get("QueueUrls", []):
+                if n.owns(aws_call(sqs.list_queue_tags, QueueUrl=url).get("Tags", {})):
+                    attempt(f"SQS queue {url}", lambda u=url: aws_call(sqs.delete_queue, QueueUrl=u))
+
+        def apis() -> None:
+            while (api := apigw.find_api(gw, n.api, {"flux:project": n.project, "flux:stage": n.stage})) is not None:
+                before = len(failed)
+                attempt(f"HTTP API {api['ApiId']}", apigw.delete_api, gw, api["ApiId"])
+                if len(failed) > before:
+                    break
+
+        def stage_secrets() -> None:
+            listed = aws_call(lambda: [x for pg in sm.get_paginator("list_secrets").paginate(
+                Filters=[{"Key": "name", "Values": [n.secret_prefix]}]) for x in pg.get("SecretList", [])])
+            for sec in listed:
+                if str(sec["Name"]).startswith(n.secret_prefix):
+                    attempt(f"secret {sec['Name']}", secrets.delete_secret, sm, sec["Name"])
+            attempt(f"secret {n.database_secret}", secrets.delete_secret, sm, n.database_secret)
+
+        def layers() -> None:
+            for arch in ARCHITECTURES:
+                attempt(f"Lambda layer {n.deno_layer_for(arch)}", layer.delete_layer, lam, n.deno_layer_for(arch))
+
+        def artifacts() -> None:
+            state = self.settings.get("state") or {}
+            bucket = self.settings.get("artifact_bucket") or (state.get("bucket") if isinstance(state, dict) else None)
+            if not bucket:
+                return
             s3 = self._c("s3")
-            prefix = f"flux-artifacts/{self.names.project}/{self.names.stage}/"
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    aws_call(s3.delete_object, Bucket=bucket, Key=obj["Key"])
+            prefix = f"flux-artifacts/{n.project}/{n.stage}/"
+            keys = aws_call(lambda: [o["Key"] for pg in s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix) for o in pg.get("Contents", [])])
+            for key in keys:
+                attempt(f"s3://{bucket}/{key}", lambda k=key: aws_call(s3.delete_object, Bucket=bucket, Key=k))
+
+        for what, step in (("Lambda functions", functions), ("IAM roles", roles), ("log groups", log_groups),
+                           ("SQS queues", queues), ("HTTP APIs", apis), ("secrets", stage_secrets),
+                           ("Deno layers", layers), ("layer zips", artifacts)):
+            attempt(f"listing {what}", step)
+        if failed:
+            raise FluxError(
+                f"destroy could not delete {len(failed)} thing(s) of stage {n.stage!r}:\n  - " + "\n  - ".join(failed),
+                hint="fix the cause (permissions, a resource in use) and run `flux destroy` again: it finds "
+                     "what is left by name and tag",
+            )

@@ -53,15 +53,31 @@ class S3Backend:
         try:
             obj = aws_call(self.s3.get_object, Bucket=self.bucket, Key=key)
         except ClientError as exc:
+            self._check_bucket(exc)  # before the 404 test: a missing bucket is a 404 too
             if error_code(exc) in _MISSING or _status(exc) == 404:
                 return None, None
-            if error_code(exc) == "NoSuchBucket":
-                raise FluxError(
-                    f"flux.project.json (state.bucket): bucket {self.bucket!r} does not exist",
-                    hint="create the bucket (versioning recommended) or fix the stage's state.bucket",
-                ) from exc
             raise StateError(f"{self._where(key)}: cannot read: {exc}") from exc
         return obj["Body"].read(), str(obj["ETag"])
+
+    def _check_bucket(self, exc: ClientError) -> None:
+        """A missing state bucket is a configuration error, never "no state yet" (which would plan
+        to create everything again)."""
+        if error_code(exc) == "NoSuchBucket":
+            raise FluxError(
+                f"flux.project.json (state.bucket): bucket {self.bucket!r} does not exist",
+                hint="create the bucket (versioning recommended) or fix the stage's state.bucket",
+            ) from exc
+
+    def _current_etag_if(self, key: str, data: bytes) -> str | None:
+        """The ETag of `key` when it already holds exactly `data`: a retried conditional put whose
+        first answer was lost finds its own write there (adopt it instead of failing with 412)."""
+        try:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if error_code(exc) in _MISSING or _status(exc) == 404:
+                return None
+            raise
+        return str(obj["ETag"]) if obj["Body"].read() == data else None
 
     def read(self) -> tuple[bytes | None, str | None]:
         return self._get(self.key)
@@ -83,26 +99,25 @@ class S3Backend:
                 obj = aws_call(self.s3.get_object, Bucket=self.bucket, Key=self.key, IfMatch=expected_version)
                 previous = obj["Body"].read()
             except ClientError as exc:
+                self._check_bucket(exc)
                 if error_code(exc) in _PRECONDITION | _MISSING or _status(exc) in (404, 409, 412):
                     raise self._moved_on() from exc
                 raise StateError(f"{self._where()}: cannot read: {exc}") from exc
         try:
-            resp = aws_call(
-                self.s3.put_object,
-                Bucket=self.bucket,
-                Key=self.key,
-                Body=data,
-                ContentType="application/json",
-                **cond,
+            etag = aws_call(
+                lambda: str(self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=data,
+                                               ContentType="application/json", **cond)["ETag"]),
+                adopt=lambda: self._current_etag_if(self.key, data),
             )
         except ClientError as exc:
+            self._check_bucket(exc)
             if error_code(exc) in _PRECONDITION | _MISSING or _status(exc) in (404, 409, 412):
                 raise self._moved_on() from exc
             raise StateError(f"{self._where()}: cannot write: {exc}") from exc
         if previous is not None:
             aws_call(self.s3.put_object, Bucket=self.bucket, Key=self.backup_key, Body=previous,
                      ContentType="application/json")
-        return str(resp["ETag"])
+        return etag
 
     def _moved_on(self) -> StateError:
         return StateError(
@@ -129,11 +144,16 @@ class S3Backend:
                     Body=body,
                     ContentType="application/json",
                     IfNoneMatch="*",
+                    adopt=lambda: {} if self._current_etag_if(self.lock_key, body) else None,
                 )
                 return
             except ClientError as exc:
+                self._check_bucket(exc)
                 if not (error_code(exc) in _PRECONDITION or _status(exc) in (409, 412)):
                     raise StateError(f"{self._where(self.lock_key)}: cannot take the lock: {exc}") from exc
+            holder = self.lock_info()
+            if holder is not None and holder.id == info.id:
+                return  # our own lock: an earlier attempt's answer was lost, its put did happen
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 holder = self.lock_info()
@@ -168,8 +188,11 @@ class S3Backend:
                 hint="use `flux state unlock ID` to release another command's lock",
             )
         try:
-            aws_call(self.s3.delete_object, Bucket=self.bucket, Key=self.lock_key, IfMatch=etag)
+            aws_call(self.s3.delete_object, Bucket=self.bucket, Key=self.lock_key, IfMatch=etag,
+                     adopt=lambda: None if self._get(self.lock_key)[1] == etag else {})
         except ClientError as exc:
+            if error_code(exc) in _MISSING or _status(exc) == 404:
+                return  # a retried delete whose first answer was lost: it is gone
             if error_code(exc) in _PRECONDITION or _status(exc) == 412:
                 raise LockError(f"{self._where()}: the lock changed while unlocking; check `flux state`") from exc
             raise StateError(f"{self._where(self.lock_key)}: cannot remove the lock: {exc}") from exc

@@ -66,8 +66,16 @@ def sync_value(sm: Any, name: str, value: str, tags: dict[str, str]) -> None:
     except ClientError as exc:
         if error_code(exc) != "ResourceNotFoundException":
             raise
-        aws_call(sm.create_secret, Name=name, SecretString=value, Description="Flux stage database URL (managed by flux)",
-                 Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-        return
+        try:
+            aws_call(sm.create_secret, Name=name, SecretString=value,
+                     Description="Flux stage database URL (managed by flux)",
+                     Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+            return
+        except ClientError as exc2:  # a retried create whose first answer was lost, or a restore
+            if error_code(exc2) == "InvalidRequestException" and "deletion" in str(exc2):
+                aws_call(sm.restore_secret, SecretId=name)
+            elif error_code(exc2) != "ResourceExistsException":
+                raise
+        current = aws_call(sm.get_secret_value, SecretId=name)["SecretString"]
     if current != value:
         aws_call(sm.put_secret_value, SecretId=name, SecretString=value)

@@ -122,7 +122,7 @@ export function makeHandler(def, { runtime, pg } = {}) {
 
   const loadEnv = async () => {
     if (frozenEnv) return frozenEnv;
-    const out = {};
+    const out = { ...JSON.parse(env("FLUX_PLAIN_ENV") || "{}") }; // flux.json `env`: plain values
     for (const k of envKeys) {
       try { out[k] = await secret(k); } catch (e) { if (e.code !== "ResourceNotFoundException") throw e; }
     }
@@ -194,7 +194,12 @@ export function makeHandler(def, { runtime, pg } = {}) {
     }
     input = mergeParams(input, event?.pathParameters ?? null);
     if (isAsync) {
-      await invokeEvent(context.invokedFunctionArn, { flux_async: true, input, request_id: requestId });
+      try {
+        await invokeEvent(context.invokedFunctionArn, { flux_async: true, input, request_id: requestId });
+      } catch (e) { // inside the handler's contract: a JSON 503 with the request id, never a bare 502
+        write("error", requestId, "async enqueue failed", { error: String(e?.message ?? e) });
+        return json(503, { error: "could not queue the request, retry later", request_id: requestId }, requestId);
+      }
       write("info", requestId, "queued", null);
       return json(202, { request_id: requestId, status: "accepted" }, requestId);
     }
