@@ -150,14 +150,30 @@ def bare_server(work: Path) -> Iterator[dict[str, Any]]:
         proc.wait(timeout=10)
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system, all threads: the host's workers are threads of its process) used so far; None
-    where /proc is missing. CPU per request is the steadiest figure on a shared machine: it does not depend on
-    how much of the CPU the other tenants left us during the run."""
+    """CPU time (user + system, all threads) used so far by the process and every live descendant: each deno
+    function runs in its own worker process, a child of the host, so the host's own figure misses the handler
+    work. None where /proc is missing. CPU per request is the steadiest figure on a shared machine: it does not
+    depend on how much of the CPU the other tenants left us during the run."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+        children: dict[int, list[int]] = {}
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    children.setdefault(int(_stat(int(p.name))[1]), []).append(int(p.name))
+        total, todo = 0, [pid]
+        while todo:
+            cur = todo.pop()
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = _stat(cur)
+                total += int(fields[11]) + int(fields[12])
+                todo.extend(children.get(cur, []))
+        return total / os.sysconf("SC_CLK_TCK")
+    except OSError:
         return None
 
 
@@ -349,8 +365,9 @@ def _timed(fn: Any, n: int) -> list[float]:
 
 
 def bench_db(work: Path, n: int = 400) -> None:
-    """select-by-key through the gateway (ctx.db.query -> host -> daemon control API -> PostgreSQL) vs the same
-    query with psycopg directly, 1 connection, sequential."""
+    """select-by-key through the gateway (worker process -> ctx.db.query answered in the host by postgres.js ->
+    PostgreSQL) vs the same query with psycopg directly, 1 connection, sequential. The DESIGN §9 comparison (wrk,
+    vs a bare Deno.serve + postgres.js on the same PostgreSQL, through `flux deploy`) is bench/local_stage.py."""
     try:
         import http.client
 
