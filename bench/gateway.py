@@ -269,7 +269,7 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
            for n, rs in rounds.items()}
     print(f"gateway: load generator {load.name}; req/s: {args.connections} connections x {args.duration:g}s; "
           f"latency: 1 connection x {args.lat_duration:g}s; {args.runs} interleaved rounds, medians; "
-          f"ratios = median of the per-round ratios")
+          f"ratios = median of the per-round ratios; load average {_load_avg()}")
     b = med["bare"]
     print(f"  {'bare Deno.serve':<22} {b['rps']:>8.0f} req/s  p50 {b['p50_us']:>5.0f} us  p99 {b['p99_us']:>6.0f} us"
           f"  cpu {b['cpu_us']:>5.1f} us/req")
@@ -292,6 +292,14 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
         summary[name] = {**m, "throughput_ratio": thr_ratio, "p50_ratio": p50_ratio, "p99_ratio": p99_ratio,
                          "cpu_ratio": cpu_ratio}
     return summary
+
+
+def _load_avg() -> str:
+    """the machine is shared: the figures mean little without it"""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def _verdict(ok: bool) -> str:
@@ -321,7 +329,7 @@ def bench_cold(work: Path, project: Project, n: int = 5) -> None:
             flux_times.append(time.perf_counter() - t0)
             assert status == 200
     b, f = statistics.median(bare_times), statistics.median(flux_times)
-    print(f"cold start (median of {n}): bare `deno run` spawn -> first 200: {b * 1000:.0f} ms; flux function "
+    print(f"cold start (median of {n}, load average {_load_avg()}): bare `deno run` spawn -> first 200: {b * 1000:.0f} ms; flux function "
           f"first request (new worker) -> 200: {f * 1000:.0f} ms -> {f / b:.2f}x (target <= 2x)")
 
 
