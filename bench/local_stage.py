@@ -64,8 +64,10 @@ BARE_DB_TS = """import postgres from "flux:postgres";
 const [port, opts] = [Number(Deno.args[0]), JSON.parse(Deno.args[1])];
 // int8 as a JS number, as the host's ctx.db gives it
 const int8 = { to: 20, from: [20], serialize: (x) => String(x), parse: (t) => Number(t) };
-const sql = postgres({ ...opts, ssl: false, max: 10, prepare: true, fetch_types: false, onnotice: () => {},
-  types: { int8 } });
+// the host's postgres.js options (host.ts pgOptions), so that the driver is configured the same on both sides
+const sql = postgres({ ...opts, ssl: false, max: 10, sslnegotiation: null, idle_timeout: 60, connect_timeout: 10,
+  max_lifetime: null, max_pipeline: 100, backoff: 0.2, keep_alive: 60, prepare: true, debug: false,
+  fetch_types: false, publications: "alltables", target_session_attrs: null, onnotice: () => {}, types: { int8 } });
 Deno.serve({ hostname: "127.0.0.1", port, onListen() {} }, async (req) => {
   const id = Number(new URL(req.url).searchParams.get("id"));
   const rows = await sql`SELECT "id", "title", "done" FROM "items" WHERE "id" = ${id}`;
