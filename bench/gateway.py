@@ -150,14 +150,30 @@ def bare_server(work: Path) -> Iterator[dict[str, Any]]:
         proc.wait(timeout=10)
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system, all threads: the host's workers are threads of its process) used so far; None
-    where /proc is missing. CPU per request is the steadiest figure on a shared machine: it does not depend on
-    how much of the CPU the other tenants left us during the run."""
+    """CPU time (user + system, all threads) used so far by the process and every live descendant: each deno
+    function runs in its own worker process, a child of the host, so the host's own figure misses the handler
+    work. None where /proc is missing. CPU per request is the steadiest figure on a shared machine: it does not
+    depend on how much of the CPU the other tenants left us during the run."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+        children: dict[int, list[int]] = {}
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    children.setdefault(int(_stat(int(p.name))[1]), []).append(int(p.name))
+        total, todo = 0, [pid]
+        while todo:
+            cur = todo.pop()
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = _stat(cur)
+                total += int(fields[11]) + int(fields[12])
+                todo.extend(children.get(cur, []))
+        return total / os.sysconf("SC_CLK_TCK")
+    except OSError:
         return None
 
 
@@ -253,7 +269,7 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
            for n, rs in rounds.items()}
     print(f"gateway: load generator {load.name}; req/s: {args.connections} connections x {args.duration:g}s; "
           f"latency: 1 connection x {args.lat_duration:g}s; {args.runs} interleaved rounds, medians; "
-          f"ratios = median of the per-round ratios")
+          f"ratios = median of the per-round ratios; load average {_load_avg()}")
     b = med["bare"]
     print(f"  {'bare Deno.serve':<22} {b['rps']:>8.0f} req/s  p50 {b['p50_us']:>5.0f} us  p99 {b['p99_us']:>6.0f} us"
           f"  cpu {b['cpu_us']:>5.1f} us/req")
@@ -276,6 +292,14 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
         summary[name] = {**m, "throughput_ratio": thr_ratio, "p50_ratio": p50_ratio, "p99_ratio": p99_ratio,
                          "cpu_ratio": cpu_ratio}
     return summary
+
+
+def _load_avg() -> str:
+    """the machine is shared: the figures mean little without it"""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def _verdict(ok: bool) -> str:
@@ -305,7 +329,7 @@ def bench_cold(work: Path, project: Project, n: int = 5) -> None:
             flux_times.append(time.perf_counter() - t0)
             assert status == 200
     b, f = statistics.median(bare_times), statistics.median(flux_times)
-    print(f"cold start (median of {n}): bare `deno run` spawn -> first 200: {b * 1000:.0f} ms; flux function "
+    print(f"cold start (median of {n}, load average {_load_avg()}): bare `deno run` spawn -> first 200: {b * 1000:.0f} ms; flux function "
           f"first request (new worker) -> 200: {f * 1000:.0f} ms -> {f / b:.2f}x (target <= 2x)")
 
 
@@ -349,8 +373,9 @@ def _timed(fn: Any, n: int) -> list[float]:
 
 
 def bench_db(work: Path, n: int = 400) -> None:
-    """select-by-key through the gateway (ctx.db.query -> host -> daemon control API -> PostgreSQL) vs the same
-    query with psycopg directly, 1 connection, sequential."""
+    """select-by-key through the gateway (worker process -> ctx.db.query answered in the host by postgres.js ->
+    PostgreSQL) vs the same query with psycopg directly, 1 connection, sequential. The DESIGN §9 comparison (wrk,
+    vs a bare Deno.serve + postgres.js on the same PostgreSQL, through `flux deploy`) is bench/local_stage.py."""
     try:
         import http.client
 
