@@ -50,8 +50,6 @@ def table(results: Path) -> str:
             return "not run"
         if outcome == "pass":
             return "pass"
-        if outcome.startswith("known bug"):
-            return "**known bug** (see tests/conformance KNOWN_BUGS)"
         if outcome.startswith("n/a"):
             return "n/a" + (f" ({outcome[4:].strip()})" if outcome[4:].strip() else "")
         return "**FAIL**"

@@ -97,7 +97,18 @@ FILES: dict[str, str] = {
         '    await new Promise((r) => setTimeout(r, Number(input.ms ?? 100)));\n'
         '    return { slept: Number(input.ms ?? 100) };\n  },\n});\n'
     ), route="/slow", method="POST", timeout=2, concurrency=1),
+    **fn("note", (
+        'export default defineFunction({\n  name: "note",\n  handler: async ({ input, ctx }) => {\n'
+        '    ctx.log.debug("note debug", { id: input.id });\n'
+        '    ctx.log.warn("note warn");\n'
+        '    if (input.id === "missing") return Response.json({ error: "no such note" }, { status: 404 });\n'
+        '    return new Response(JSON.stringify({ id: input.id, q: input.q ?? null }),\n'
+        '      { status: 201, headers: { "content-type": "application/json", "x-note": "v1" } });\n  },\n});\n'
+    ), route="/notes/{id}", method="GET"),
 }
+# The stage's CORS setting (DESIGN §7): the same on every provider.
+CORS = {"allow_origins": ["http://app.test"], "allow_methods": ["GET", "POST"], "allow_headers": ["content-type"],
+        "expose_headers": ["x-note"], "max_age": 600}
 
 
 # ------------------------------------------------------------------------------------------ engines
@@ -298,6 +309,7 @@ def stage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                "database_url_env": "DATABASE_URL"}
     else:
         cfg = {"provider": "local", "port": port}
+    cfg["cors"] = CORS
     (root / "flux.project.json").write_text(json.dumps({"name": "conf", "stages": {"dev": cfg}}, indent=2))
     st = Stage(provider=provider, root=root, env=env, port=port, extra=extra)
     st.flux("secrets", "set", f"API_TOKEN={TOKEN_V1}", "APP_NAME=conformance-app")

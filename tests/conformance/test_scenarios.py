@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conformance_lib import TOKEN_V1, TOKEN_V2, Stage, fn, hello_code
+from conformance_lib import CORS, TOKEN_V1, TOKEN_V2, Stage, fn, hello_code
 
 pytestmark = [pytest.mark.conformance, pytest.mark.slow]
 
@@ -87,6 +87,36 @@ def scenario_http_routes_and_errors(stage: Stage) -> None:
     assert status == 500 and doc["request_id"] == rid and "kaboom" not in json.dumps(doc), doc
     recs = wait_for_logs(stage, rid, "handler failed")
     assert any(r["level"] == "error" and "kaboom from the handler" in json.dumps(r["data"]) for r in recs), recs
+
+
+def scenario_http_contract(stage: Stage) -> None:
+    """A returned Response, path parameters with the query string, HEAD, CORS, log levels and the access record."""
+    state = json.loads((stage.root / ".flux" / "dev" / "state.json").read_text())
+    assert state["resources"]["api.dev"]["attributes"]["cors"] == CORS  # CORS is an attribute of api.<stage>
+    needs_execution(stage)
+    status, doc, headers = stage.http("GET", "/notes/42?q=abc")
+    assert (status, doc) == (201, {"id": "42", "q": "abc"}) and headers["x-note"] == "v1", (status, doc, headers)
+    rid = headers["x-flux-request-id"]
+    status, doc, _ = stage.http("GET", "/notes/missing")
+    assert (status, doc) == (404, {"error": "no such note"})
+    status, body, headers = stage.http("HEAD", "/notes/42")
+    assert status == 201 and body is None and headers["x-note"] == "v1"
+    # CORS: a preflight from an allowed origin is answered by the gateway, a refused origin gets no allow-origin
+    pre = {"Origin": "http://app.test", "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "content-type"}
+    status, _, headers = stage.http("OPTIONS", "/hello", headers=pre)
+    assert status in (200, 204) and headers["access-control-allow-origin"] == "http://app.test", headers
+    assert "POST" in headers["access-control-allow-methods"] and headers.get("access-control-max-age") == "600"
+    status, _, headers = stage.http("OPTIONS", "/hello", headers={**pre, "Origin": "http://evil.test"})
+    assert "access-control-allow-origin" not in headers, headers
+    status, doc, headers = stage.http("GET", "/notes/7", headers={"Origin": "http://app.test"})
+    assert status == 201 and headers["access-control-allow-origin"] == "http://app.test"
+    assert "x-note" in headers["access-control-expose-headers"].lower()
+    recs = wait_for_logs(stage, rid, "access")
+    by_msg = {r["msg"]: r for r in recs}
+    assert by_msg["note debug"]["level"] == "debug" and by_msg["note warn"]["level"] == "warn", recs
+    access = by_msg["access"]["data"]
+    assert (access["method"], access["status"]) == ("GET", 201) and access["path"].startswith("/notes/42"), access
 
 
 def scenario_logs_request_ids_and_levels(stage: Stage) -> None:
@@ -290,19 +320,11 @@ def scenario_destroy_leaves_nothing(stage: Stage) -> None:
             stage.http("POST", "/hello", {}, timeout=5)
 
 
-# Provider bugs this suite found and that belong to another part of Flux: the scenario still runs and reports; a
-# failure shows as xfail (and "known bug" in the provider table) instead of failing the suite, a pass shows as pass.
-_HOST_POOL_BUG = ("Deno host pool (shared by local and docker): in a 110-request burst on a concurrency-1 function, "
-                  "now and then one request is never answered (seen under load on both providers)")
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("local", "timeout_504_and_overload_503"): _HOST_POOL_BUG,
-    ("docker", "timeout_504_and_overload_503"): _HOST_POOL_BUG,
-}
-
 SCENARIOS: list[tuple[str, Callable[[Stage], None]]] = [
     ("deploy", scenario_deploy),
     ("noop_replan", scenario_noop_replan),
     ("http_routes_and_errors", scenario_http_routes_and_errors),
+    ("http_contract", scenario_http_contract),
     ("logs_request_ids_and_levels", scenario_logs_request_ids_and_levels),
     ("env_and_secrets_scoping", scenario_env_and_secrets_scoping),
     ("db", scenario_db),
@@ -334,12 +356,6 @@ def test_conformance(stage: Stage, subtests: pytest.Subtests) -> None:
             except pytest.skip.Exception as exc:
                 outcome = "n/a: " + str(exc.msg).split(": ", 1)[-1]
                 raise
-            except AssertionError as exc:
-                known = KNOWN_BUGS.get((stage.provider, name))
-                if known is None:
-                    raise
-                outcome = "known bug: " + known
-                pytest.xfail(f"{known}: {str(exc)[:300]}")
             finally:
                 if out:
                     with open(out, "a", encoding="utf-8") as fh:
