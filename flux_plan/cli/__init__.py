@@ -31,6 +31,27 @@ def _flag(text: str, option: str) -> bool:
     raise FluxError(f"{option}={text}: expected true or false", hint=f"e.g. {option}=false")
 
 
+def _hoist_globals(args: list[str]) -> list[str]:
+    """Terraform habit: `flux plan --no-color --input=false` (per command) means the global options."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        if a == "--no-color" or a.startswith("--input="):
+            front.append(a)
+        elif a == "--input" and i + 1 < len(args):
+            front += [a, args[i + 1]]
+            i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
 def get_app() -> typer.Typer:
     """The typer app with every command, built on first use (`flux version` answers without it)."""
     global _APP
@@ -99,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         from flux_plan.cli.common import check_single_dash
 
         check_single_dash(args)
-        get_app()(args=args, prog_name="flux")
+        get_app()(args=_hoist_globals(args), prog_name="flux")
     except FluxError as exc:
         _fail(exc, json_mode)
     except RecursionError:

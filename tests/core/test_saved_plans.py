@@ -189,6 +189,9 @@ def test_pipeline_conventions(tmp_path: Path, flux: FluxRunner, make_project: Ca
     assert not (root / ".flux" / "dev" / "state.json").exists()
     rc, out, err = flux("apply", cwd=root, env={"FLUX_INPUT": "false"})
     assert rc == 1 and "--input=false forbids asking" in err
+    # Terraform's habit: the global flags after the command name (`terraform apply -input=false -no-color`)
+    rc, out, err = flux("apply", "--no-color", "--input=false", cwd=root)
+    assert rc == 1 and "--input=false forbids asking" in err and "No such option" not in err
     rc, out, err = flux("--no-color", "apply", "--auto-approve", cwd=root, env={"FLUX_STAGE": "ci"})
     assert rc == 0, err
     assert (root / ".flux" / "ci" / "state.json").exists() and not (root / ".flux" / "dev" / "state.json").exists()
