@@ -78,6 +78,10 @@ class DockerProvider(LocalProvider):
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._history_lock = threading.Lock()
+        # containers replaced or deleted by this apply: removed in after_apply, once the host serves the new table
+        # (an apply holds the host's table until its end: stopping them earlier would fail their requests)
+        self._retire: list[tuple[Any, int]] = []
+        self._retire_lock = threading.Lock()
 
     # -- engine -------------------------------------------------------------------------------------
     @property
@@ -252,17 +256,33 @@ class DockerProvider(LocalProvider):
         cfg["digest"] = digest
         cfg["endpoint"] = {"port": port, "token": token}
         self.client.ok("PUT", f"/admin/functions/{_q(spec.name)}", cfg)
-        for old in self._containers(spec.name):
-            if old.id != c.id:
-                self._remove(old, grace_s=spec.timeout + 5)
+        with self._retire_lock:
+            self._retire += [(old, spec.timeout + 5) for old in self._containers(spec.name) if old.id != c.id]
         return str(c.name)
 
     def delete(self, address: str, prior: ResourceState) -> None:
         super().delete(address, prior)
         kind, name = address.split(".", 1)
         if kind == "function":
-            for c in self._containers(name):
-                self._remove(c, grace_s=5)
+            with self._retire_lock:
+                self._retire += [(c, 5) for c in self._containers(name)]
+
+    def after_apply(self, resources: dict[str, ResourceState]) -> dict[str, Any]:
+        """The host serves the new table from here on (the hold ends in the local provider's after_apply): now stop
+        what it no longer routes to, plus any container a crashed apply left beside the one the table names."""
+        out = super().after_apply(resources)
+        with self._retire_lock:
+            retire, self._retire = self._retire, []
+        seen = {c.id for c, _ in retire}
+        table = self._table()["functions"]
+        for c in self._containers():
+            fn = c.labels.get("flux.function", "")
+            port = ((table.get(fn) or {}).get("endpoint") or {}).get("port")
+            if c.id not in seen and (fn not in table or self._endpoint_of(c)[0] != port):
+                retire.append((c, 5))
+        for c, grace in retire:
+            self._remove(c, grace_s=grace)
+        return out
 
     def read_many(self, items: dict[str, ResourceState]) -> dict[str, dict[str, Any] | None]:
         """The local provider's view, and a function counts only while its container runs and answers."""
