@@ -45,7 +45,7 @@ def request_info(environ: dict[str, Any]) -> tuple[str, str, bytes]:
 class Rule:
     """Inject `kind` on requests whose service/operation match, with `probability`, at most `times`."""
 
-    kind: str  # "throttle" | "500" | "500-html" | "timeout" | "lost" | "stall" | "conflict" | "fail"
+    kind: str  # "throttle" | "500" | "500-html" | "timeout" | "lost" | "stall" | "conflict" | "fail" | "function-error"
     service: str | tuple[str, ...] | None = None
     operation: str | None = None  # substring of the operation name / "METHOD path"
     body_contains: str | None = None
@@ -123,6 +123,12 @@ class FaultInjector:
 
     @staticmethod
     def _error(kind: str, service: str, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if kind == "function-error":  # Lambda ran the code and it failed (e.g. its module threw while loading)
+            doc = json.dumps({"errorType": "Runtime.ExitError",
+                              "errorMessage": "Error: function module failed to load: boom at init"}).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("X-Amz-Function-Error", "Unhandled"),
+                                      ("Content-Length", str(len(doc)))])
+            return [doc]
         if kind == "500-html":  # a load balancer's error page: no AWS error document at all
             page = b"<html><body><h1>502 Bad Gateway</h1><hr></body></html>"
             start_response("502 Bad Gateway", [("Content-Type", "text/html"), ("Content-Length", str(len(page)))])

@@ -205,6 +205,26 @@ def ensure_route(
     elif route.get("Target") != target:
         aws_call(gw.update_route, ApiId=api_id, RouteId=route["RouteId"], Target=target)
     sid = permission_id(method, path)
+    _permit(lam, function_name, sid, source_arn)
+    out = {"route_id": route["RouteId"], "integration_id": integ["IntegrationId"], "permission_sid": sid}
+    if method.upper() == "GET":
+        # HEAD is served on GET routes (DESIGN §7): HTTP APIs route it only when a HEAD route exists; the shim
+        # answers it without a body
+        hkey = route_key("HEAD", path)
+        head = find_route(gw, api_id, hkey)
+        if head is None:
+            head = aws_call(gw.create_route, ApiId=api_id, RouteKey=hkey, Target=target,
+                            adopt=lambda: find_route(gw, api_id, hkey))
+        elif head.get("Target") != target:
+            aws_call(gw.update_route, ApiId=api_id, RouteId=head["RouteId"], Target=target)
+        head_sid = permission_id("HEAD", path)
+        _permit(lam, function_name, head_sid, source_arn.replace("/GET/", "/HEAD/", 1))
+        out.update({"head_route_id": head["RouteId"], "head_permission_sid": head_sid})
+    return out
+
+
+def _permit(lam: Any, function_name: str, sid: str, source_arn: str) -> None:
+    """API Gateway may invoke the `live` alias for requests matching `source_arn` (statement `sid`, replaced)."""
     try:
         aws_call(lam.remove_permission, FunctionName=function_name, Qualifier="live", StatementId=sid)
     except ClientError as exc:
@@ -224,7 +244,6 @@ def ensure_route(
     except ClientError as exc:  # "already exists": a retried add whose first answer was lost
         if error_code(exc) != "ResourceConflictException":
             raise
-    return {"route_id": route["RouteId"], "integration_id": integ["IntegrationId"], "permission_sid": sid}
 
 
 def _has_permission(lam: Any, function_name: str, sid: str) -> bool:
@@ -250,21 +269,23 @@ def route_target(gw: Any, api_id: str, route_id: str) -> str | None:
 
 
 def delete_route(gw: Any, lam: Any, *, api_id: str, outputs: dict[str, Any], function_name: str | None) -> None:
-    if outputs.get("route_id"):
-        try:
-            aws_call(gw.delete_route, ApiId=api_id, RouteId=outputs["route_id"])
-        except ClientError as exc:
-            if error_code(exc) != "NotFoundException":
-                raise
+    for key in ("head_route_id", "route_id"):
+        if outputs.get(key):
+            try:
+                aws_call(gw.delete_route, ApiId=api_id, RouteId=outputs[key])
+            except ClientError as exc:
+                if error_code(exc) != "NotFoundException":
+                    raise
     if outputs.get("integration_id"):
         try:
             aws_call(gw.delete_integration, ApiId=api_id, IntegrationId=outputs["integration_id"])
         except ClientError as exc:
             if error_code(exc) != "NotFoundException":
                 raise
-    if function_name and outputs.get("permission_sid"):
-        try:
-            aws_call(lam.remove_permission, FunctionName=function_name, Qualifier="live", StatementId=outputs["permission_sid"])
-        except ClientError as exc:
-            if error_code(exc) != "ResourceNotFoundException":
-                raise
+    for key in ("permission_sid", "head_permission_sid"):
+        if function_name and outputs.get(key):
+            try:
+                aws_call(lam.remove_permission, FunctionName=function_name, Qualifier="live", StatementId=outputs[key])
+            except ClientError as exc:
+                if error_code(exc) != "ResourceNotFoundException":
+                    raise

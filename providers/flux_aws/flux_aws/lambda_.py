@@ -4,6 +4,7 @@ rollback moves `live` back to the previous published version."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +99,29 @@ def deploy(lam: Any, cfg: FunctionConfig, package: bytes, code_sha: str) -> dict
 
     version = str(aws_call(lam.publish_version, FunctionName=cfg.name, CodeSha256=code_sha,
                            adopt=adopt_version)["Version"])
+    health_check(lam, cfg.name, version)  # a version whose module cannot load never takes traffic
     alias_arn = set_alias(lam, cfg.name, version)
     return {"function_arn": fn["FunctionArn"], "alias_arn": alias_arn, "version": version, "code_sha256": code_sha}
+
+
+HEALTH_EVENT = {"flux_health": True}  # answered by the shim after the module loaded, without running the handler
+
+
+def health_check(lam: Any, name: str, version: str) -> None:
+    """Invoke the new version once before `live` moves to it (DESIGN §7): a module that throws when loaded, or a
+    defineFunction name that differs from flux.json, fails the function's resource instead of every request."""
+    resp = aws_call(lam.invoke, FunctionName=name, Qualifier=version, InvocationType="RequestResponse",
+                    Payload=json.dumps(HEALTH_EVENT).encode())
+    if not resp.get("FunctionError"):
+        return
+    raw = resp["Payload"].read() if hasattr(resp.get("Payload"), "read") else b""
+    try:
+        detail = json.loads(raw).get("errorMessage") or raw.decode(errors="replace")
+    except (ValueError, AttributeError):
+        detail = raw.decode(errors="replace")
+    raise ProviderError(f"version {version} of {name} failed its health invocation ({resp['FunctionError']}: "
+                        f"{str(detail)[:500]}); `live` still points at the previous version: fix the error it names "
+                        "(`flux logs`), then deploy again")
 
 
 def set_alias(lam: Any, name: str, version: str) -> str:

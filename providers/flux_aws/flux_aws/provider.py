@@ -345,6 +345,10 @@ class AwsProvider:
         if not logs.log_group_exists(self._c("logs"), prior.outputs.get("log_group") or self.names.log_group(fn)):
             attrs["log_group"] = "deleted outside flux"
         version = lambda_.alias_version(self._c("lambda"), fname)
+        if version:  # the code that takes traffic is the live version's, not $LATEST's (a failed health check
+            # leaves $LATEST on code that never went live)
+            served = aws_call(self._c("lambda").get_function_configuration, FunctionName=fname, Qualifier=version)
+            attrs["digest"] = served.get("Environment", {}).get("Variables", {}).get("FLUX_DIGEST", "")
         if version != prior.outputs.get("version"):
             if version and version in (prior.outputs.get("versions") or []):  # a version Flux published
                 attrs["alias"] = f"by flux rollback: live -> {version}; apply deploys the current code again"

@@ -162,6 +162,11 @@ export function makeHandler(def, { runtime, pg } = {}) {
 
   return async function handler(event, context = {}) {
     const requestId = (event && event.flux_async && event.request_id) || context.awsRequestId || crypto.randomUUID();
+    if (event && event.flux_health === true) {
+      // Flux's health invocation of a new version before `live` moves to it: reaching here means the module
+      // loaded and its defineFunction matched flux.json (makeHandler threw otherwise); the handler does not run.
+      return { ok: true, function: fnName };
+    }
     if (event && event.flux_async === true) {
       // Event invocation of an async function: errors propagate so Lambda retries / dead-letters.
       try {
