@@ -109,15 +109,20 @@ def assert_deployed(proj: AwsProject) -> None:
     assert stage["AutoDeploy"] is True
     integrations = {i["IntegrationId"]: i for i in gw.get_integrations(ApiId=api_id)["Items"]}
     routes = {r["RouteKey"]: r for r in gw.get_routes(ApiId=api_id)["Items"]}
-    assert set(routes) == set(ROUTES)
+    heads = {"HEAD " + k.split(" ", 1)[1] for k in ROUTES if k.startswith("GET ")}  # HEAD served on GET routes
+    assert set(routes) == set(ROUTES) | heads
+    for key in heads:
+        assert routes[key]["Target"] == routes["GET " + key.split(" ", 1)[1]]["Target"]
     for key, fn in ROUTES.items():
         integ = integrations[routes[key]["Target"].split("/", 1)[1]]
         assert integ["IntegrationType"] == "AWS_PROXY" and integ["PayloadFormatVersion"] == "2.0"
         assert integ["IntegrationUri"] == f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{P}-{fn}:live"
         perm = json.loads(lam.get_policy(FunctionName=f"{P}-{fn}", Qualifier="live")["Policy"])["Statement"]
         method, path = key.split(" ", 1)
+        methods = [method, "HEAD"] if method == "GET" else [method]
         assert [(s["Principal"], s["Condition"]["ArnLike"]["AWS:SourceArn"]) for s in perm] == [
-            ({"Service": "apigateway.amazonaws.com"}, f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{api_id}/*/{method}{path}")
+            ({"Service": "apigateway.amazonaws.com"}, f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{api_id}/*/{m}{path}")
+            for m in methods
         ]
 
     names = sorted(s["Name"] for s in sm.list_secrets()["SecretList"])

@@ -197,30 +197,29 @@ def ensure_route(
     elif int(integ.get("TimeoutInMillis") or 30000) != millis:
         aws_call(gw.update_integration, ApiId=api_id, IntegrationId=integ["IntegrationId"], TimeoutInMillis=millis)
     target = f"integrations/{integ['IntegrationId']}"
-    key = route_key(method, path)
-    route = find_route(gw, api_id, key)
-    if route is None:
-        route = aws_call(gw.create_route, ApiId=api_id, RouteKey=key, Target=target,
-                         adopt=lambda: find_route(gw, api_id, key))
-    elif route.get("Target") != target:
-        aws_call(gw.update_route, ApiId=api_id, RouteId=route["RouteId"], Target=target)
+    route = _ensure_route_key(gw, api_id, route_key(method, path), target)
     sid = permission_id(method, path)
     _permit(lam, function_name, sid, source_arn)
     out = {"route_id": route["RouteId"], "integration_id": integ["IntegrationId"], "permission_sid": sid}
     if method.upper() == "GET":
         # HEAD is served on GET routes (DESIGN §7): HTTP APIs route it only when a HEAD route exists; the shim
         # answers it without a body
-        hkey = route_key("HEAD", path)
-        head = find_route(gw, api_id, hkey)
-        if head is None:
-            head = aws_call(gw.create_route, ApiId=api_id, RouteKey=hkey, Target=target,
-                            adopt=lambda: find_route(gw, api_id, hkey))
-        elif head.get("Target") != target:
-            aws_call(gw.update_route, ApiId=api_id, RouteId=head["RouteId"], Target=target)
+        head = _ensure_route_key(gw, api_id, route_key("HEAD", path), target)
         head_sid = permission_id("HEAD", path)
         _permit(lam, function_name, head_sid, source_arn.replace("/GET/", "/HEAD/", 1))
         out.update({"head_route_id": head["RouteId"], "head_permission_sid": head_sid})
     return out
+
+
+def _ensure_route_key(gw: Any, api_id: str, key: str, target: str) -> dict[str, Any]:
+    """The route `key` to `target`: found, retargeted, or created (adopted when a create's answer was lost)."""
+    route = find_route(gw, api_id, key)
+    if route is None:
+        return dict(aws_call(gw.create_route, ApiId=api_id, RouteKey=key, Target=target,
+                             adopt=lambda: find_route(gw, api_id, key)))
+    if route.get("Target") != target:
+        aws_call(gw.update_route, ApiId=api_id, RouteId=route["RouteId"], Target=target)
+    return route
 
 
 def _permit(lam: Any, function_name: str, sid: str, source_arn: str) -> None:
