@@ -18,7 +18,9 @@ Check = Callable[[Any], bool]
 _ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description", "default", "examples", "$comment"}
 _KNOWN = _ANNOTATIONS | {"type", "required", "additionalProperties", "properties", "pattern", "enum", "const",
                          "minimum", "maximum", "uniqueItems", "items", "minLength", "maxLength",
-                         "propertyNames", "$ref", "if", "then", "else"}
+                         "propertyNames", "$ref", "if", "then", "else", "minItems", "maxItems",
+                         "exclusiveMinimum", "exclusiveMaximum", "maxProperties", "minProperties", "not",
+                         "contains"}
 
 
 class _Unsupported(Exception):
@@ -103,6 +105,27 @@ def _compile(schema: Any, root: dict[str, Any]) -> Check:
             return (mn is None or v >= mn) and (mx is None or v <= mx)
 
         checks.append(bounds)
+    if "exclusiveMinimum" in schema or "exclusiveMaximum" in schema:
+        xmn, xmx = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+
+        def open_bounds(v: Any) -> bool:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                return True
+            return (xmn is None or v > xmn) and (xmx is None or v < xmx)
+
+        checks.append(open_bounds)
+    if "minItems" in schema or "maxItems" in schema:
+        ilo, ihi = schema.get("minItems", 0), schema.get("maxItems")
+        checks.append(lambda v: not isinstance(v, list) or (ilo <= len(v) and (ihi is None or len(v) <= ihi)))
+    if "minProperties" in schema or "maxProperties" in schema:
+        plo, phi = schema.get("minProperties", 0), schema.get("maxProperties")
+        checks.append(lambda v: not isinstance(v, dict) or (plo <= len(v) and (phi is None or len(v) <= phi)))
+    if "not" in schema:
+        negated = _compile(schema["not"], root)
+        checks.append(lambda v: not negated(v))
+    if "contains" in schema:
+        member = _compile(schema["contains"], root)
+        checks.append(lambda v: not isinstance(v, list) or any(member(x) for x in v))
     if "required" in schema:
         req = list(schema["required"])
         checks.append(lambda v: not isinstance(v, dict) or all(k in v for k in req))

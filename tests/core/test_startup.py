@@ -82,7 +82,7 @@ def test_provider_discovery_cache_follows_installs(tmp_path: Path, flux: FluxRun
 
     shutil.rmtree(broken)  # uninstall: gone at once
     rc, out, err = flux("plan", cwd=root, env=env)
-    assert rc == 1 and "unknown provider 'fake' (installed: aws, local, record)" in err
+    assert rc == 1 and "unknown provider 'fake' (installed: aws, docker, local, record)" in err
     # an entry the cache still names but that no longer loads is looked up afresh, not trusted
     cache = next(Path(flux_env["HOME"], ".cache", "flux", "providers").glob("*.json"))
     for current in Path(flux_env["HOME"], ".cache", "flux", "providers").glob("*.json"):
