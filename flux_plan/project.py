@@ -46,8 +46,9 @@ _SECRET_GET_RE = re.compile(r"""ctx\s*\.\s*secrets\s*\.\s*get\s*\(\s*(["'`])([A-
 _ENV_DOT_RE = re.compile(r"ctx\s*\.\s*env\s*\??\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 _ENV_INDEX_RE = re.compile(r"""ctx\s*\.\s*env\s*(?:\?\.)?\[\s*(["'`])([A-Za-z_][A-Za-z0-9_]*)\1\s*\]""")
 _ENV_DESTRUCTURE_RE = re.compile(r"\{([^{}]*)\}\s*=\s*ctx\s*\.\s*env\b")
-# ctx.db / ctx?.db / const { db } = ctx: the database is granted only to code that names it (DESIGN §6)
-_DB_RE = re.compile(r"ctx\s*\??\.\s*db\b|\{[^{}]*\bdb\b[^{}]*\}\s*=\s*ctx\b")
+# a function that names ctx.db (also `ctx?.db`, `{ db } = ctx`), or a file of it that calls `x.db.query(` (a shared
+# helper handed the context): only these functions are granted the database (DESIGN §6)
+_DB_RE = re.compile(r"ctx\.db|ctx\s*\??\.\s*db\b|\.db\.query\(|\{[^{}]*\bdb\b[^{}]*\}\s*=\s*ctx\b")
 _ENV_LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
 ENV_EXAMPLE_WARNING = ".env.example does not list it"
 _CODE_SUFFIXES = {".ts", ".tsx", ".js", ".mjs", ".jsx"}
@@ -249,12 +250,10 @@ def scan_code(files: list[tuple[str, str]], entry: str) -> CodeScan:
                 if nm:
                     found.name_literal = nm.group(2)
                     found.name_line = line_of(text, nm.start())
-        if "ctx.db" in text or ".db.query(" in text:
+        if not found.uses_db and _DB_RE.search(text):
             found.uses_db = True
         if "ctx" not in text:
             continue
-        if not found.uses_db and _DB_RE.search(text):
-            found.uses_db = True
         for m in _SECRET_GET_RE.finditer(text):
             found.secrets.setdefault(m.group(2), (rel, line_of(text, m.start())))
         for m in _ENV_DOT_RE.finditer(text):
