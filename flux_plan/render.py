@@ -91,20 +91,6 @@ def text_lines(plan: Plan, markup: bool = True) -> list[str]:
     return out
 
 
-def render_text(plan: Plan) -> None:
-    import sys
-
-    from flux_plan.cli.output import console
-
-    con = console()
-    if con.is_terminal:
-        for line in text_lines(plan):
-            con.print(line)
-    else:
-        sys.stdout.write("\n".join(text_lines(plan, markup=False)) + "\n")
-        sys.stdout.flush()
-
-
 def to_json(plan: Plan) -> dict[str, Any]:
     return plan.to_doc()
 

@@ -136,9 +136,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(exc: FluxError, json_mode: bool) -> None:
-    from flux_plan.cli.output import err_console, escape, print_failure
+    """The failure through the view the command picks from the same `--json` flag."""
+    from flux_plan.cli.views import view_for
 
-    if json_mode:
-        print_failure(exc)
-    err_console().print(f"[bold red]Error:[/] {escape(exc.render())}")
+    view_for(json_mode).failure(exc)
     sys.exit(exc.exit_code)

@@ -3,25 +3,23 @@ rendering only; the work is in flux_plan.apply, flux_plan.state and flux_plan.se
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from flux_plan.cli.common import DirOption, LockTimeoutOption, StageOption, open_workspace, parse_duration
-from flux_plan.cli.output import console, err_console, escape, is_tty, print_json
+from flux_plan.cli.output import err_console, escape, print_json
+from flux_plan.cli.views import View, view_for
 from flux_plan.errors import FluxError
 
 if TYPE_CHECKING:
-    from flux_plan.apply import ApplyEvent, ApplyResult
+    from flux_plan.apply import ApplyResult
     from flux_plan.plan import Plan
     from flux_plan.workspace import Workspace
 
-PROMPT = "Do you want to perform these actions? Only 'yes' will be accepted"
-PAST = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted", "read": "read"}
 ParallelismOption = typer.Option(10, "--parallelism", "-p", min=1, max=256, envvar="FLUX_PARALLELISM",
                                  help="At most this many provider operations at once.")
 AllowOutOfOrderOption = typer.Option(False, "--allow-out-of-order",
@@ -29,166 +27,30 @@ AllowOutOfOrderOption = typer.Option(False, "--allow-out-of-order",
 JsonOption = typer.Option(False, "--json", help="Stream one JSON object per line (events, then a summary).")
 
 
-# -- rendering ------------------------------------------------------------------------------------
-
-
-class Progress:
-    """Apply events as plain lines (CI logs), a live progress bar on a terminal, or JSON lines."""
-
-    def __init__(self, total: int, json_out: bool) -> None:
-        self.json_out = json_out
-        self.total = total
-        self.done = 0
-        self._live: Any = None
-        if not json_out and is_tty() and total:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-            from rich.progress import Progress as RichProgress
-
-            self._live = RichProgress(TextColumn("[bold]Applying"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TextColumn("{task.description}"),
-                                      console=console(), transient=True)
-            self._task = self._live.add_task("", total=total)
-            self._live.start()
-
-    def __call__(self, ev: ApplyEvent) -> None:
-        if self.json_out:
-            sys.stdout.write(json.dumps(ev.to_dict(), default=str) + "\n")
-            sys.stdout.flush()
-            return
-        if ev.kind == "message":
-            err_console().print(f"[yellow]{escape(ev.message or '')}[/]")
-            return
-        if ev.kind == "started":
-            if self._live is not None:
-                self._live.update(self._task, description=escape(f"{ev.action} {ev.address}"))
-            return
-        if ev.kind in ("finished", "failed", "skipped", "cancelled"):
-            self.done += 1
-            if self._live is not None:
-                self._live.update(self._task, completed=self.done)
-        if ev.kind == "finished":
-            line, style = f"{ev.address}: {PAST.get(ev.action, ev.action)} ({ev.elapsed:.1f}s)", ""
-        elif ev.kind == "failed":
-            line, style = f"{ev.address}: {ev.action} failed after {ev.elapsed:.1f}s: {ev.error or ''}", "red"
-        elif ev.kind == "skipped":
-            line, style = f"{ev.address}: skipped ({ev.error or ''})", "yellow"
-        elif ev.kind == "retrying":
-            line, style = f"{ev.address}: transient error, retrying (attempt {ev.attempt})", "dim"
-        else:
-            return
-        if self._live is None:  # plain lines: cheap enough for thousands of resources in CI logs
-            sys.stdout.write(line + "\n")
-        else:
-            console().print(f"[{style}]{escape(line)}[/]" if style else escape(line))
-
-    def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-
-def _print_result(result: ApplyResult, *, json_out: bool, verb: str) -> None:
-    counts = result.counts()
-    added = sum(1 for r in result.results if r.status == "applied" and r.action in ("create", "replace"))
-    changed = sum(1 for r in result.results if r.status == "applied" and r.action == "update")
-    destroyed = sum(1 for r in result.results if r.status == "applied" and r.action in ("delete", "replace"))
-    if json_out:
-        sys.stdout.write(json.dumps({
-            "event": "summary", "ok": result.ok, "interrupted": result.interrupted, "serial": result.serial,
-            "added": added, "changed": changed, "destroyed": destroyed, **counts,
-            "failures": [r.__dict__ for r in result.results if r.status != "applied"],
-            "outputs": result.outputs,
-        }, default=str) + "\n")
-        sys.stdout.flush()
-        return
-    out = console()
-    bad = [r for r in result.results if r.status != "applied"]
-    if bad:
-        if is_tty():
-            from rich.table import Table
-
-            table = Table("address", "action", "status", "elapsed", "error", title="Not applied")
-            for r in bad:
-                table.add_row(escape(r.address), r.action, r.status, f"{r.elapsed:.1f}s", escape(r.error or ""))
-            out.print(table)
-        else:
-            out.print("Not applied:")
-            for r in bad:
-                out.print(f"  {escape(r.address)}  {r.action}  {r.status}  {r.elapsed:.1f}s  {escape(r.error or '')}")
-    totals = f"{added} added, {changed} changed, {destroyed} destroyed"
-    if result.interrupted:
-        out.print(f"[bold yellow]{verb} interrupted.[/] State saved. Resources: {totals}; "
-                  f"{counts['cancelled']} not started.")
-    elif bad:
-        out.print(f"[bold red]{verb} failed.[/] Resources: {totals}; {counts['failed']} failed, "
-                  f"{counts['skipped']} skipped. What succeeded is in the state; fix the error and re-run.")
-    else:
-        out.print(f"[bold green]{verb} complete![/] Resources: {totals}.")
-    if result.outputs:
-        out.print("\nOutputs:\n")
-        for k, v in result.outputs.items():
-            out.print(f"{escape(k)} = {escape(json.dumps(v) if not isinstance(v, str) else v)}")
-
-
-def _show_plan(plan: Plan, json_out: bool) -> None:
-    if json_out:
-        sys.stdout.write(json.dumps({"event": "plan", **plan.to_doc()}, default=str) + "\n")
-        sys.stdout.flush()
-        return
-    from flux_plan.render import render_text
-
-    render_text(plan)
-
-
-def _confirm(what: str) -> None:
-    """Ask for 'yes' on a terminal; refuse when nobody can answer (no terminal, or --input=false)."""
-    from flux_plan.cli.output import input_disabled
-
-    if input_disabled():
-        raise FluxError(
-            f"refusing to {what}: it needs a 'yes' and --input=false forbids asking. Nothing was changed.",
-            hint="pass --auto-approve, or save a plan with `flux plan -o FILE` and run `flux apply FILE`",
-        )
-    if not sys.stdin.isatty():
-        raise FluxError(
-            f"refusing to {what} without confirmation: stdin is not a terminal",
-            hint="pass --auto-approve, or save a plan with `flux plan -o FILE` and run `flux apply FILE`",
-        )
-    out = console()
-    out.print(f"\n[bold]{PROMPT}[/]\n  Enter a value: ", end="")
-    answer = sys.stdin.readline().strip()
-    if answer != "yes":
-        out.print(f"\n{what.capitalize()} cancelled.")
-        raise typer.Exit(1)
-
-
-def _run(ws: Workspace, plan: Plan, *, parallelism: int, lock_timeout: float, json_out: bool,
-         saved: bool, verb: str) -> ApplyResult:
+def _run(ws: Workspace, plan: Plan, view: View, *, parallelism: int, lock_timeout: float, saved: bool,
+         verb: str) -> ApplyResult:
     from flux_plan.apply import apply_plan
 
-    progress = Progress(sum(1 for c in plan.changes if c.action != "noop"), json_out)
+    progress = view.progress(sum(1 for c in plan.changes if c.action != "noop"))
     try:
         result = apply_plan(plan, ws, parallelism=parallelism, on_event=progress, lock_timeout=lock_timeout,
                             saved=saved)
     finally:
         progress.close()
-    _print_result(result, json_out=json_out, verb=verb)
+    view.apply_result(result, verb)
     return result
 
 
-def _plan_and_apply(ws: Workspace, make: Callable[[], Plan], *, approve: bool, parallelism: int,
-                    lock_timeout: float, json_out: bool, verb: str, what: str) -> ApplyResult:
+def _plan_and_apply(ws: Workspace, make: Callable[[], Plan], view: View, *, approve: bool, parallelism: int,
+                    lock_timeout: float, verb: str, what: str) -> ApplyResult:
     """Under one lock: recover, plan, show, confirm, apply (nobody can move the state in between)."""
     from flux_plan.session import plan_and_apply
 
-    if json_out and not approve:
-        raise FluxError("--json needs --auto-approve (a prompt cannot be answered in JSON mode)",
-                        hint="add --auto-approve, or apply a saved plan file")
+    confirm = view.confirmer(approve, what)  # refuses before the lock when nobody can answer
     return plan_and_apply(
-        ws, make, operation=verb.lower(), show=lambda p: _show_plan(p, json_out),
-        confirm=None if approve else (lambda p: _confirm(what)), parallelism=parallelism, lock_timeout=lock_timeout,
-        run=lambda p: _run(ws, p, parallelism=parallelism, lock_timeout=lock_timeout, json_out=json_out,
-                           saved=False, verb=verb))
+        ws, make, operation=verb.lower(), show=view.apply_plan, confirm=confirm, parallelism=parallelism,
+        lock_timeout=lock_timeout,
+        run=lambda p: _run(ws, p, view, parallelism=parallelism, lock_timeout=lock_timeout, saved=False, verb=verb))
 
 
 def _exit(result: ApplyResult) -> None:
@@ -196,14 +58,11 @@ def _exit(result: ApplyResult) -> None:
         raise typer.Exit(result.exit_code)
 
 
-def _workspace(stage: str | None, directory: Path | None, json_out: bool, *, lenient: bool = False) -> Workspace:
-    ws = open_workspace(stage, directory, lenient=lenient)
-    if json_out:  # provider progress lines must not corrupt the JSON stream
-        ws.log = lambda msg: err_console().print(escape(str(msg)))
-    return ws
+def _workspace(stage: str | None, directory: Path | None, view: View, *, lenient: bool = False) -> Workspace:
+    return view.bind(open_workspace(stage, directory, lenient=lenient))
 
 
-def _saved_workspace(plan: Plan, stage: str | None, directory: Path | None, json_out: bool,
+def _saved_workspace(plan: Plan, stage: str | None, directory: Path | None, view: View,
                      planfile: Path) -> Workspace:
     """The plan's own project snapshot, in the project found from the current (or --dir) directory."""
     from flux_plan.workspace import Workspace
@@ -215,10 +74,7 @@ def _saved_workspace(plan: Plan, stage: str | None, directory: Path | None, json
     if stage is not None and stage != plan.stage:
         raise FluxError(f"{planfile}: refusing to apply: the plan is for stage {plan.stage!r}, not {stage!r}. "
                         "Nothing was changed.", hint=f"drop --stage or pass --stage {plan.stage}")
-    ws = Workspace.for_plan(here.root, plan)
-    if json_out:
-        ws.log = lambda msg: err_console().print(escape(str(msg)))
-    return ws
+    return view.bind(Workspace.for_plan(here.root, plan))
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -241,6 +97,7 @@ def register(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Reconcile the stage with the project (or apply exactly a saved plan)."""
+        view = view_for(json_out)
         timeout = parse_duration(lock_timeout)
         if planfile is not None:
             from flux_plan.plan import Plan
@@ -251,21 +108,20 @@ def register(app: typer.Typer) -> None:
             from flux_plan.session import apply_saved
 
             plan = Plan.load(planfile)  # the seal is verified before anything else
-            ws = _saved_workspace(plan, stage, directory, json_out, planfile)
+            ws = _saved_workspace(plan, stage, directory, view, planfile)
             verb = "Destroy" if plan.destroy else "Apply"
             _exit(apply_saved(  # every other check also comes before anything is rendered
-                ws, plan, str(planfile), show=lambda p: _show_plan(p, json_out), parallelism=parallelism,
-                lock_timeout=timeout,
-                run=lambda p: _run(ws, p, parallelism=parallelism, lock_timeout=timeout, json_out=json_out,
-                                   saved=True, verb=verb)))
+                ws, plan, str(planfile), show=view.apply_plan, parallelism=parallelism, lock_timeout=timeout,
+                run=lambda p: _run(ws, p, view, parallelism=parallelism, lock_timeout=timeout, saved=True,
+                                   verb=verb)))
             return
         from flux_plan.plan import make_plan
 
-        ws = _workspace(stage, directory, json_out)
+        ws = _workspace(stage, directory, view)
         result = _plan_and_apply(ws, lambda: make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only,
-                                                       allow_out_of_order=allow_out_of_order),
+                                                       allow_out_of_order=allow_out_of_order), view,
                                  approve=auto_approve, parallelism=parallelism, lock_timeout=timeout,
-                                 json_out=json_out, verb="Apply", what="apply")
+                                 verb="Apply", what="apply")
         _exit(result)
 
     @app.command()
@@ -281,14 +137,15 @@ def register(app: typer.Typer) -> None:
         from flux_plan.plan import make_plan
         from flux_plan.workspace import function_dir_of
 
-        ws = _workspace(stage, directory, json_out)
+        view = view_for(json_out)
+        ws = _workspace(stage, directory, view)
         fn_dir = function_dir_of(ws.root)
-        if fn_dir is not None and not json_out:
-            console().print(f"Deploying only {escape(fn_dir)} and what it needs.")
+        if fn_dir is not None:
+            view.note(f"Deploying only {fn_dir} and what it needs.")
         result = _plan_and_apply(ws, lambda: make_plan(ws, function_dir=fn_dir,
-                                                                     allow_out_of_order=allow_out_of_order), approve=True,
-                                 parallelism=parallelism, lock_timeout=parse_duration(lock_timeout),
-                                 json_out=json_out, verb="Deploy", what="deploy")
+                                                                     allow_out_of_order=allow_out_of_order), view,
+                                 approve=True, parallelism=parallelism, lock_timeout=parse_duration(lock_timeout),
+                                 verb="Deploy", what="deploy")
         _exit(result)
 
     @app.command()
@@ -304,11 +161,11 @@ def register(app: typer.Typer) -> None:
         """Delete every resource of the stage, then stop what the provider runs for it."""
         from flux_plan.plan import make_plan
 
-        ws = _workspace(stage, directory, json_out, lenient=True)
+        view = view_for(json_out)
+        ws = _workspace(stage, directory, view, lenient=True)
         timeout = parse_duration(lock_timeout)
-        result = _plan_and_apply(ws, lambda: make_plan(ws, destroy=True, targets=target), approve=auto_approve,
-                                 parallelism=parallelism, lock_timeout=timeout, json_out=json_out,
-                                 verb="Destroy", what="destroy")
+        result = _plan_and_apply(ws, lambda: make_plan(ws, destroy=True, targets=target), view, approve=auto_approve,
+                                 parallelism=parallelism, lock_timeout=timeout, verb="Destroy", what="destroy")
         _exit(result)
 
     _register_state(app)
@@ -326,14 +183,8 @@ def _register_state(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Addresses recorded in the state."""
-        st = open_workspace(stage, directory, lenient=True).state.load()
-        if json_out:
-            print_json({"serial": st.serial, "lineage": st.lineage, "resources": sorted(st.resources),
-                        "pending": st.pending})
-            return
-        for addr in sorted(st.resources):
-            suffix = "  (outcome unknown: refreshed on next apply)" if addr in st.pending else ""
-            typer.echo(addr + suffix)
+        view = view_for(json_out)
+        view.state_list(open_workspace(stage, directory, lenient=True).state.load())
 
     @state_app.command("show")
     def state_show(
@@ -436,15 +287,10 @@ def _register_secrets(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Names and fingerprints (never values)."""
+        view = view_for(json_out)
         ws = open_workspace(stage, directory, lenient=True)
         items = [{"key": k, "fingerprint": ws.secrets.fingerprint(k)} for k in ws.secrets.keys()]  # noqa: SIM118
-        if json_out:
-            print_json({"stage": ws.stage.name, "secrets": items})
-            return
-        if not items:
-            typer.echo(f"No secrets set for stage {ws.stage.name}.")
-        for it in items:
-            typer.echo(f"{it['key']}  {it['fingerprint'][:16]}")
+        view.secrets_list(ws.stage.name, items)
 
     @secrets_app.command("unset")
     def secrets_unset(

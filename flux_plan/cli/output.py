@@ -73,20 +73,3 @@ def print_json(doc: Any) -> None:
     """Machine output goes straight to stdout, unstyled."""
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
-
-
-def print_error(message: str) -> None:
-    err_console().print(f"[bold red]Error:[/] {escape(message)}")
-
-
-def print_failure(exc: Any) -> None:
-    """A failed `--json` command still prints JSON: {ok: false, error, hint, problems}."""
-    problems = [
-        {"file": p.file, "line": p.line, "column": p.column, "json_path": p.json_path, "severity": p.severity,
-         "message": p.message, "hint": p.hint}
-        for p in getattr(exc, "problems", None) or []
-    ]
-    # One line: valid for `--json` documents and for the JSON-lines streams of apply/deploy/destroy alike.
-    doc = {"event": "error", "ok": False, "error": exc.message, "hint": exc.hint, "problems": problems}
-    sys.stdout.write(json.dumps(doc, default=str) + "\n")
-    sys.stdout.flush()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -16,13 +14,9 @@ from flux_plan.cli.common import (
     parse_duration,
     project_root,
 )
-from flux_plan.cli.output import console, err_console, escape, print_json
-from flux_plan.errors import FluxError, Problem
-
-
-def _problem_doc(p: Problem) -> dict[str, Any]:
-    return {"file": p.file, "line": p.line, "column": p.column, "json_path": p.json_path, "severity": p.severity,
-            "message": p.message, "hint": p.hint}
+from flux_plan.cli.output import err_console, escape
+from flux_plan.cli.views import view_for
+from flux_plan.errors import FluxError
 
 
 def register(app: typer.Typer) -> None:
@@ -36,30 +30,15 @@ def register(app: typer.Typer) -> None:
         from flux_plan.check import provider_problems, syntax_problems
         from flux_plan.project import scan
 
+        view = view_for(json_out)
         root = project_root(directory)
         project, problems = scan(root)
         problems += provider_problems(project) + syntax_problems(root, project.functions)
         if strict:
             for p in problems:
                 p.severity = "error"
-        errors = [p for p in problems if p.severity == "error"]
-        warnings = [p for p in problems if p.severity != "error"]
-        if json_out:
-            print_json({"valid": not errors, "errors": len(errors), "warnings": len(warnings),
-                        "functions": len(project.functions), "migrations": len(project.migrations),
-                        "problems": [_problem_doc(p) for p in problems]})
-        else:
-            out = console()
-            for p in problems:
-                color = "red" if p.severity == "error" else "yellow"
-                text = escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1)
-                out.print(text)
-            if errors:
-                out.print(f"[bold red]{len(errors)} error(s)[/], {len(warnings)} warning(s).")
-            else:
-                out.print(f"[green]Valid:[/] {len(project.functions)} function(s), {len(project.migrations)} "
-                          f"migration(s), {len(warnings)} warning(s).")
-        if errors:
+        view.validation(project, problems)
+        if any(p.severity == "error" for p in problems):
             raise typer.Exit(1)
 
     @app.command()
@@ -82,27 +61,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Preview what apply would change: scan, refresh, diff."""
         from flux_plan.plan import make_plan, pin
-        from flux_plan.render import render_markdown, render_text
 
+        view = view_for(json_out, markdown=markdown)
         parse_duration(lock_timeout)  # plan takes no lock; the flag is validated for scripts' sake
-        if json_out and markdown:
-            raise FluxError("--json and --markdown are exclusive", hint="pick one output format")
         ws = open_workspace(stage, directory)
         p = make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only, destroy=destroy,
                       strict=strict, allow_out_of_order=allow_out_of_order)
         if out is not None:
             pin(ws, p)
             p.save(out)
-        if json_out:
-            print_json(p.to_doc())
-        elif markdown:
-            sys.stdout.write(render_markdown(p))
-            sys.stdout.flush()
-        else:
-            render_text(p)
-            if out is not None:
-                console().print(f"\nSaved the plan to {escape(str(out))}. Apply exactly it with: "
-                                f"flux apply {escape(str(out))}")
+        view.plan(p, saved_to=None if out is None else str(out))
         if detailed_exitcode and p.has_changes():
             raise typer.Exit(2)
 
@@ -114,20 +82,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Render a saved plan again (its seal is verified first), as `terraform show` does."""
         from flux_plan.plan import Plan
-        from flux_plan.render import render_markdown, render_text
 
-        if json_out and markdown:
-            raise FluxError("--json and --markdown are exclusive", hint="pick one output format")
-        p = Plan.load(planfile, action="show")
-        if json_out:
-            doc = p.to_doc()
-            doc.pop("snapshot", None)  # the pinned specs are for apply; --json shows what the plan does
-            print_json(doc)
-        elif markdown:
-            sys.stdout.write(render_markdown(p))
-            sys.stdout.flush()
-        else:
-            render_text(p)
+        view_for(json_out, markdown=markdown).saved_plan(Plan.load(planfile, action="show"))
 
     @app.command()
     def graph(
@@ -140,14 +96,11 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in ("dot", "json"):
             raise FluxError(f"--format {fmt!r}: unknown format", hint="use --format dot or --format json")
+        view = view_for(fmt == "json")
         ws = open_workspace(stage, directory)
         try:
             fingerprints = {k: ws.secrets.fingerprint(k) for k in ws.secrets.keys()}  # noqa: SIM118
         except FluxError as exc:
             err_console().print(f"[yellow]Warning:[/] secrets not read ({escape(exc.message)})")
             fingerprints = {}
-        g = build_graph(ws.project, ws.stage, fingerprints)
-        if fmt == "json":
-            print_json(g.to_json())
-        else:
-            sys.stdout.write(g.to_dot())
+        view.graph(build_graph(ws.project, ws.stage, fingerprints))

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from flux_plan.cli.common import DirOption, LockTimeoutOption, StageOption, open_workspace, parse_duration
-from flux_plan.cli.output import print_json
+from flux_plan.cli.views import view_for
 from flux_plan.errors import FluxError, ProviderError
 
 
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         """Switch functions back to their previously deployed version (atomic alias switch)."""
         from flux_plan.workspace import function_dir_of
 
+        view = view_for(json_out)
         ws = open_workspace(stage, directory)
         hook = getattr(ws.provider, "rollback", None)
         if hook is None:
@@ -53,9 +54,4 @@ def register(app: typer.Typer) -> None:
                     results.append(hook(name, to) if to is not None else hook(name))
                 except ProviderError as exc:
                     raise FluxError(str(exc)) from exc
-        if json_out:
-            print_json({"stage": ws.stage.name, "rollbacks": results})
-            return
-        for r in results:
-            typer.echo(f"function.{r['function']}: live {r['from_version']} -> {r['to_version']}")
-        typer.echo("The next apply deploys the project's current code again.")
+        view.rollbacks(ws.stage.name, results)

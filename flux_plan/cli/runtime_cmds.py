@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from flux_plan.cli.output import console, escape, is_tty, print_json
+from flux_plan.cli.views import LEVELS, view_for
 from flux_plan.errors import FluxError
-from flux_plan.logfmt import format_record
 from flux_plan.units import parse_duration
-
-_LEVEL_STYLE = {"debug": "dim", "info": "cyan", "warn": "yellow", "error": "bold red"}  # = logfmt's levels
 
 
 def parse_payload(text: str) -> Any:
@@ -61,20 +57,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
         """Call a function through its gateway route; print result, status, duration and request id."""
+        view = view_for(as_json)
         ws = _workspace(stage)
         res = _hook(ws, "invoke")(function, parse_payload(payload))
-        failed = res.status >= 400
-        if as_json:
-            print_json({"function": function, "status": res.status, "ok": not failed, "body": res.body,
-                        "request_id": res.request_id, "duration_ms": round(res.duration_ms, 2)})
-        else:
-            body = json.dumps(res.body, indent=2, ensure_ascii=False)
-            sys.stdout.write(body + "\n")
-            sys.stdout.flush()
-            color = "red" if failed else "green"
-            console().print(f"[{color}]status {res.status}[/] in {res.duration_ms:.1f} ms, "
-                            f"request id {escape(str(res.request_id))}", highlight=False)
-        if failed:
+        view.invoke_result(function, res)
+        if res.status >= 400:
             raise typer.Exit(1)
 
     @app.command()
@@ -88,7 +75,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="one JSON record per line"),
     ) -> None:
         """Structured logs of the stage (ctx.log records carry their request id)."""
-        if level not in _LEVEL_STYLE:
+        view = view_for(as_json)
+        if level not in LEVELS:
             raise FluxError(f"--level {level!r}: unknown level", hint="use debug, info, warn or error")
         ws = _workspace(stage)
         names = sorted(spec.name for spec in ws.project.functions)
@@ -97,17 +85,8 @@ def register(app: typer.Typer) -> None:
                             hint=f"functions of this project: {', '.join(names) or '(none)'}")
         records = _hook(ws, "logs")(function, since_s=parse_duration(since, "--since") if since else None,
                                     request_id=request_id, level=level, follow=follow)
-        color = is_tty() and not as_json
         try:
-            for rec in records:
-                if as_json:
-                    sys.stdout.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-                    sys.stdout.flush()
-                elif color:
-                    console().print(format_record(rec, color=True))
-                else:
-                    sys.stdout.write(format_record(rec, color=False) + "\n")
-                    sys.stdout.flush()
+            view.log_records(records)
         except KeyboardInterrupt:
             return
 
@@ -130,15 +109,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Migration files of the project, in the order they apply."""
+        view = view_for(as_json)
         ws = _workspace(stage)
-        rows = [{"version": m.version, "file": m.file, "checksum": m.checksum[:12]} for m in ws.project.migrations]
-        if as_json:
-            print_json(rows)
-            return
-        for r in rows:
-            typer.echo(f"{r['version']:>4}  {r['file']}  {r['checksum']}")
-        if not rows:
-            typer.echo("no migrations (add schema/001_<name>.sql, or run `flux migrations new NAME`)")
+        view.migrations([{"version": m.version, "file": m.file, "checksum": m.checksum[:12]}
+                         for m in ws.project.migrations])
 
     @migrations_app.command("status")
     def migrations_status(
@@ -146,16 +120,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Each migration file against the stage database: applied, pending, or changed since applied."""
-        ws = _workspace(stage)
         from flux_plan.session import migration_status
 
+        view = view_for(as_json)
+        ws = _workspace(stage)
         rows = migration_status(ws.project.migrations, _applied_in_db(ws))
-        if as_json:
-            print_json(rows)
-            return
-        for r in rows:
-            when = f"  {r['applied_at'][:19]}" if r["applied_at"] else ""
-            typer.echo(f"{r['version']:>4}  {r['file']:<40} {r['status']}{when}")
+        view.migration_status(rows)
         if any(r["status"].startswith("CHANGED") for r in rows):
             raise typer.Exit(1)
 
