@@ -383,6 +383,26 @@ def pin(ws: Workspace, plan: Plan) -> None:
     }
 
 
+def workspace_for(root: Path, plan: Plan, **options: Any) -> Workspace:
+    """The workspace a saved plan applies in: the project as the plan pinned it (function specs,
+    migrations, stage settings) and an artifact store that never builds from the working tree."""
+    from flux_plan.artifacts import ArtifactStore
+    from flux_plan.model import FunctionSpec, Migration, Project, StageConfig
+    from flux_plan.workspace import Workspace
+
+    snap = plan.snapshot or {}
+    stage = StageConfig.model_validate(snap.get("stage") or {"name": plan.stage, "provider": plan.provider})
+    project = Project(
+        root=root.resolve(), name=plan.project,
+        functions=[FunctionSpec.model_validate(f) for f in snap.get("functions", [])],
+        migrations=[Migration.model_validate(m) for m in snap.get("migrations", [])],
+        env_example_keys=list(snap.get("env_example_keys", [])), stages={stage.name: stage},
+    )
+    ws = Workspace(root=project.root, project=project, stage=stage, options=options)
+    ws.__dict__["artifacts"] = ArtifactStore(project.root, pinned=True)
+    return ws
+
+
 def check_saved(plan: Plan, ws: Workspace, state: State, where: str) -> None:
     """Everything a saved plan's apply depends on, checked before anything is shown or changed: the
     state it was made against, the stage, every pinned bundle (present, same bytes), every migration

@@ -14,7 +14,6 @@ from flux_plan.paths import stage_dir
 
 if TYPE_CHECKING:
     from flux_plan.artifacts import ArtifactStore
-    from flux_plan.plan import Plan
     from flux_plan.providers import Provider
     from flux_plan.secrets import SecretStore
     from flux_plan.state import StateManager
@@ -72,25 +71,6 @@ class Workspace:
         if fatal:
             raise ValidationFailed(problems=fatal)
         return cls(root=root, project=project, stage=project.stage(stage), options=options)
-
-    @classmethod
-    def for_plan(cls, root: Path, plan: Plan, **options: Any) -> Workspace:
-        """The workspace a saved plan applies in: the project as the plan pinned it (function specs,
-        migrations, stage settings) and an artifact store that never builds from the working tree."""
-        from flux_plan.artifacts import ArtifactStore
-        from flux_plan.model import FunctionSpec, Migration
-
-        snap = plan.snapshot or {}
-        stage = StageConfig.model_validate(snap.get("stage") or {"name": plan.stage, "provider": plan.provider})
-        project = Project(
-            root=root.resolve(), name=plan.project,
-            functions=[FunctionSpec.model_validate(f) for f in snap.get("functions", [])],
-            migrations=[Migration.model_validate(m) for m in snap.get("migrations", [])],
-            env_example_keys=list(snap.get("env_example_keys", [])), stages={stage.name: stage},
-        )
-        ws = cls(root=project.root, project=project, stage=stage, options=options)
-        ws.__dict__["artifacts"] = ArtifactStore(project.root, pinned=True)
-        return ws
 
     @property
     def state_dir(self) -> Path:

@@ -65,7 +65,7 @@ def _workspace(stage: str | None, directory: Path | None, view: View, *, lenient
 def _saved_workspace(plan: Plan, stage: str | None, directory: Path | None, view: View,
                      planfile: Path) -> Workspace:
     """The plan's own project snapshot, in the project found from the current (or --dir) directory."""
-    from flux_plan.workspace import Workspace
+    from flux_plan.plan import workspace_for
 
     here = open_workspace(stage or plan.stage, directory, lenient=True)
     if plan.project != here.project.name:
@@ -74,7 +74,7 @@ def _saved_workspace(plan: Plan, stage: str | None, directory: Path | None, view
     if stage is not None and stage != plan.stage:
         raise FluxError(f"{planfile}: refusing to apply: the plan is for stage {plan.stage!r}, not {stage!r}. "
                         "Nothing was changed.", hint=f"drop --stage or pass --stage {plan.stage}")
-    return view.bind(Workspace.for_plan(here.root, plan))
+    return view.bind(workspace_for(here.root, plan))
 
 
 # -- commands -------------------------------------------------------------------------------------

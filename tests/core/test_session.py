@@ -14,7 +14,7 @@ from flux_record import world_resources
 from flux_plan.errors import FluxError
 from flux_plan.migrations import AppliedMigration
 from flux_plan.model import Migration
-from flux_plan.plan import Plan, make_plan
+from flux_plan.plan import Plan, make_plan, workspace_for
 from flux_plan.session import apply_saved, migration_status, plan_and_apply, state_push, state_rm
 from flux_plan.workspace import Workspace
 
@@ -61,7 +61,7 @@ def test_apply_saved_checks_before_showing(ws: Workspace) -> None:
                    confirm=None, parallelism=2, lock_timeout=1)
     shown: list[Plan] = []
     with pytest.raises(FluxError, match="refusing to apply: saved plan is stale"):
-        apply_saved(Workspace.for_plan(ws.root, saved), saved, "p.json", show=shown.append, parallelism=2,
+        apply_saved(workspace_for(ws.root, saved), saved, "p.json", show=shown.append, parallelism=2,
                     lock_timeout=1)
     assert shown == [] and set(world_resources(ws.state_dir)) == {"function.a"}
 
