@@ -127,7 +127,7 @@ class StateManager:
         """Bytes -> State, refusing (never repairing) anything this version cannot read."""
         try:
             doc = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise StateError(
                 f"{where}: the state file is not valid JSON ({exc}); it was left untouched",
                 hint=self._backup_hint(),

@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> None:
         from flux_plan.cli.common import check_single_dash
 
         check_single_dash(args)
-        get_app()(args=_hoist_globals(args), prog_name="flux")
+        # With --json, click hands usage errors back (standalone_mode=False) so they are printed as JSON too;
+        # it then returns the exit code instead of exiting.
+        code = get_app()(args=_hoist_globals(args), prog_name="flux", standalone_mode=not json_mode)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except FluxError as exc:
         _fail(exc, json_mode)
     except RecursionError:
@@ -133,6 +137,35 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console().print("Interrupted.")
         sys.exit(130)
+    except Exception as exc:
+        if not _click_failure(exc):
+            raise
+
+
+def _click_failure(exc: Exception) -> bool:
+    """A click usage error or abort reaching main() (only with --json): rendered as JSON like any failure."""
+    import typer
+
+    if isinstance(exc, typer.Abort):
+        from flux_plan.cli.output import err_console
+
+        err_console().print("Interrupted.")
+        sys.exit(130)
+    # click's usage errors (typer may bundle its own click): a formatted message and an exit code
+    message, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+    if not callable(message) or not isinstance(code, int):
+        return False
+    err = FluxError(str(message()), hint=_usage_hint(exc))
+    err.exit_code = code
+    _fail(err, True)
+    return True
+
+
+def _usage_hint(exc: Exception) -> str:
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        return f"see `{ctx.command_path} --help`"
+    return "see `flux --help`"
 
 
 def _fail(exc: FluxError, json_mode: bool) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from flux_plan.cli.common import DirOption, LockTimeoutOption, StageOption, open_workspace, parse_duration
+from flux_plan.cli.common import DirOption, LockTimeoutOption, StageOption, lock_seconds, open_workspace
 from flux_plan.cli.output import err_console, escape, print_json
 from flux_plan.cli.views import View, view_for
 from flux_plan.errors import FluxError
@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Reconcile the stage with the project (or apply exactly a saved plan)."""
         view = view_for(json_out)
-        timeout = parse_duration(lock_timeout)
+        timeout = lock_seconds(lock_timeout)
         if planfile is not None:
             from flux_plan.plan import Plan
 
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
             view.note(f"Deploying only {fn_dir} and what it needs.")
         result = _plan_and_apply(ws, lambda: make_plan(ws, function_dir=fn_dir,
                                                                      allow_out_of_order=allow_out_of_order), view,
-                                 approve=True, parallelism=parallelism, lock_timeout=parse_duration(lock_timeout),
+                                 approve=True, parallelism=parallelism, lock_timeout=lock_seconds(lock_timeout),
                                  verb="Deploy", what="deploy")
         _exit(result)
 
@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
 
         view = view_for(json_out)
         ws = _workspace(stage, directory, view, lenient=True)
-        timeout = parse_duration(lock_timeout)
+        timeout = lock_seconds(lock_timeout)
         result = _plan_and_apply(ws, lambda: make_plan(ws, destroy=True, targets=target), view, approve=auto_approve,
                                  parallelism=parallelism, lock_timeout=timeout, verb="Destroy", what="destroy")
         _exit(result)
@@ -211,7 +211,7 @@ def _register_state(app: typer.Typer) -> None:
         from flux_plan.session import state_rm as forget
 
         ws = open_workspace(stage, directory, lenient=True)
-        new = forget(ws, addresses, parse_duration(lock_timeout))
+        new = forget(ws, addresses, lock_seconds(lock_timeout))
         for a in addresses:
             typer.echo(f"Removed {a}")
         typer.echo(f"State serial {new.serial}.")
@@ -252,7 +252,7 @@ def _register_state(app: typer.Typer) -> None:
             raise FluxError(f"{file}: cannot read ({exc.strerror})") from exc
         from flux_plan.session import state_push as push
 
-        written = push(ws, data, str(file), force=force, lock_timeout=parse_duration(lock_timeout))
+        written = push(ws, data, str(file), force=force, lock_timeout=lock_seconds(lock_timeout))
         typer.echo(f"Pushed {file} ({len(written.resources)} resources), state serial {written.serial}.")
 
 

@@ -14,7 +14,7 @@ from flux_plan.units import parse_duration
 if TYPE_CHECKING:  # the workspace pulls in pydantic: loaded by the commands that open one, not by --help
     from flux_plan.workspace import Workspace
 
-__all__ = ["check_single_dash", "open_workspace", "parse_duration", "project_root"]
+__all__ = ["check_single_dash", "lock_seconds", "open_workspace", "parse_duration", "project_root"]
 
 StageOption = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE",
                            help="Stage of flux.project.json (default: dev).")
@@ -24,6 +24,11 @@ DirOption = typer.Option(None, "--dir", "-C", envvar="FLUX_DIR",
                          help="Project directory (default: found from the current one).")
 # Terraform-style `-out=FILE` would parse as `-o ut=FILE` and silently write a file named `ut=FILE`.
 _SINGLE_DASH_LONG = re.compile(r"^-([A-Za-z][A-Za-z-]+)(=.*)?$")
+
+
+def lock_seconds(text: str) -> float:
+    """`--lock-timeout` (or FLUX_LOCK_TIMEOUT) in seconds; a bad value names where it came from."""
+    return parse_duration(text, "--lock-timeout (FLUX_LOCK_TIMEOUT)")
 
 
 def check_single_dash(args: list[str]) -> None:

@@ -10,8 +10,8 @@ from flux_plan.cli.common import (
     DirOption,
     LockTimeoutOption,
     StageOption,
+    lock_seconds,
     open_workspace,
-    parse_duration,
     project_root,
 )
 from flux_plan.cli.output import err_console, escape
@@ -63,7 +63,9 @@ def register(app: typer.Typer) -> None:
         from flux_plan.plan import make_plan, pin
 
         view = view_for(json_out, markdown=markdown)
-        parse_duration(lock_timeout)  # plan takes no lock; the flag is validated for scripts' sake
+        lock_seconds(lock_timeout)  # plan takes no lock; the flag is validated for scripts' sake
+        if out is not None and (out.name in ("", ".", "..") or out.is_dir()):  # refused before any work
+            raise FluxError(f"-o {str(out)!r}: not a file to save the plan to", hint="e.g. flux plan -o plan.json")
         ws = open_workspace(stage, directory)
         p = make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only, destroy=destroy,
                       strict=strict, allow_out_of_order=allow_out_of_order)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from flux_plan.cli.common import DirOption, LockTimeoutOption, StageOption, open_workspace, parse_duration
+from flux_plan.cli.common import DirOption, LockTimeoutOption, StageOption, lock_seconds, open_workspace
 from flux_plan.cli.views import view_for
 from flux_plan.errors import FluxError, ProviderError
 
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         if to is not None and len(targets) != 1:
             raise FluxError("--to needs exactly one function", hint="name the function: flux rollback FN --to N")
         results = []
-        with ws.state.locked("rollback", parse_duration(lock_timeout)):
+        with ws.state.locked("rollback", lock_seconds(lock_timeout)):
             for name in targets:
                 try:
                     results.append(hook(name, to) if to is not None else hook(name))

@@ -227,7 +227,7 @@ def test_plan_tolerates_held_lock_and_strict_secrets(applied: Path, flux: FluxRu
     rc, _, err = flux("plan", "--strict", cwd=applied)
     assert rc == 1 and "NOBODY_SET" in err
     rc, _, err = flux("plan", "--lock-timeout", "soon", cwd=applied)
-    assert rc == 1 and "invalid duration 'soon'" in err
+    assert rc == 1 and "invalid --lock-timeout (FLUX_LOCK_TIMEOUT) 'soon'" in err
 
 
 def test_graph_command(applied: Path, flux: FluxRunner) -> None:

@@ -197,7 +197,7 @@ def test_pipeline_conventions(tmp_path: Path, flux: FluxRunner, make_project: Ca
     assert (root / ".flux" / "ci" / "state.json").exists() and not (root / ".flux" / "dev" / "state.json").exists()
     assert "\x1b[" not in out
     rc, out, err = flux("plan", "--detailed-exitcode", cwd=root, env={"FLUX_STAGE": "ci", "FLUX_LOCK_TIMEOUT": "x"})
-    assert rc == 1 and "invalid duration 'x'" in err
+    assert rc == 1 and "invalid --lock-timeout (FLUX_LOCK_TIMEOUT) 'x'" in err
     rc, out, err = flux("apply", "--auto-approve", "--json", cwd=root, env={"FLUX_PARALLELISM": "0"})
     assert rc == 2 and "--parallelism" in err, err
     # --json failures are JSON too
