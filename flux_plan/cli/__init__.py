@@ -117,6 +117,16 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     json_mode = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     try:
+        from flux_plan.cli import fast
+
+        if fast.enabled():  # help from its cache, validate of an unchanged project: no typer app built
+            code = fast.try_help(args)
+            if code is None:
+                code = fast.try_validate(args)
+            if code is not None:
+                if code:
+                    sys.exit(code)
+                return
         from flux_plan.cli.common import check_single_dash
 
         check_single_dash(args)
