@@ -260,7 +260,8 @@ def validate_result(root: Path) -> tuple[list[Any], int, int]:
     project, problems = scan(root)
     problems += provider_problems(project)
     entries = _scan_entries(root)
-    checked: dict[str, str] = stored.get("syntax_ok") if isinstance(stored.get("syntax_ok"), dict) else {}
+    seen = stored.get("syntax_ok")
+    checked: dict[str, Any] = seen if isinstance(seen, dict) else {}
     fresh = {spec.name: (entries.get(spec.dir.rsplit("/", 1)[-1]) or {}).get("fp") for spec in project.functions}
     todo = [spec for spec in project.functions if not fresh[spec.name] or checked.get(spec.name) != fresh[spec.name]]
     syntax = syntax_problems(root, todo)
