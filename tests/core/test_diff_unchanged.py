@@ -67,7 +67,7 @@ def test_unchanged_resources_are_addresses_only(tmp_path: Path, make_project: Ca
     state["function.f5"] = state["function.f5"].model_copy(update={"attributes": {
         **state["function.f5"].attributes, "extra": None}})
     actions, unchanged = _agree(g.resources, state, {})
-    assert actions == {"function.f5": "noop"} and "function.f5" not in unchanged
+    assert actions["function.f5"] == "noop" and "function.f5" not in unchanged
 
 
 def test_edited_applied_migration_still_refused(tmp_path: Path, make_project: Callable[..., Path]) -> None:
