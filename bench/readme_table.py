@@ -34,7 +34,29 @@ def _s(v: float | None) -> str:
     return "-" if v is None else (f"{v:.2f} s" if v < 100 else f"{v:.0f} s")
 
 
-def section() -> str:
+# Each bench's part of the section starts with one of these; a part whose results file is absent (e.g.
+# another machine ran that bench) is kept from the README as it stands, not dropped.
+PARTS = ("Plan and apply,", "CLI start-up,", "`flux dev`,")
+
+
+def _kept(previous: str, prefix: str) -> list[str]:
+    """The lines of the README's current part that starts with `prefix`, up to the next part."""
+    block = previous.split(BEGIN, 1)[-1].split(END, 1)[0] if BEGIN in previous else ""
+    out: list[str] = []
+    for line in block.splitlines():
+        if line.startswith(PARTS):
+            if out:
+                break
+            if line.startswith(prefix):
+                out.append(line)
+        elif out:
+            out.append(line)
+    while out and not out[-1].strip():
+        out.pop()
+    return [*out, ""] if out else []
+
+
+def section(previous: str = "") -> str:
     lines = ["## Performance", "",
              "Measured side by side in one run by the scripts in `bench/` (ratios are what carries over between "
              "machines; absolute times depend on the machine and its load). Regenerate with "
@@ -67,6 +89,8 @@ def section() -> str:
                     if op in local[n0] and op in local[n1] and op != "validate")
                 for n0, n1 in itertools.pairwise(ns)) + "."]
         lines.append("")
+    else:
+        lines += _kept(previous, PARTS[0])
     start = _load("cli_startup")
     if start:
         lines += [f"CLI start-up, {start['when']}, median of {start['runs']} runs in turn, on {start['machine']}:",
@@ -74,6 +98,8 @@ def section() -> str:
         for name, row in start["results"].items():
             lines.append(f"| `{name}` | {row['wall_ms']:.0f} ms | {row['cpu_ms']:.0f} ms | {row['wall_ratio']:.2f} |")
         lines.append("")
+    else:
+        lines += _kept(previous, PARTS[1])
     dev = _load("dev_reload")
     if dev:
         bare = dev.get("deno_watch_ms")
@@ -81,11 +107,13 @@ def section() -> str:
                   f"{dev['machine']}: {dev['flux_dev_ms']:.0f} ms with {dev['functions']} functions"
                   + (f"; `deno run --watch` of a bare `Deno.serve`, same run: {bare:.0f} ms "
                      f"(ratio {dev['flux_dev_ms'] / bare:.2f})." if bare else "."), ""]
+    else:
+        lines += _kept(previous, PARTS[2])
     return "\n".join(lines).rstrip() + "\n"
 
 
 def render(readme: str) -> str:
-    block = f"{BEGIN}\n{section()}{END}"
+    block = f"{BEGIN}\n{section(readme)}{END}"
     if BEGIN in readme and END in readme:
         head, rest = readme.split(BEGIN, 1)
         return head + block + rest.split(END, 1)[1]

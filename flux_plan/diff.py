@@ -125,10 +125,34 @@ def diff(
     Raises FluxError (naming every file) when an applied migration's file changed: migrations are
     never silently re-run.
     """
+    changes, unchanged = diff_changes(desired, current, live, force_replace, replace=replace)
+    changes += [ResourceChange(address=a, type=desired[a].type, action="noop", resource=desired[a], prior=current[a],
+                               depends_on=desired[a].depends_on) for a in unchanged]
+    changes.sort(key=lambda c: c.address)
+    return changes
+
+
+def diff_changes(
+    desired: dict[str, Resource],
+    current: dict[str, ResourceState],
+    live: dict[str, dict[str, Any] | None],
+    force_replace: Callable[[str], frozenset[str]],
+    *,
+    replace: Collection[str] = (),
+) -> tuple[list[ResourceChange], list[str]]:
+    """As `diff`, but an unchanged resource (desired = recorded = live, nothing forced) is only its
+    address in the second list: a plan over thousands of unchanged resources builds no object for
+    them. The changes (noops with a reason included) are sorted by address."""
     changes: list[ResourceChange] = []
+    unchanged: list[str] = []
     edited: list[str] = []
     for addr in sorted(set(desired) | set(current)):
         res, prior = desired.get(addr), current.get(addr)
+        if (res is not None and prior is not None and prior.status != "tainted" and addr not in replace
+                and res.attributes == live.get(addr, prior.attributes)
+                and (res.type != "migration" or prior.attributes.get("checksum") in (None, res.attributes["checksum"]))):
+            unchanged.append(addr)
+            continue
         if res is None:
             assert prior is not None
             if prior.type == "migration":
@@ -188,7 +212,7 @@ def diff(
             "Flux never re-runs a migration",
             hint="restore the file's applied content and put the change in a new migration (flux migrations new NAME)",
         )
-    return changes
+    return changes, unchanged
 
 
 def drift(current: dict[str, ResourceState], live: dict[str, dict[str, Any] | None]) -> list[ResourceChange]:

@@ -65,7 +65,13 @@ class DesiredGraph:
                 if dep not in resources:
                     raise FluxError(f"{res.source or addr}: {addr} depends on unknown resource {dep}")
                 self._dependents[dep].append(addr)
-        self._order = self._topo_order()
+        self._order_cache: list[str] | None = None  # sorted on first use: a no-op plan never needs it
+
+    @property
+    def _order(self) -> list[str]:
+        if self._order_cache is None:
+            self._order_cache = self._topo_order()
+        return self._order_cache
 
     def _topo_order(self) -> list[str]:
         ts: TopologicalSorter[str] = TopologicalSorter()

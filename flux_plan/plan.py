@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from flux_plan.diff import AttrDiff, ResourceChange, diff, drift
+from flux_plan.diff import AttrDiff, ResourceChange, diff_changes, drift
 from flux_plan.errors import FluxError, ProviderError, StateError, ValidationFailed
 from flux_plan.graph import DesiredGraph, build_graph, route_address
 from flux_plan.model import Address, ResourceState
@@ -325,7 +325,9 @@ def make_plan(
     for a in pending:
         if a in current and a in live and live[a] is None and not current[a].outputs:
             current.pop(a)
-    all_changes = diff(graph.resources, current, live, ws.provider.force_replace, replace=set(replace))
+    # unchanged resources come back as addresses only: no object, no ordering work for them
+    all_changes, unchanged = diff_changes(graph.resources, current, live, ws.provider.force_replace,
+                                          replace=set(replace))
     if not allow_out_of_order:
         _check_migration_order(all_changes, current)
     for c in all_changes:
@@ -334,13 +336,15 @@ def make_plan(
     if wanted is not None:
         selected = _selection(graph, current, wanted)
         all_changes = [c for c in all_changes if c.address in selected]
-    by_addr = {c.address: c for c in all_changes}
-    order = graph.order()
-    changes = [by_addr[a] for a in order if a in by_addr and by_addr[a].action != "noop"]
+        unchanged = [a for a in unchanged if a in selected]
+    by_addr = {c.address: c for c in all_changes if c.action not in ("noop", "delete")}
+    changes = [by_addr[a] for a in graph.order() if a in by_addr] if by_addr else []
     deletes = [c.address for c in all_changes if c.action == "delete"]
-    changes += [by_addr[a] for a in _delete_order(deletes, current)]
+    if deletes:
+        everything = {c.address: c for c in all_changes}
+        changes += [everything[a] for a in _delete_order(deletes, current)]
     plan.changes = changes
-    plan.unchanged = sum(1 for c in all_changes if c.action == "noop")
+    plan.unchanged = len(unchanged) + sum(1 for c in all_changes if c.action == "noop")
     plan.warnings = warnings
     specs = {f.name: f for f in ws.project.functions}
     plan.artifacts = {

@@ -352,9 +352,10 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _scan_function(root: Path, d: Path, problems: list[Problem],
+def _scan_function(root: Path, d: Path | str, problems: list[Problem],
                    cache: ScanCache | None = None) -> tuple[FunctionSpec, CodeScan] | None:
-    """Scan one function directory, or reuse what the scan cache holds for it when nothing changed."""
+    """Scan one function directory, or reuse what the scan cache holds for it when nothing changed
+    (`d` may be a plain path string: a hit builds no Path object)."""
     if cache is not None:
         hit = cache.get(d)
         if hit is not None:
@@ -369,6 +370,7 @@ def _scan_function(root: Path, d: Path, problems: list[Problem],
             else:
                 problems.extend(found_problems)
                 return spec, code
+    d = Path(d)
     local: list[Problem] = []
     found = _scan_function_files(root, d, local)
     problems.extend(local)
@@ -536,10 +538,9 @@ def scan(root: Path) -> tuple[Project, list[Problem]]:
     cache = ScanCache.load(root)
     if fn_dir.is_dir():
         for entry in sorted(os.scandir(fn_dir), key=lambda e: e.name):  # no stat per entry
-            d = Path(entry.path)
             if entry.name.startswith((".", "_")) or not entry.is_dir():
                 continue
-            found = _scan_function(root, d, problems, cache)
+            found = _scan_function(root, entry.path, problems, cache)
             if found is None:
                 continue
             spec, code = found

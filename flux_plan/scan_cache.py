@@ -20,6 +20,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from stat import S_ISDIR, S_ISLNK
 from typing import Any
 
 from flux_plan.paths import PACKAGE_DIR, SCHEMAS_DIR, flux_dir
@@ -81,7 +82,7 @@ class ScanCache:
         return cls(root, salt, entries)
 
     # -- fingerprints -----------------------------------------------------------------------------
-    def _dir_rows(self, d: Path) -> tuple[list[Any], int] | None:
+    def _dir_rows(self, d: Path | str) -> tuple[list[Any], int] | None:
         """Stat rows of the tree below `d` and the newest mtime in it; None if it holds a link."""
         top = _stat_row(str(d), ".")
         if top is None or top[1] is None:
@@ -97,23 +98,24 @@ class ScanCache:
             except OSError:
                 return None
             entries.sort(key=lambda e: e.name)
-            for e in entries:
-                if e.is_symlink():
-                    return None
+            for e in entries:  # one lstat per entry, nothing else: this runs for every file of every function
                 st = e.stat(follow_symlinks=False)
-                sub_rel = f"{rel}/{e.name}"
-                if e.is_dir(follow_symlinks=False):
+                mode = st.st_mode
+                if S_ISLNK(mode):
+                    return None
+                if S_ISDIR(mode):
                     if e.name in _SKIP_DIRS:
                         continue
+                    sub_rel = f"{rel}/{e.name}"
                     stack.append((e.path, sub_rel))
-                    rows.append((sub_rel, 0, st.st_mtime_ns, st.st_ino, st.st_mode))
+                    rows.append((sub_rel, 0, st.st_mtime_ns, st.st_ino, mode))
                 else:
-                    rows.append((sub_rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode))
+                    rows.append((f"{rel}/{e.name}", st.st_size, st.st_mtime_ns, st.st_ino, mode))
                 if st.st_mtime_ns > newest:
                     newest = st.st_mtime_ns
         return rows, newest
 
-    def _fingerprint(self, d: Path, deps: list[str]) -> tuple[str, int] | None:
+    def _fingerprint(self, d: Path | str, deps: list[str]) -> tuple[str, int] | None:
         found = self._dir_rows(d)
         if found is None:
             return None
@@ -128,10 +130,11 @@ class ScanCache:
         return hashlib.sha1(repr(rows).encode(), usedforsecurity=False).hexdigest(), newest
 
     # -- entries ----------------------------------------------------------------------------------
-    def get(self, d: Path) -> Any | None:
+    def get(self, d: Path | str) -> Any | None:
         """The stored value for function directory `d`, if nothing it depends on changed."""
-        self._seen.add(d.name)
-        entry = self.entries.get(d.name)
+        name = os.path.basename(d)
+        self._seen.add(name)
+        entry = self.entries.get(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("deps"), list):
             return None
         fp = self._fingerprint(d, entry["deps"])

@@ -1,0 +1,325 @@
+"""Fast paths of the commands people and scripts run most, answered without building the typer app.
+
+Building the typer app costs more than the 150 ms `flux --help` may take (typer parses every option
+through pydantic), and `flux validate` would pay pydantic, jsonschema and an esbuild process too. So:
+
+- Help (`flux`, `flux --help`, `flux plan --help`, ...) is rendered once by the real typer app and kept
+  in the user cache, keyed by the CLI's source files, typer's install, the terminal width and the
+  environment: what is printed is always what typer printed for exactly these inputs.
+- `flux validate [--json] [--strict]` of a project whose every input is unchanged since the last clean
+  validate replays that validate's problems (warnings only: a project with errors is always checked
+  afresh). The key covers every file the scan reads (stat rows as in the scan cache, plus each
+  function's scan-cache fingerprint), Flux's own modules and schemas, installed packages and esbuild.
+  A validate that misses runs the scan here (still without typer) and syntax-checks only the functions
+  whose files changed since their last clean check.
+
+Anything else (other options, `--dir`, FLUX_* option variables, an unexpected state) returns False and
+the typer app handles the command as before. FLUX_NO_FAST_PATH=1 turns this module off (tests compare).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flux_plan.paths import PACKAGE_DIR, SCHEMAS_DIR, flux_dir, user_cache_dir
+
+_FORMAT = 1
+_WORD = re.compile(r"^[a-z][a-z-]{0,30}$")
+VALIDATE_CACHE = "validate-cache.json"
+# environment that changes what the app prints or how it parses options (typer reads FLUX_* envvars)
+_ENV_KEYS = ("COLUMNS", "LINES", "TERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
+def enabled() -> bool:
+    return os.environ.get("FLUX_NO_FAST_PATH", "") in ("", "0")
+
+
+def _stat(path: Path | str) -> list[Any]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [str(path), None]
+    return [str(path), st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _code_stamp() -> list[Any]:
+    """Flux's own code and schemas, the interpreter and its installed packages (the provider discovery
+    key covers every `sys.path` directory: an install or upgrade changes it)."""
+    from flux_plan.providers import _discovery_cache
+
+    rows: list[Any] = [_FORMAT, sys.executable, sys.version, _discovery_cache().name]
+    for d in (PACKAGE_DIR, PACKAGE_DIR / "cli", SCHEMAS_DIR):
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        rows.extend(_stat(d / n) for n in names if n.endswith((".py", ".json")))
+    return rows
+
+
+def _env_stamp() -> list[Any]:
+    return sorted((k, v) for k, v in os.environ.items() if k in _ENV_KEYS or k.startswith("FLUX_"))
+
+
+def _digest(parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _write_json(target: Path, doc: Any) -> None:
+    """tmp + rename, best effort: a cache that cannot be written only costs the slow path next time."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError:
+        pass
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# -- help -----------------------------------------------------------------------------------------
+
+def is_help(args: list[str]) -> bool:
+    """`flux`, or `flux [group [command]] --help|-h` with plain command words before the flag."""
+    if not args:
+        return True
+    return args[-1] in ("--help", "-h") and len(args) <= 3 and all(_WORD.match(a) for a in args[:-1])
+
+
+def _help_cache_path(args: list[str]) -> Path:
+    return user_cache_dir() / "help" / f"{_digest([args, _code_stamp(), _env_stamp()])[:32]}.json"
+
+
+def render_help(args: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the real typer app for `args`."""
+    from flux_plan.cli import get_app
+
+    out, err = io.StringIO(), io.StringIO()
+    code: Any = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            get_app()(args=args, prog_name="flux")
+        except SystemExit as exc:
+            code = exc.code
+    if code is None:
+        code = 0
+    return (code if isinstance(code, int) else 1), out.getvalue(), err.getvalue()
+
+
+def try_help(args: list[str]) -> int | None:
+    """The exit code after printing the help from the cache (filled on a miss), or None: not help."""
+    if not is_help(args):
+        return None
+    cols = shutil.get_terminal_size()
+    path = _help_cache_path(args)
+    # the typer install and the terminal size are checked inside the entry, not paid for in its name
+    check = _digest([_typer_stamp(), [cols.columns, cols.lines]])
+    doc = _read_json(path)
+    if not (isinstance(doc, dict) and doc.get("check") == check and isinstance(doc.get("code"), int)):
+        code, out, err = render_help(args)
+        doc = {"check": check, "code": code, "out": out, "err": err}
+        _write_json(path, doc)
+    sys.stdout.write(str(doc["out"]))
+    sys.stdout.flush()
+    sys.stderr.write(str(doc["err"]))
+    sys.stderr.flush()
+    return int(doc["code"])
+
+
+def _typer_stamp() -> list[Any]:
+    """typer's installed version, found without importing typer (its dist-info directory)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("typer")
+    origin = spec.origin if spec else None
+    if not origin:
+        return [None]
+    site = Path(origin).parent.parent
+    return [*sorted(p.name for p in site.glob("typer-*.dist-info")), _stat(Path(origin))]
+
+
+# -- validate -------------------------------------------------------------------------------------
+
+def _validate_flags(args: list[str]) -> tuple[bool, bool] | None:
+    """(json, strict) for `validate [--json] [--strict]`, None for any other form."""
+    if not args or args[0] != "validate":
+        return None
+    rest = args[1:]
+    if len(set(rest)) != len(rest) or not set(rest) <= {"--json", "--strict"}:
+        return None
+    if any(k in os.environ for k in ("FLUX_DIR", "FLUX_NO_COLOR", "FLUX_INPUT")):
+        return None
+    return "--json" in rest, "--strict" in rest
+
+
+def _find_root() -> Path | None:
+    """As workspace.find_root (without importing pydantic through it); None: let the app say why."""
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "flux.project.json").is_file() or (d / "functions").is_dir():
+            return d
+    return None
+
+
+def _esbuild_stamp() -> list[Any]:
+    pinned = os.environ.get("FLUX_ESBUILD")
+    local = PACKAGE_DIR.parent / "node_modules" / ".bin" / "esbuild"
+    exe = pinned or (str(local) if local.exists() else shutil.which("esbuild") or "")
+    return [exe, _stat(os.path.realpath(exe)) if exe else None]
+
+
+def _project_rows(root: Path, entries: dict[str, Any]) -> tuple[list[Any], int, dict[str, str]] | None:
+    """Stat rows of every input of a scan of `root`, the newest mtime among the project-level files,
+    and each function's current scan-cache fingerprint; None when some function directory has no
+    valid scan-cache entry (it had errors, or was edited a moment ago)."""
+    from flux_plan.scan_cache import ScanCache
+
+    probe = ScanCache(root, "", entries)
+    rows: list[Any] = [str(root)]
+    newest = 0
+    for name in ("flux.project.json", ".env.example"):
+        row = _stat(root / name)
+        rows.append(row)
+        if row[1] is not None:
+            newest = max(newest, row[2])
+    schema = root / "schema"
+    if schema.exists():
+        found = probe._dir_rows(schema)
+        if found is None:
+            return None
+        rows.append(found[0])
+        newest = max(newest, found[1])
+    fps: dict[str, str] = {}
+    fn_dir = root / "functions"
+    rows.append(_stat(fn_dir))
+    if fn_dir.is_dir():
+        for entry in sorted(os.scandir(fn_dir), key=lambda e: e.name):
+            rows.append([entry.name, entry.is_dir(), entry.is_symlink()])
+            if entry.name.startswith((".", "_")) or not entry.is_dir():
+                continue
+            cached = entries.get(entry.name)
+            if not isinstance(cached, dict) or not isinstance(cached.get("deps"), list):
+                return None
+            fp = probe._fingerprint(Path(entry.path), cached["deps"])
+            if fp is None or fp[0] != cached.get("fp"):
+                return None
+            fps[entry.name] = fp[0]
+    rows.append(sorted(fps.items()))
+    return rows, newest, fps
+
+
+def _scan_entries(root: Path) -> dict[str, Any]:
+    from flux_plan.scan_cache import CACHE_FILE, _salt
+
+    doc = _read_json(flux_dir(root) / CACHE_FILE)
+    if isinstance(doc, dict) and doc.get("salt") == _salt() and isinstance(doc.get("functions"), dict):
+        return doc["functions"]
+    return {}
+
+
+def _problem_doc(p: Any) -> dict[str, Any]:
+    return {"file": p.file, "line": p.line, "column": p.column, "json_path": p.json_path, "severity": p.severity,
+            "message": p.message, "hint": p.hint}
+
+
+def validate_result(root: Path) -> tuple[list[Any], int, int]:
+    """(problems, functions, migrations) of `flux validate` at `root`: replayed when nothing changed."""
+    from flux_plan.errors import Problem
+
+    stamp = [_code_stamp(), _esbuild_stamp(), _env_stamp()]
+    cache_path = flux_dir(root) / VALIDATE_CACHE
+    stored = _read_json(cache_path)
+    stored = stored if isinstance(stored, dict) and stored.get("stamp") == _digest(stamp) else {}
+    before = _project_rows(root, _scan_entries(root))
+    if before is not None and stored.get("key") == _digest(before[0]):
+        try:
+            return ([Problem(**p) for p in stored["problems"]], int(stored["functions"]),
+                    int(stored["migrations"]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    started = time.time()
+    from flux_plan.check import provider_problems, syntax_problems
+    from flux_plan.project import scan
+
+    project, problems = scan(root)
+    problems += provider_problems(project)
+    entries = _scan_entries(root)
+    seen = stored.get("syntax_ok")
+    checked: dict[str, Any] = seen if isinstance(seen, dict) else {}
+    fresh = {spec.name: (entries.get(spec.dir.rsplit("/", 1)[-1]) or {}).get("fp") for spec in project.functions}
+    todo = [spec for spec in project.functions if not fresh[spec.name] or checked.get(spec.name) != fresh[spec.name]]
+    syntax = syntax_problems(root, todo)
+    problems += syntax
+    # a function is recorded as checked only by a check that found nothing (esbuild's messages may
+    # name a file of another function, or none)
+    rechecked = {spec.name for spec in todo}
+    ok = {name: fp for name, fp in fresh.items()
+          if fp and (checked.get(name) == fp or (not syntax and name in rechecked))}
+    after = _project_rows(root, entries)
+    clean = not any(p.severity == "error" for p in problems)
+    doc: dict[str, Any] = {"stamp": _digest(stamp), "syntax_ok": ok}
+    # only a clean result whose inputs were all settled before this scan began may be replayed
+    if clean and after is not None and after[1] / 1e9 < started - 2.0:
+        doc.update(key=_digest(after[0]), problems=[_problem_doc(p) for p in problems],
+                   functions=len(project.functions), migrations=len(project.migrations))
+    if doc != stored:
+        _write_json(cache_path, doc)
+    return problems, len(project.functions), len(project.migrations)
+
+
+def try_validate(args: list[str]) -> int | None:
+    """The exit code of `flux validate [--json] [--strict]` run here, or None: the app handles it."""
+    flags = _validate_flags(args)
+    if flags is None:
+        return None
+    root = _find_root()
+    if root is None:
+        return None
+    json_out, strict = flags
+    problems, n_functions, n_migrations = validate_result(root)
+    return render_validate(problems, n_functions, n_migrations, json_out=json_out, strict=strict)
+
+
+def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *, json_out: bool,
+                    strict: bool) -> int:
+    """Exactly what the `validate` command prints (tests compare both with FLUX_NO_FAST_PATH=1); the
+    exit code."""
+    from flux_plan.cli.output import console, escape, print_json
+
+    if strict:
+        for p in problems:
+            p.severity = "error"
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = [p for p in problems if p.severity != "error"]
+    if json_out:
+        print_json({"valid": not errors, "errors": len(errors), "warnings": len(warnings),
+                    "functions": n_functions, "migrations": n_migrations,
+                    "problems": [_problem_doc(p) for p in problems]})
+        return 1 if errors else 0
+    out = console()
+    for p in problems:
+        color = "red" if p.severity == "error" else "yellow"
+        text = escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1)
+        out.print(text)
+    if errors:
+        out.print(f"[bold red]{len(errors)} error(s)[/], {len(warnings)} warning(s).")
+    else:
+        out.print(f"[green]Valid:[/] {n_functions} function(s), {n_migrations} "
+                  f"migration(s), {len(warnings)} warning(s).")
+    return 1 if errors else 0

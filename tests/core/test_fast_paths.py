@@ -1,0 +1,174 @@
+"""The CLI's fast paths (flux_plan/cli/fast.py) print exactly what the typer app prints, and a replayed
+`flux validate` is never stale: every form is compared with FLUX_NO_FAST_PATH=1 (the app itself)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+FLUX_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "flux"
+FluxRunner = Callable[..., tuple[int, str, str]]
+SLOW = {"FLUX_NO_FAST_PATH": "1"}
+PROBE = """
+import atexit, json, sys
+atexit.register(lambda: sys.stderr.write("MODULES " + json.dumps(sorted({m.split('.')[0] for m in sys.modules})) + "\\n"))
+sys.argv = ["flux", *json.loads(sys.argv[1])]
+from flux_plan.cli import main
+main()
+"""
+
+
+def _age(root: Path, seconds: float = 60) -> None:
+    """Date the tree back, as a checkout's files are (caches never trust files written a moment ago)."""
+    old = time.time() - seconds
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (old, old), follow_symlinks=False)
+        os.utime(dirpath, (old, old))
+
+
+def _heavy(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, set[str]]:
+    proc = subprocess.run([str(FLUX_BIN.parent / "python"), "-c", PROBE, json.dumps(args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("MODULES "))
+    return proc.returncode, set(json.loads(line[len("MODULES "):])) & {"typer", "pydantic", "jsonschema", "rich"}
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["-h"], ["plan", "--help"], ["state", "list", "--help"],
+                                  ["secrets", "-h"], ["nosuch", "--help"]])
+def test_help_from_cache_is_the_apps_help(args: list[str], tmp_path: Path, flux: FluxRunner) -> None:
+    slow = flux(*args, cwd=tmp_path, env=SLOW)
+    first = flux(*args, cwd=tmp_path)  # renders through the app and fills the cache
+    again = flux(*args, cwd=tmp_path)  # from the cache
+    assert first == slow and again == slow
+    assert "Usage: flux" in slow[1] + slow[2]
+    if args == ["nosuch", "--help"]:
+        assert slow[0] == 2 and "No such command 'nosuch'" in slow[2]
+
+
+def test_help_follows_the_terminal_width_and_skips_typer(tmp_path: Path, flux: FluxRunner,
+                                                         flux_env: dict[str, str]) -> None:
+    wide = flux("plan", "--help", cwd=tmp_path, env={"COLUMNS": "200"})
+    narrow = flux("plan", "--help", cwd=tmp_path, env={"COLUMNS": "60"})
+    assert wide != narrow
+    assert narrow == flux("plan", "--help", cwd=tmp_path, env={"COLUMNS": "60", **SLOW})
+    assert wide == flux("plan", "--help", cwd=tmp_path, env={"COLUMNS": "200", **SLOW})
+    _heavy(["--help"], tmp_path, flux_env)
+    rc, heavy = _heavy(["--help"], tmp_path, flux_env)
+    assert rc == 0 and heavy == set()
+
+
+FORMS = [["validate"], ["validate", "--json"], ["validate", "--strict"], ["validate", "--json", "--strict"]]
+
+
+def _same_as_app(flux: FluxRunner, root: Path) -> list[tuple[int, str, str]]:
+    """Every validate form through the fast path (twice: miss, then hit or miss) equals the app's."""
+    outs = []
+    for form in FORMS:
+        slow = flux(*form, cwd=root, env=SLOW)
+        assert flux(*form, cwd=root) == slow, form
+        assert flux(*form, cwd=root) == slow, form
+        outs.append(slow)
+    return outs
+
+
+def test_validate_fast_path_prints_what_the_app_prints(tmp_path: Path, flux: FluxRunner,
+                                                       make_project: Callable[..., Path]) -> None:
+    clean = make_project(tmp_path, functions={"a": None, "b": None}, name="clean")
+    _age(clean)
+    outs = _same_as_app(flux, clean)
+    assert outs[0] == (0, "Valid: 2 function(s), 0 migration(s), 0 warning(s).\n", "")
+
+    warn_code = ('import { defineFunction } from "@flux/functions";\n'
+                 'export default defineFunction({ name: "w", handler: async ({ ctx }) => ({ k: ctx.env.API_URL }) });\n')
+    warned = make_project(tmp_path, functions={"w": {"code": warn_code}},
+                          migrations={"001_init.sql": "CREATE TABLE t (id int);\n"}, name="warned")
+    _age(warned)
+    outs = _same_as_app(flux, warned)
+    assert outs[0][0] == 0 and "reads 'API_URL' but .env.example does not list it" in outs[0][1]
+    assert "1 migration(s), 1 warning(s)" in outs[0][1]
+    assert outs[2][0] == 1  # --strict: the warning is an error
+
+    broken = make_project(tmp_path, functions={"ok": None, "bad": {"code": "export default defineFunction({ name: \"bad\", handler: async () => { return 1 }\n"},
+                                               "cfg": {"flux": {"name": "cfg", "method": "get"}}}, name="broken")
+    _age(broken)
+    outs = _same_as_app(flux, broken)
+    assert outs[0][0] == 1
+    assert "functions/bad/index.ts:" in outs[0][1] and "syntax error" in outs[0][1]
+    assert "functions/cfg/flux.json" in outs[0][1] and 'use "GET"' in outs[0][1]
+
+
+def test_replayed_validate_is_never_stale(tmp_path: Path, flux: FluxRunner, flux_env: dict[str, str],
+                                          make_project: Callable[..., Path], write_function: Callable[..., Path]
+                                          ) -> None:
+    root = make_project(tmp_path, functions={"a": None, "b": None})
+    _age(root)
+    assert flux("validate", cwd=root)[0] == 0
+    _heavy(["validate"], root, flux_env)  # (another interpreter path: its own key)
+    rc, heavy = _heavy(["validate"], root, flux_env)  # replayed: no scan, no app
+    assert rc == 0 and not heavy & {"typer", "pydantic", "jsonschema"}
+
+    # a syntax error in a file of an unchanged size and an older date is still seen
+    index = root / "functions" / "a" / "index.ts"
+    text = index.read_text()
+    index.write_text(text.replace("return {", "return (", 1))
+    _age(root / "functions" / "a", 120)
+    rc, out, _ = flux("validate", cwd=root)
+    assert (rc, out) == flux("validate", cwd=root, env=SLOW)[:2]
+    assert rc == 1 and "functions/a/index.ts:" in out and "syntax error" in out
+    write_function(root, "a")  # fixed again
+    _age(root / "functions" / "a", 90)
+    assert flux("validate", cwd=root)[:2] == (0, "Valid: 2 function(s), 0 migration(s), 0 warning(s).\n")
+
+    # a new function, a new .env.example, a new migration, a new stage provider: each is seen at once
+    write_function(root, "c")
+    _age(root / "functions", 80)
+    assert "Valid: 3 function(s)" in flux("validate", cwd=root)[1]
+    (root / ".env.example").write_text("# nothing\nnot a line\n")
+    _age(root, 70)
+    out = flux("validate", cwd=root)[1]
+    assert "not a KEY=VALUE line" in out and "1 warning(s)" in out
+    (root / "schema").mkdir()
+    (root / "schema" / "001_init.sql").write_text("CREATE TABLE t (id int);\n")
+    _age(root, 65)
+    assert "1 migration(s)" in flux("validate", cwd=root)[1]
+    (root / "schema" / "002_more.sql").write_text("CREATE TABLE (;\n")
+    _age(root, 62)
+    rc, out, _ = flux("validate", cwd=root)
+    assert rc == 1 and "schema/002_more.sql" in out and "SQL does not parse" in out
+    (root / "schema" / "002_more.sql").unlink()
+    (root / "flux.project.json").write_text(json.dumps({"name": "proj", "stages": {"dev": {"provider": "nope"}}}))
+    _age(root, 61)
+    rc, out, _ = flux("validate", cwd=root)
+    assert rc == 1 and "unknown provider 'nope'" in out
+    assert (rc, out) == flux("validate", cwd=root, env=SLOW)[:2]
+
+
+def test_validate_checks_syntax_of_changed_functions_only(tmp_path: Path, flux: FluxRunner,
+                                                          make_project: Callable[..., Path]) -> None:
+    """esbuild (the real one, behind a wrapper that logs its arguments) sees only what changed."""
+    from flux_plan.artifacts import esbuild_bin
+
+    log = tmp_path / "esbuild.log"
+    wrapper = tmp_path / "esbuild"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {esbuild_bin()} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {"FLUX_ESBUILD": str(wrapper)}
+    root = make_project(tmp_path, functions={"a": None, "b": None, "c": None})
+    _age(root)
+    assert flux("validate", cwd=root, env=env)[0] == 0
+    assert all(f"functions/{n}/index.ts" in log.read_text() for n in "abc")
+    log.unlink()
+    assert flux("validate", cwd=root, env=env)[0] == 0  # replayed
+    assert not log.exists()
+    (root / "functions" / "b" / "index.ts").write_text((root / "functions" / "b" / "index.ts").read_text() + "\n")
+    _age(root / "functions" / "b", 30)
+    assert flux("validate", cwd=root, env=env)[0] == 0
+    checked = log.read_text()
+    assert "functions/b/index.ts" in checked and "functions/a/" not in checked and "functions/c/" not in checked
