@@ -42,11 +42,11 @@ def _kill(pid: int, timeout: float = 5) -> None:
 
 
 def reap_orphans(info: dict[str, Any]) -> None:
-    """What a dead daemon left running: its Deno host (identified by the daemon's control token in the
-    host's environment, never by name, so a reused PID is left alone)."""
+    """What a dead daemon left running: its Deno host (identified by the daemon's tag in the host's
+    environment, FLUX_SUPERVISOR, never by name, so a reused PID is left alone)."""
     host = info.get("host_pid")
-    token = info.get("token")
-    if host and token and pid_alive(host) and _environ_has(int(host), str(token)):
+    tag = info.get("host_tag")
+    if host and tag and pid_alive(host) and _environ_has(int(host), f"FLUX_SUPERVISOR={tag}"):
         _kill(int(host))
 
 
