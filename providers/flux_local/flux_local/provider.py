@@ -75,6 +75,9 @@ class LocalProvider:
         return self.ctx
 
     def ensure_daemon(self) -> dict[str, Any]:
+        info = self.client.info()  # the common case (once per resource): no lock, a stat of daemon.json
+        if info and info.get("revision") == ADMIN_REVISION:
+            return info
         with self._start_lock:
             info = self.client.info()
             if info and info.get("revision") == ADMIN_REVISION:
