@@ -14,7 +14,7 @@ from conftest import Project
 from flux_local import tablefile
 from flux_local.client import DaemonClient
 from test_host import _listening_ports
-from test_provider_e2e import add_function, http, logs
+from test_provider_e2e import add_function, deploy_with_secrets, http, logs
 
 pytestmark = [pytest.mark.slow]
 
@@ -64,6 +64,31 @@ def test_apply_of_200_functions_is_o_n_channel_messages(todo: Project) -> None:
     assert http(todo.port, "POST", "/f000", {})[0] == 200
     cold = [r for r in logs(todo, "f000") if r["msg"] == "cold start"]
     assert cold == cold_before, json.dumps(cold)
+
+
+def test_a_change_the_host_refuses_is_undone_and_nothing_else_moves(todo: Project) -> None:
+    deploy_with_secrets(todo)
+    client = DaemonClient(todo.stage_dir)
+    before = _status(todo)
+    old = before["functions"]["slugify_title"]
+    served = http(todo.port, "POST", "/slugify", {"title": "Hello World"})[:2]
+    assert served[0] == 200
+    # a new function and an update of a served one, each with a bundle the host cannot take (a relative path)
+    for name, entry in (("ghost", {**old, "bundle": "relative/index.mjs"}),
+                        ("slugify_title", {**old, "bundle": "relative/index.mjs", "digest": "other"})):
+        status, doc = client.call("PUT", f"/admin/functions/{name}", entry)
+        assert status == 400, doc
+        assert doc["error"] == (f"the runtime refused the change: functions.{name}: runtime must be deno|node and "
+                                "bundle an absolute path")
+    after = _status(todo)
+    assert "ghost" not in after["functions"] and after["functions"]["slugify_title"] == old
+    doc = tablefile.read(todo.stage_dir)  # the journal says the same
+    assert doc is not None and "ghost" not in doc["functions"] and doc["functions"]["slugify_title"] == old
+    assert http(todo.port, "POST", "/slugify", {"title": "Hello World"})[:2] == served
+    assert after["health"]["functions"]["slugify_title"]["digest"] == old["digest"]
+    # a route to a function that is not there waits in the host (and serves nothing)
+    status, _ = client.call("PUT", "/admin/routes/POST_%2Fghost", {"method": "POST", "path": "/ghost", "function": "ghost"})
+    assert status == 200 and http(todo.port, "POST", "/ghost", {})[0] == 404
 
 
 def test_table_file_replays_the_journal_and_skips_a_torn_line(tmp_path: Path) -> None:

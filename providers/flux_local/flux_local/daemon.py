@@ -45,6 +45,7 @@ RUNTIME_FILE = tablefile.RUNTIME_FILE
 LOCK_FILE = "daemon.lock"
 MAX_BODY_BYTES = 6 * 1024 * 1024
 DEFAULT_PORT = 8787
+_MISSING = object()
 _MAX_LINE = 65536  # request line / header line
 _MAX_HEADERS = 100
 
@@ -345,9 +346,11 @@ class Daemon:
 
     def change(self, section: str, name: str | None, value: Any) -> None:
         """One admin edit (value None: delete): the table, one journal line and one delta message to the host
-        (which switches that function/route only), in one table_lock step; returns once the host serves it."""
+        (which switches that function/route only), in one table_lock step; returns once the host serves it.
+        A change the host refuses is undone here too (HostError): the table never holds what the host does not."""
         waiter: Waiter | None
         with self.table_lock:
+            prev = self.table.get("cors") if section == "cors" else self.table[section].get(name, _MISSING)
             if section == "cors":
                 self.table["cors"] = value
             elif value is None:
@@ -375,7 +378,31 @@ class Daemon:
                 waiter = self._send_locked("cors", lambda: {"cors": value})
             else:
                 waiter = self._send_env_locked()
-        self._await_change(waiter)
+        try:
+            self._await_change(waiter)
+        except HostError:
+            self._undo(section, name, value, prev)
+            raise
+
+    def _undo(self, section: str, name: str | None, value: Any, prev: Any) -> None:
+        """Put back what a refused change replaced (unless a later edit replaced it since)."""
+        with self.table_lock:
+            now = self.table.get("cors") if section == "cors" else self.table[section].get(name, _MISSING)
+            if now is not value and now != value:
+                return
+            restored = None if prev is _MISSING else prev
+            if section == "cors":
+                self.table["cors"] = restored
+            elif restored is None:
+                self.table[section].pop(name, None)
+            else:
+                self.table[section][name] = restored
+            self._persist(section, name, restored)
+            if section == "functions" and name is not None:
+                if restored is None:
+                    self._sent_env.pop(name, None)
+                else:
+                    self._sent_env[name] = self.env_for(restored)
 
     def _send_env_locked(self) -> Waiter | None:
         """After a secret changed: one "env" message with the functions whose values changed (none: no message)."""
@@ -642,6 +669,8 @@ class Daemon:
             return self.route(method, path, body)
         except HostDown as exc:
             return 503, {"error": str(exc)}
+        except HostError as exc:  # the host refused the change (and the table was put back)
+            return 400, {"error": f"the runtime refused the change: {self.masker(str(exc))}"}
         except Exception as exc:
             _diag(f"{method} {path} failed: {type(exc).__name__}: {exc}")
             return 500, {"error": f"{type(exc).__name__}: {exc}"}
