@@ -209,21 +209,21 @@ class Project:
 
 @contextlib.contextmanager
 def flux_host(project: Project) -> Iterator[dict[str, Any]]:
-    token = "bench-admin-token"
-    cfg = {"stage": "bench", "gateway_host": "127.0.0.1", "gateway_port": 0, "admin_port": 0,
-           "admin_token": token, "control_url": "", "control_token": "", "node_bin": shutil.which("node") or "",
+    from flux_local.channel import HostChannel
+
+    cfg = {"stage": "bench", "gateway_host": "127.0.0.1", "gateway_port": 0, "node_bin": shutil.which("node") or "",
            "max_body_bytes": 6291456}
     env = {**os.environ, "FLUX_HOST_CONFIG": json.dumps(cfg)}
-    proc = subprocess.Popen(host_command(deno_bin(), project.store.dir), stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(host_command(deno_bin(), project.store.dir), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     try:
         ready = json.loads(proc.stdout.readline())
-        # drain the log stream so the host never blocks on a full pipe
-        import threading
-
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-        yield {"gw": f"http://127.0.0.1:{ready['gateway_port']}", "admin": f"http://127.0.0.1:{ready['admin_port']}",
-               "token": token, "pid": proc.pid}
+        # the supervisor channel (stdin/stdout); its reader drains the log stream so the host never blocks on it
+        channel = HostChannel(proc, lambda rec: None, lambda req: {"request_id": req.get("request_id")},
+                              on_raw=lambda line: None)
+        channel.start()
+        yield {"gw": f"http://127.0.0.1:{ready['gateway_port']}", "channel": channel, "pid": proc.pid}
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -231,9 +231,7 @@ def flux_host(project: Project) -> Iterator[dict[str, Any]]:
 
 def put_config(h: dict[str, Any], functions: dict[str, Any]) -> None:
     routes = [{"method": "POST", "path": f"/{n}", "function": n} for n in functions]
-    status, doc = http(h["admin"] + "/config", {"functions": functions, "routes": routes}, "PUT", h["token"])
-    if status != 200:
-        raise RuntimeError(f"PUT /config failed: {status} {doc}")
+    h["channel"].call("load", {"functions": functions, "routes": routes}, 120)  # raises HostError if refused
 
 
 def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: Project,

@@ -1,5 +1,6 @@
-"""An apply's edits reach the Deno host in one table push at its end (not one per edit), every edit is
-served once `flux apply` returns, and an apply killed mid-way still gets what it did served."""
+"""An apply's edits reach the Deno host as one delta message each over the supervisor channel (the whole table
+is pushed only when a host starts), every edit is served once `flux apply` returns, and an apply killed mid-way
+has what it did served at once (there is no hold to release)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FLUX, Project
+from flux_local.client import DaemonClient
 
 pytestmark = [pytest.mark.slow]
 
@@ -38,31 +40,39 @@ def _call(port: int, name: str) -> dict[str, object] | None:
 
 
 def _pushes(todo: Project) -> int:
+    """Whole-table loads the host applied (its "config applied" records)."""
     out = todo.flux("logs", "--level", "debug", "--json").stdout
     return sum(1 for line in out.splitlines() if line.strip() and json.loads(line).get("msg") == "config applied")
 
 
-def test_apply_pushes_the_table_once_and_serves_every_edit(todo: Project) -> None:
+def _sent(todo: Project) -> dict[str, int]:
+    return dict(DaemonClient(todo.stage_dir).ok("GET", "/admin/status")["channel"]["by_op"])
+
+
+def test_apply_sends_one_delta_per_edit_and_serves_every_edit(todo: Project) -> None:
     names = [f"extra{i:02d}" for i in range(24)]
     for name in names:
         _write(todo.root, name, 1)
     todo.flux("apply", "--auto-approve")
-    first = _pushes(todo)
-    assert first <= 2, first  # the host's start + the apply's end; one per edit would be ~60
+    assert _pushes(todo) == 1  # the host's start only: no whole-table push per edit (nor per apply)
+    first = _sent(todo)
+    assert first["load"] == 1 and first["put_function"] == len(names) + 6 and first["put_route"] == len(names) + 6
     assert all(_call(todo.port, n) == {"fn": n, "v": 1} for n in names)  # served as apply returned
     for name in names[:12]:
         _write(todo.root, name, 2)
     todo.flux("apply", "--auto-approve")
-    assert _pushes(todo) - first == 1
+    after = _sent(todo)
+    assert after["put_function"] - first["put_function"] == 12 and after.get("put_route") == first["put_route"]
     assert [_call(todo.port, n) for n in names] == [{"fn": n, "v": 2 if i < 12 else 1} for i, n in enumerate(names)]
-    # removing functions is one push too, and they are gone once the command returns
+    # removing functions is one delta per function and route, and they are gone once the command returns
     for name in names[12:]:
         for f in (todo.root / "functions" / name).iterdir():
             f.unlink()
         (todo.root / "functions" / name).rmdir()
-    before = _pushes(todo)
     todo.flux("apply", "--auto-approve")
-    assert _pushes(todo) - before == 1
+    gone = _sent(todo)
+    assert gone.get("delete_function") == 12 and gone.get("delete_route") == 12 and gone["load"] == 1
+    assert _pushes(todo) == 1
     assert all(_call(todo.port, n) is None or _call(todo.port, n) != {"fn": n, "v": 1} for n in names[12:])
 
 
@@ -87,7 +97,7 @@ def test_killed_apply_still_gets_its_edits_served(todo: Project) -> None:
         proc.wait()
     served = [n for n in names if f"route.GET_/{n}" in done]
     assert served, done
-    deadline = time.monotonic() + 30  # the daemon sees the apply gone and serves its edits
+    deadline = time.monotonic() + 30  # served as each edit was made (a request may still be in flight)
     while time.monotonic() < deadline and not all(_call(todo.port, n) == {"fn": n, "v": 7} for n in served):
         time.sleep(0.2)
     assert all(_call(todo.port, n) == {"fn": n, "v": 7} for n in served)

@@ -1,8 +1,8 @@
 """The Deno runtime host: real deno/node workers behind a real gateway on 127.0.0.1.
 
-Secret/db/async calls go to a control peer: a small HTTP server in this file answering secrets from a dict,
-echoing db params and recording enqueued items (a test peer for host-level tests; the real control API is the
-daemon's and is exercised end-to-end by the provider tests).
+The test is the supervisor: it speaks the host's stdin/stdout channel (flux_local.channel, as the daemon does) and
+records the host's requests (enqueue) in a ControlPeer; the daemon's side is exercised end-to-end by the provider
+tests. Secrets and ctx.db are answered inside the host.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flux_local.channel import HostChannel
 from flux_local.runtime import deno_bin, host_command
 
 from flux_plan.artifacts import ArtifactStore
@@ -106,75 +106,51 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str
 
 
 class ControlPeer:
-    """Test peer of the daemon's control API."""
+    """The supervisor's answers to the host's requests on the channel (enqueue), recorded."""
 
     def __init__(self, token: str, secrets: dict[str, str]) -> None:
         self.token = token
         self.secrets = secrets
         self.enqueued: list[dict[str, Any]] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
-        peer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                doc = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                peer.calls.append((self.path, doc))
-                if self.headers.get("authorization") != f"Bearer {peer.token}":
-                    return self.send(401, {"error": "unauthorized"})
-                if self.path == "/v1/async/enqueue":
-                    peer.enqueued.append(doc)
-                    return self.send(202, {"request_id": doc["request_id"]})
-                return self.send(404, {"error": "no such endpoint"})
-
-            def send(self, status: int, doc: Any) -> None:
-                data = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+    def answer(self, req: dict[str, Any]) -> dict[str, Any]:
+        doc = {k: v for k, v in req.items() if k not in ("id", "op")}
+        self.calls.append((str(req.get("op")), doc))
+        if req.get("op") != "enqueue":
+            raise ValueError(f"unknown op {req.get('op')}")
+        self.enqueued.append(doc)
+        return {"request_id": doc["request_id"]}
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        pass
 
 
 class Host:
-    """A running host process; `logs` fills from its stdout in a thread."""
+    """A running host process, driven over its stdin/stdout channel; `logs` fills from its stdout in a thread."""
 
     def __init__(self, artifacts: str, control: ControlPeer, max_body: int = 6291456) -> None:
-        self.token = "admin-" + os.urandom(8).hex()
-        cfg = {"stage": "test", "gateway_host": "127.0.0.1", "gateway_port": 0, "admin_port": 0,
-               "admin_token": self.token, "control_url": control.url, "control_token": control.token,
+        cfg = {"stage": "test", "gateway_host": "127.0.0.1", "gateway_port": 0,
                "node_bin": shutil.which("node"), "max_body_bytes": max_body}
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
                "FLUX_HOST_CONFIG": json.dumps(cfg)}
         if "DENO_DIR" in os.environ:
             env["DENO_DIR"] = os.environ["DENO_DIR"]
-        self.proc = subprocess.Popen(host_command(deno_bin(), artifacts), stdout=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(host_command(deno_bin(), artifacts), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env)
         assert self.proc.stdout is not None
         ready = json.loads(self.proc.stdout.readline())
-        assert ready["event"] == "ready"
+        assert ready["event"] == "ready" and set(ready) == {"event", "gateway_port"}
         self.gw = f"http://127.0.0.1:{ready['gateway_port']}"
-        self.admin = f"http://127.0.0.1:{ready['admin_port']}"
         self.logs: list[dict[str, Any]] = []
         self.bad_lines: list[bytes] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        self.channel = HostChannel(self.proc, self.logs.append, control.answer, on_raw=self.bad_lines.append)
+        self.channel.start()
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.logs.append(json.loads(line))
-            except ValueError:
-                self.bad_lines.append(line)
+    def call(self, op: str, body: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
+        """One request on the channel; its reply without the envelope (raises HostError on a refusal)."""
+        reply = self.channel.call(op, body, timeout)
+        return {k: v for k, v in reply.items() if k not in ("reply_to", "ok")}
 
     def configure(self, bundles: dict[str, dict[str, str]], functions: dict[str, dict[str, Any]],
                   routes: list[tuple[str, str, str]] | None = None) -> None:
@@ -186,14 +162,11 @@ class Host:
                          "async": False, **extra}
         if routes is None:
             routes = [("POST", f"/{n}", n) for n in functions]
-        status, body, _ = request(f"{self.admin}/config", {"functions": fns, "routes": [
-            {"method": m, "path": p, "function": f} for m, p, f in routes]}, "PUT", token=self.token)
-        assert status == 200, body
+        self.call("load", {"functions": fns, "routes": [
+            {"method": m, "path": p, "function": f} for m, p, f in routes]})
 
     def health(self) -> dict[str, Any]:
-        status, body, _ = request(f"{self.admin}/health", None, "GET", token=self.token)
-        assert status == 200
-        return body["functions"]
+        return self.call("health")["functions"]
 
     def wait_log(self, pred: Any, timeout: float = 5) -> dict[str, Any]:
         end = time.monotonic() + timeout
@@ -213,11 +186,30 @@ class Host:
     def stop(self) -> None:
         if self.proc.poll() is None:
             try:
-                request(f"{self.admin}/shutdown", {}, "POST", token=self.token)
+                self.call("shutdown", {}, timeout=10)
                 self.proc.wait(timeout=15)
             except Exception:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """TCP ports process `pid` listens on (its own sockets, from /proc: no tool needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
+                ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def request(url: str, body: Any = None, method: str = "POST", token: str | None = None,
@@ -346,7 +338,7 @@ def test_env_push_without_redeploy_and_secrets_db(host: Host, bundles: dict[str,
     status, body, headers = request(f"{host.gw}/db", {})
     rec = host.wait_log(lambda r: r["msg"] == "handler failed" and r["request_id"] == headers["x-flux-request-id"])
     assert rec["data"]["error"].startswith("ctx.db is not available to this function")
-    assert not [c for c in control.calls if c[0] != "/v1/async/enqueue"]  # no secret or db call left the host
+    assert not [c for c in control.calls if c[0] != "enqueue"]  # no secret or db call left the host
     assert "s3cr3t-value" not in json.dumps(host.logs)
 
 
@@ -428,11 +420,11 @@ def test_async_function_is_queued_with_202(host: Host, bundles: dict[str, Any], 
     status, body, headers = request(f"{host.gw}/asyncjob", {"email": "a@b.c"})
     assert status == 202 and body == {"request_id": headers["x-flux-request-id"]}
     assert control.enqueued == [{"function": "asyncjob", "request_id": body["request_id"], "input": {"email": "a@b.c"}}]
-    # the daemon later runs it through the admin API
-    status, res, _ = request(f"{host.admin}/invoke/asyncjob", {"request_id": body["request_id"], "input": {},
-                                                               "attempt": 1}, token=host.token)
-    assert status == 200 and res == {"status": 200, "body": {"done": True}}
-    assert request(f"{host.admin}/health", None, "GET")[0] == 401  # admin API needs the token
+    # the supervisor later runs it over the channel
+    res = host.call("invoke", {"function": "asyncjob", "request_id": body["request_id"], "input": {}, "attempt": 1})
+    assert res == {"status": 200, "body": {"done": True}}
+    # the host listens on the gateway port only: no admin or control port to reach it by
+    assert _listening_ports(host.proc.pid) == {int(host.gw.rsplit(":", 1)[1])}
 
 
 def test_atomic_switch_under_load(host: Host, bundles: dict[str, Any]) -> None:

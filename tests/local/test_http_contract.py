@@ -154,8 +154,7 @@ def configure(host: GatedHost, bundles: dict[str, Any], functions: dict[str, dic
     doc: dict[str, Any] = {"functions": fns, "routes": [{"method": m, "path": p, "function": f} for m, p, f in routes]}
     if cors is not None:
         doc["cors"] = cors
-    status, body, _ = request(f"{host.admin}/config", doc, "PUT", token=host.token)
-    assert status == 200, body
+    host.call("load", doc)
 
 
 def raw(url: str, method: str = "GET", body: bytes | None = None,
@@ -201,9 +200,9 @@ def test_returned_response_status_headers_and_bodies(host: GatedHost, bundles: d
     status, body, headers = raw(f"{host.gw}/r?x=1")
     assert status == 200 and json.loads(body) == {"input": {"x": "1"}, "runtime": fn[1:]}
 
-    # flux invoke's admin path gets the Response too
-    status, doc, _ = request(f"{host.admin}/invoke/{fn}", {"input": {"kind": "created", "id": 1}}, token=host.token)
-    assert status == 200 and doc["status"] == 201 and doc["body"] == "<h1>hi</h1>" and doc["headers"]["x-note"] == "n-1"
+    # the supervisor's invoke (the async queue) gets the Response too
+    doc = host.call("invoke", {"function": fn, "input": {"kind": "created", "id": 1}})
+    assert doc["status"] == 201 and doc["body"] == "<h1>hi</h1>" and doc["headers"]["x-note"] == "n-1"
 
 
 @pytest.mark.parametrize("fn", RUNTIMES)
@@ -374,10 +373,10 @@ def test_misnamed_or_throwing_module_fails_with_the_load_error(host: GatedHost, 
     # the load check the provider runs at apply time gets the real error (not the callers' generic one)
     for name, needle in (("throws", "cannot start: missing config"), ("misnamed", '"someone_else" differs')):
         b = bundles[name]
-        status, doc, _ = request(f"{host.admin}/check", {"function": name, "config": {
-            "runtime": b["runtime"], "bundle": b["bundle"], "digest": b["digest"], "env": {}}}, token=host.token)
-        assert status == 200 and doc["ok"] is False and needle in doc["error"]
+        doc = host.call("check", {"function": name, "config": {
+            "runtime": b["runtime"], "bundle": b["bundle"], "digest": b["digest"], "env": {}}})
+        assert doc["loaded"] is False and needle in doc["error"]
     b = bundles["rdeno"]
-    status, doc, _ = request(f"{host.admin}/check", {"function": "rdeno", "config": {
-        "runtime": "deno", "bundle": b["bundle"], "digest": b["digest"], "env": {}}}, token=host.token)
-    assert (status, doc) == (200, {"ok": True})
+    doc = host.call("check", {"function": "rdeno", "config": {
+        "runtime": "deno", "bundle": b["bundle"], "digest": b["digest"], "env": {}}})
+    assert doc == {"loaded": True}

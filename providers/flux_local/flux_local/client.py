@@ -4,14 +4,14 @@ detached, call its admin API, stop it and make sure nothing it started is left r
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,31 +42,66 @@ def _kill(pid: int, timeout: float = 5) -> None:
 
 
 def reap_orphans(info: dict[str, Any]) -> None:
-    """What a dead daemon left running: its Deno host (identified by the daemon's control token in the
-    host's environment, never by name, so a reused PID is left alone)."""
+    """What a dead daemon left running: its Deno host (identified by the daemon's tag in the host's
+    environment, FLUX_SUPERVISOR, never by name, so a reused PID is left alone)."""
     host = info.get("host_pid")
-    token = info.get("token")
-    if host and token and pid_alive(host) and _environ_has(int(host), str(token)):
+    tag = info.get("host_tag")
+    if host and tag and pid_alive(host) and _environ_has(int(host), f"FLUX_SUPERVISOR={tag}"):
         _kill(int(host))
 
 
 class DaemonClient:
+    """Why it caches: an apply makes a few admin calls per resource from several threads; re-reading daemon.json
+    and /proc for each, and a new TCP connection for each, cost more than the daemon's work. daemon.json is
+    re-read when it changes (stat), and each thread keeps one keep-alive connection to the admin API."""
+
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
+        self._cached: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        self._local = threading.local()
 
     def info(self) -> dict[str, Any] | None:
         """daemon.json of a live daemon; None (and the stale file removed) when it is not running."""
         path = self.dir / DAEMON_FILE
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cached
+        if cached is not None and cached[0] == key and pid_alive(cached[1].get("pid")):
+            return cached[1]
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         pid = doc.get("pid")
         if pid and pid_alive(pid) and _is_daemon(pid):
+            self._cached = (key, doc)
             return doc
         reap_orphans(doc)  # stale: the daemon died without cleaning up
         path.unlink(missing_ok=True)
         return None
+
+    def _connection(self, port: int, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's keep-alive connection to the admin API on `port`; (conn, reused)."""
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.port == port:
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            return conn, True
+        if conn is not None:
+            conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self._local.conn = conn
+        return conn, False
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
 
     def running(self) -> bool:
         return self.info() is not None
@@ -75,21 +110,30 @@ class DaemonClient:
         info = self.info()
         if info is None:
             raise TransientProviderError(f"the local runtime of {self.dir} is not running")
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{info['control_port']}{path}", data=data, method=method,
-            headers={"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = {"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"}
+        for attempt in (1, 2):
+            conn, reused = self._connection(int(info["control_port"]), timeout)
             try:
-                return exc.code, json.loads(exc.read() or b"null")
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                if resp.will_close:
+                    self._drop_connection()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop_connection()
+                # a kept-alive connection the daemon closed (it restarted): every admin call is idempotent
+                if reused and attempt == 1:
+                    continue
+                raise TransientProviderError(f"local runtime unreachable: {exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_connection()
+                raise TransientProviderError(f"local runtime unreachable: {exc}") from None
+            try:
+                return resp.status, json.loads(raw or b"null")
             except ValueError:
-                return exc.code, {"error": f"HTTP {exc.code}"}
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            raise TransientProviderError(f"local runtime unreachable: {exc}") from None
+                return resp.status, {"error": f"HTTP {resp.status}"}
+        raise AssertionError("unreachable")
 
     def ok(self, method: str, path: str, body: Any = None) -> Any:
         status, doc = self.call(method, path, body)

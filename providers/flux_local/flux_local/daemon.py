@@ -2,11 +2,13 @@
 
 Owns, for one stage: the database (embedded PostgreSQL unless DATABASE_URL is set), the Deno host
 (started with flux_local.runtime.host_command, restarted when it dies), the runtime table (functions +
-routes + loaded secrets, persisted in runtime.json so a restart restores it), the log store, the durable
-async queue, and an HTTP server on 127.0.0.1 with the control API (for the host: async enqueue only) and the
-admin API (for the provider and the CLI). It never sits on the request path: the gateway, ctx.secrets and
-ctx.db (postgres.js, as the stage's owner role) are inside the Deno host. It restarts the host and the
-embedded PostgreSQL when either dies.
+routes + loaded secrets, persisted as runtime.json + runtime.journal so a restart restores it: tablefile.py),
+the log store, the durable async queue, and an HTTP server on 127.0.0.1 with the admin API (for the provider
+and the CLI only). It talks to the host over the host's stdin/stdout (JSON lines, channel.py; protocol in
+host.ts's header): the whole table once per host start, then one delta message per changed function, route,
+secret or cors setting, so an apply of N resources is O(N) messages of O(1) each. It never sits on the request
+path: the gateway, ctx.secrets and ctx.db (postgres.js, as the stage's owner role) are inside the Deno host.
+It restarts the host and the embedded PostgreSQL when either dies.
 """
 
 from __future__ import annotations
@@ -25,32 +27,27 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from flux_local import tablefile
 from flux_local.asyncqueue import AsyncQueue
+from flux_local.channel import HostChannel, HostDown, HostError, Waiter
 from flux_local.logstore import LogStore, Masker
 from flux_local.pg import EmbeddedPostgres, external_url
 from flux_local.procs import ADMIN_REVISION, DAEMON_FILE, pid_alive
 
-RUNTIME_FILE = "runtime.json"
+RUNTIME_FILE = tablefile.RUNTIME_FILE
 LOCK_FILE = "daemon.lock"
 MAX_BODY_BYTES = 6 * 1024 * 1024
 DEFAULT_PORT = 8787
+_MISSING = object()
 _MAX_LINE = 65536  # request line / header line
 _MAX_HEADERS = 100
-
-
-def _write_json_atomic(path: Path, doc: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def port_free(port: int) -> bool:
@@ -145,10 +142,6 @@ class _JsonHandler(socketserver.StreamRequestHandler):
         return keep
 
 
-class HostDown(Exception):
-    """The Deno host is not (yet) running."""
-
-
 class Daemon:
     def __init__(self, root: Path, stage: str, project: str, *, state_dir: Path, port: int | None,
                  settings: dict[str, Any] | None = None, dotenv: dict[str, str] | None = None) -> None:
@@ -160,18 +153,17 @@ class Daemon:
         self.requested_port = port
         self.dotenv = dotenv or {}
         self.token = pysecrets.token_urlsafe(32)
-        self.admin_token = pysecrets.token_urlsafe(32)
+        # in the host's environment (not a secret): finds a dead daemon's orphaned host by more than its PID
+        self.host_tag = pysecrets.token_hex(16)
         self.masker = Masker()
         self.logs = LogStore(self.dir / "logs", mask=self.masker)
         self.table_lock = threading.RLock()
-        self._push_cond = threading.Condition()
-        self._push_wanted = 0
-        self._push_done = 0
-        self._pushing = False
-        # While an apply holds the table (PUT /admin/hold), edits wait for one push at its end instead
-        # of one push of the whole table per coalesced edit: N resources cost O(N), not O(N^2).
-        self._hold_pid: int | None = None
-        self._held_edits = False
+        # the live host's channel (None while it is down: edits then wait in the table for the next "load");
+        # set, and written to for table ops, under table_lock, so the host sees edits in the table's order
+        self._channel: HostChannel | None = None
+        self._sent_env: dict[str, dict[str, str]] = {}  # env of each function as the host has it
+        self.channel_sent: dict[str, int] = {}  # messages to the host by op, across host restarts (/admin/status)
+        self._snapshot_bytes = 0
         # a function sees only the keys its entry names (env_keys: its code + flux.json secrets), as on AWS
         self.table: dict[str, Any] = {"functions": {}, "routes": {}, "secrets": {}}
         self.secret_values: dict[str, str] = {}
@@ -181,7 +173,6 @@ class Daemon:
         self.host: subprocess.Popen[bytes] | None = None
         self.host_ready = threading.Event()
         self.gateway_port: int | None = None
-        self.admin_port: int | None = None
         self.stopping = threading.Event()
         self.server: ThreadingHTTPServer | None = None
         self.queue: AsyncQueue | None = None
@@ -236,6 +227,7 @@ class Daemon:
             "gateway_port": self.gateway_port,
             "token": self.token,
             "host_pid": self.host.pid if self.host else None,
+            "host_tag": self.host_tag,
             "pg_pid": self.pg.pid if self.pg else None,
             # embedded only: the owner role's URI (with its password; this file is 0600, out of every sandbox)
             "db_uri": self.db_uri if self.pg else None,
@@ -250,12 +242,12 @@ class Daemon:
 
     # -- runtime table ------------------------------------------------------------------------------
     def _load_table(self) -> None:
-        path = self.dir / RUNTIME_FILE
-        if path.exists():
-            doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = tablefile.read(self.dir)
+        if doc is not None:
             for key in ("functions", "routes", "secrets"):
                 self.table[key] = doc.get(key, {})
             self.table["cors"] = doc.get("cors")
+            self._save_table()  # fold the journal in
         for key in list(self.table["secrets"]):
             self._load_secret(key)
         self._refresh_mask()
@@ -275,7 +267,13 @@ class Daemon:
             return before != (self.secret_values, self.dotenv)
 
     def _save_table(self) -> None:
-        _write_json_atomic(self.dir / RUNTIME_FILE, {"project": self.project, "stage": self.stage, **self.table})
+        self._snapshot_bytes = tablefile.save(self.dir, {"project": self.project, "stage": self.stage, **self.table})
+
+    def _persist(self, section: str, name: str | None, value: Any) -> None:
+        """One change to disk in O(1): a journal line, folded into runtime.json once the journal outgrows the
+        table (and once per apply: POST /admin/save). Call with table_lock held."""
+        if tablefile.append(self.dir, section, name, value) > 65536 + 2 * self._snapshot_bytes:
+            self._save_table()
 
     def _secret_store(self) -> Any:
         from flux_plan.secrets import SecretStore
@@ -307,87 +305,145 @@ class Daemon:
     def _value(self, key: str) -> str | None:
         return self.dotenv[key] if key in self.dotenv else self.secret_values.get(key)
 
-    def host_config(self) -> dict[str, Any]:
-        fns = self.table["functions"]
-        functions = {
-            name: {
-                "runtime": fn["runtime"], "bundle": fn["bundle"], "digest": fn["digest"],
-                "env": self.env_for(fn), "timeout_ms": fn.get("timeout_ms", 30000),
-                "concurrency": fn.get("concurrency", 10), "queue_limit": fn.get("queue_limit", 100),
-                "idle_ms": fn.get("idle_ms", 300000), "async": bool(fn.get("async")),
-                "memory_mb": int(fn.get("memory", 256)),
-                # entries written by an older flux have no `uses_db`: they keep ctx.db until updated
-                "uses_db": bool(fn.get("uses_db", True)),
-                # docker provider: the function's container (one channel per container)
-                **({"endpoint": fn["endpoint"], "max_workers": 1} if fn.get("endpoint") else {}),
-            }
-            for name, fn in sorted(fns.items())
+    def fn_config(self, fn: dict[str, Any]) -> dict[str, Any]:
+        """A table entry as the host's FnConfig (with the values of the keys it is granted)."""
+        return {
+            "runtime": fn["runtime"], "bundle": fn["bundle"], "digest": fn["digest"],
+            "env": self.env_for(fn), "timeout_ms": fn.get("timeout_ms", 30000),
+            "concurrency": fn.get("concurrency", 10), "queue_limit": fn.get("queue_limit", 100),
+            "idle_ms": fn.get("idle_ms", 300000), "async": bool(fn.get("async")),
+            "memory_mb": int(fn.get("memory", 256)),
+            # entries written by an older flux have no `uses_db`: they keep ctx.db until updated
+            "uses_db": bool(fn.get("uses_db", True)),
+            # docker provider: the function's container (one channel per container)
+            **({"endpoint": fn["endpoint"], "max_workers": 1} if fn.get("endpoint") else {}),
         }
-        routes = [{"method": r["method"], "path": r["path"], "function": r["function"]}
-                  for _, r in sorted(self.table["routes"].items()) if r["function"] in fns]
+
+    @staticmethod
+    def _route_config(r: dict[str, Any]) -> dict[str, Any]:
+        return {"method": r["method"], "path": r["path"], "function": r["function"]}
+
+    def host_config(self) -> dict[str, Any]:
+        """The whole table as the host's "load" message."""
+        fns = self.table["functions"]
+        functions = {name: self.fn_config(fn) for name, fn in sorted(fns.items())}
+        routes = {key: self._route_config(r) for key, r in sorted(self.table["routes"].items())
+                  if r["function"] in fns}
         return {"functions": functions, "routes": routes, "cors": self.table.get("cors")}
 
+    def _load_doc(self) -> dict[str, Any]:
+        doc = self.host_config()
+        self._sent_env = {name: fc["env"] for name, fc in doc["functions"].items()}
+        return doc
+
     def push(self) -> None:
-        """Make the host serve the table as it is now; returns after its OK (atomic switch there).
-
-        Call it without holding table_lock. Concurrent callers are coalesced: an apply edits many
-        entries in parallel, and one push carries all edits made before it started, so N resources
-        cost a few pushes of the table, not N (nor N log records "config applied")."""
-        with self._push_cond:
-            self._push_wanted += 1
-            target = self._push_wanted
-            while self._push_done < target:
-                if self._pushing:
-                    self._push_cond.wait()
-                    continue
-                self._pushing = True
-                generation = self._push_wanted
-                self._push_cond.release()
-                try:
-                    self._push_now()
-                finally:
-                    self._push_cond.acquire()
-                    self._pushing = False
-                    self._push_cond.notify_all()
-                self._push_done = max(self._push_done, generation)
-
-    def _push_unless_held(self) -> None:
-        with self.table_lock:
-            if self._hold_pid is not None:
-                self._held_edits = True  # runtime.json is written by the push at the end, once
-                return
-        self.push()
-
-    def _release_hold(self, pid: int | None) -> None:
-        """End the hold (of `pid`, or any) and serve what was edited under it, in one push."""
-        with self.table_lock:
-            if self._hold_pid is None or (pid is not None and self._hold_pid != pid):
-                return
-            self._hold_pid = None
-            edited, self._held_edits = self._held_edits, False
-        if edited:
-            self.push()
-
-    def _watch_hold(self, pid: int) -> None:
-        """An apply that dies (SIGKILL, crash) never releases its hold: release it for it."""
-        while not self.stopping.is_set():
-            with self.table_lock:
-                if self._hold_pid != pid:
-                    return
-            if not pid_alive(pid):
-                _diag(f"apply {pid} ended without releasing the table: serving its edits")
-                with contextlib.suppress(Exception):
-                    self._release_hold(pid)
-                return
-            time.sleep(0.2)
-
-    def _push_now(self) -> None:
+        """Make the host serve the whole table as it is now (`flux dev`, which edits the table wholesale);
+        returns after the host's OK. Call it without holding table_lock."""
         with self.table_lock:
             self._save_table()
-            config = self.host_config()
+            waiter = self._send_locked("load", self._load_doc)
+        self._await_change(waiter)
+
+    def change(self, section: str, name: str | None, value: Any) -> None:
+        """One admin edit (value None: delete): the table, one journal line and one delta message to the host
+        (which switches that function/route only), in one table_lock step; returns once the host serves it.
+        A change the host refuses is undone here too (HostError): the table never holds what the host does not."""
+        waiter: Waiter | None
+        with self.table_lock:
+            prev = self.table.get("cors") if section == "cors" else self.table[section].get(name, _MISSING)
+            if section == "cors":
+                self.table["cors"] = value
+            elif value is None:
+                self.table[section].pop(name, None)
+            else:
+                self.table[section][name] = value
+            self._persist(section, name, value)
+            if section == "functions":
+                assert name is not None
+                if value is None:
+                    self._sent_env.pop(name, None)
+                    waiter = self._send_locked("delete_function", lambda: {"name": name})
+                else:
+                    config = self.fn_config(value)
+
+                    def put() -> dict[str, Any]:
+                        self._sent_env[name] = config["env"]
+                        return {"name": name, "config": config}
+
+                    waiter = self._send_locked("put_function", put)
+            elif section == "routes":
+                waiter = (self._send_locked("delete_route", lambda: {"key": name}) if value is None else
+                          self._send_locked("put_route", lambda: {"key": name, "route": self._route_config(value)}))
+            elif section == "cors":
+                waiter = self._send_locked("cors", lambda: {"cors": value})
+            else:
+                waiter = self._send_env_locked()
+        try:
+            self._await_change(waiter)
+        except HostError:
+            self._undo(section, name, value, prev)
+            raise
+
+    def _undo(self, section: str, name: str | None, value: Any, prev: Any) -> None:
+        """Put back what a refused change replaced (unless a later edit replaced it since)."""
+        with self.table_lock:
+            now = self.table.get("cors") if section == "cors" else self.table[section].get(name, _MISSING)
+            if now is not value and now != value:
+                return
+            restored = None if prev is _MISSING else prev
+            if section == "cors":
+                self.table["cors"] = restored
+            elif restored is None:
+                self.table[section].pop(name, None)
+            else:
+                self.table[section][name] = restored
+            self._persist(section, name, restored)
+            if section == "functions" and name is not None:
+                if restored is None:
+                    self._sent_env.pop(name, None)
+                else:
+                    self._sent_env[name] = self.env_for(restored)
+
+    def _send_env_locked(self) -> Waiter | None:
+        """After a secret changed: one "env" message with the functions whose values changed (none: no message)."""
+        changed = {}
+        for name, fn in self.table["functions"].items():
+            env = self.env_for(fn)
+            if self._sent_env.get(name) != env:
+                changed[name] = env
+        if not changed:
+            return None
+
+        def body() -> dict[str, Any]:
+            self._sent_env.update(changed)
+            return {"functions": changed}
+
+        return self._send_locked("env", body)
+
+    def _send_locked(self, op: str, body: Any) -> Waiter | None:
+        """Send `op` with body() to the live host (table_lock held); None while no host is live (the next host's
+        "load" carries the change)."""
+        channel = self._channel
+        if channel is None or channel.closed.is_set():
+            return None
+        return channel.send(op, body())
+
+    def _await_change(self, waiter: Waiter | None, timeout: float = 60) -> None:
+        """The host took the change; or it is down, and the next host loads the table, change included."""
+        if waiter is not None:
+            try:
+                waiter.wait(timeout)
+                return
+            except HostDown:
+                pass
         if not self.host_ready.wait(timeout=30):
             raise HostDown("the Deno host is not running (see daemon.log)")
-        self._host_call("PUT", "/config", config, timeout=60)
+
+    def _call(self, op: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        channel = self._channel
+        if channel is None:
+            raise HostDown("the Deno host is not running")
+        return channel.call(op, body, timeout)
 
     # -- database -----------------------------------------------------------------------------------
     def _start_db(self) -> None:
@@ -444,18 +500,17 @@ class Daemon:
         db, socket_dir = self._host_db()
         config = {
             "stage": self.stage, "gateway_host": "127.0.0.1", "gateway_port": port,
-            "admin_port": 0, "admin_token": self.admin_token,
-            "control_url": f"http://127.0.0.1:{self.server.server_address[1]}", "control_token": self.token,
             "node_bin": node_bin, "max_body_bytes": MAX_BODY_BYTES, "project_root": str(self.root.resolve()),
             "deno_dir": str(self.dir / "deno-workers"), "db": db,
         }
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "DENO_DIR")}
         env["FLUX_HOST_CONFIG"] = json.dumps(config)
         env["NO_COLOR"] = "1"  # deno's own error output lands in daemon.log: no escape codes
+        env["FLUX_SUPERVISOR"] = self.host_tag
         cmd = host_command(deno.find_deno_bin(), artifacts_dir(self.root), node_bin=node_bin,
                            db_socket_dir=socket_dir)
         self.host_ready.clear()
-        self.host = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, stdin=subprocess.DEVNULL,
+        self.host = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, stdin=subprocess.PIPE,
                                      env=env, cwd=str(self.dir), preexec_fn=_die_with_parent)
         assert self.host.stdout is not None
         deadline = time.monotonic() + 60
@@ -469,20 +524,27 @@ class Daemon:
             except json.JSONDecodeError:
                 _diag(f"host: {line.decode(errors='replace').rstrip()}")
                 continue
-            if doc.get("event") == "ready":
+            if isinstance(doc, dict) and doc.get("event") == "ready":
                 self.gateway_port = int(doc["gateway_port"])
-                self.admin_port = int(doc["admin_port"])
                 break
         else:
             line = b""
-        if not self.admin_port or not line:
+        if not line:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.host.wait(timeout=2)
             code = self.host.poll()
             self._kill_host()
             raise RuntimeError("the Deno host did not start" + (f" (exit code {code})" if code is not None else ""))
-        threading.Thread(target=self._pump_logs, args=(self.host,), name="flux-host-logs", daemon=True).start()
-        self._host_call("PUT", "/config", self.host_config(), timeout=60)
+        channel = HostChannel(self.host, self._record, self._host_request, counter=self.channel_sent)
+        channel.start()
+        with self.table_lock:
+            self._channel = channel
+            waiter = channel.send("load", self._load_doc())
+        try:
+            waiter.wait(60)
+        except Exception:
+            self._kill_host()
+            raise
         self.host_ready.set()
         self._record({"level": "info", "function": None, "msg": "runtime started",
                       "data": {"gateway_port": self.gateway_port, "functions": len(self.table["functions"])}})
@@ -502,16 +564,15 @@ class Daemon:
                 "password": urllib.parse.unquote(u.password or ""), "database": u.path.lstrip("/") or "postgres"}, \
             socket_dir
 
-    def _pump_logs(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            try:
-                rec = json.loads(raw)
-                if not isinstance(rec, dict):
-                    raise ValueError
-            except ValueError:
-                rec = {"level": "info", "function": None, "msg": raw.decode(errors="replace").rstrip()}
-            self._record(rec)
+    def _host_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A request of the host (an async route's call: into the durable queue); the reply's fields."""
+        if req.get("op") != "enqueue":
+            raise ValueError(f"unknown op {req.get('op')!r}")
+        if self.queue is None:
+            raise RuntimeError("the async queue is not available")
+        rid = str(req.get("request_id") or pysecrets.token_hex(8))
+        self.queue.enqueue(str(req.get("function")), rid, req.get("input"))
+        return {"request_id": rid}
 
     def _record(self, rec: dict[str, Any]) -> None:
         rec.setdefault("stage", self.stage)
@@ -522,31 +583,13 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.on_log(rec)
 
-    def _host_call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
-        if not self.admin_port:
-            raise HostDown("the Deno host is not running")
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", data=data, method=method,
-                                     headers={"Authorization": f"Bearer {self.admin_token}",
-                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                detail = json.loads(raw).get("error", raw.decode(errors="replace"))
-            except (ValueError, AttributeError):
-                detail = raw.decode(errors="replace")
-            raise RuntimeError(f"host {method} {path}: HTTP {exc.code}: {detail}") from None
-
     def _invoke_now(self, function: str, request_id: str, payload: Any, attempt: int) -> tuple[int, Any]:
         if not self.host_ready.wait(timeout=30):
             raise HostDown("runtime not ready")
         fn = self.table["functions"].get(function)
         timeout = (fn or {}).get("timeout_ms", 30000) / 1000 + 10
-        res = self._host_call("POST", f"/invoke/{function}",
-                              {"request_id": request_id, "input": payload, "attempt": attempt}, timeout=timeout)
+        res = self._call("invoke", {"function": function, "request_id": request_id, "input": payload,
+                                    "attempt": attempt}, timeout)
         return int(res.get("status", 500)), res.get("body")
 
     def _kill_host(self) -> None:
@@ -566,7 +609,7 @@ class Daemon:
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(Exception):
-            self._host_call("POST", "/shutdown", {}, timeout=10)
+            self._call("shutdown", {}, 10)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -584,7 +627,8 @@ class Daemon:
             if self.stopping.is_set():
                 return
             self.host_ready.clear()
-            self.admin_port = None
+            with self.table_lock:
+                self._channel = None
             self._record({"level": "error", "function": None,
                           "msg": f"runtime host exited with code {code}; restarting"})
             time.sleep(delay)
@@ -596,7 +640,7 @@ class Daemon:
                 _diag(f"host restart failed: {exc}")
                 delay = min(delay * 2, 10)
 
-    # -- HTTP: control API (host) + admin API (provider / CLI) --------------------------------------
+    # -- HTTP: admin API (provider / CLI) -----------------------------------------------------------
     def _start_server(self) -> None:
         class Handler(_JsonHandler):
             daemon = self
@@ -625,6 +669,8 @@ class Daemon:
             return self.route(method, path, body)
         except HostDown as exc:
             return 503, {"error": str(exc)}
+        except HostError as exc:  # the host refused the change (and the table was put back)
+            return 400, {"error": f"the runtime refused the change: {self.masker(str(exc))}"}
         except Exception as exc:
             _diag(f"{method} {path} failed: {type(exc).__name__}: {exc}")
             return 500, {"error": f"{type(exc).__name__}: {exc}"}
@@ -634,60 +680,43 @@ class Daemon:
         parts = [urllib.parse.unquote(p) for p in path.split("?", 1)[0].split("/") if p]
         body = body if isinstance(body, dict) else {}
         match method, parts:
-            case "POST", ["v1", "async", "enqueue"]:
-                assert self.queue is not None
-                rid = str(body.get("request_id") or pysecrets.token_hex(8))
-                self.queue.enqueue(str(body.get("function")), rid, body.get("input"))
-                return 202, {"request_id": rid}
             case "GET", ["admin", "status"]:
                 return 200, self.status()
             case ("PUT" | "DELETE") as verb, ["admin", ("functions" | "routes") as section, name]:
-                with self.table_lock:
-                    if verb == "PUT":
-                        self.table[section][name] = body
-                    else:
-                        self.table[section].pop(name, None)
-                self._push_unless_held()
+                self.change(section, name, body if verb == "PUT" else None)
                 return 200, {"ok": True}
             case "PUT", ["admin", "secrets", key]:
                 with self.table_lock:
                     if not self._load_secret(key):
                         return 404, {"error": f"secret {key} is not set (flux secrets set {key}=...)"}
-                    self.table["secrets"][key] = body.get("fingerprint")
                     self._refresh_mask()
-                self._push_unless_held()
+                self.change("secrets", key, body.get("fingerprint"))
                 return 200, {"ok": True}
             case "DELETE", ["admin", "secrets", key]:
                 with self.table_lock:
-                    self.table["secrets"].pop(key, None)
                     self.secret_values.pop(key, None)
-                self._push_unless_held()
+                self.change("secrets", key, None)
                 return 200, {"ok": True}
-            case "PUT", ["admin", "hold"]:
-                pid = body.get("pid")
-                if not isinstance(pid, int) or not pid_alive(pid):
-                    return 400, {"error": "hold needs the pid of the running apply"}
+            case "POST", ["admin", "save"]:  # the provider's after_apply: runtime.json once per apply
                 with self.table_lock:
-                    self._hold_pid = pid
-                threading.Thread(target=self._watch_hold, args=(pid,), name="flux-hold", daemon=True).start()
-                return 200, {"ok": True}
-            case "DELETE", ["admin", "hold"]:
-                self._release_hold(None)
+                    self._save_table()
                 return 200, {"ok": True}
             case "POST", ["admin", "check", name]:  # load the function once before it takes traffic
                 cfg = {"runtime": body.get("runtime"), "bundle": body.get("bundle"), "digest": body.get("digest"),
                        "env": self.env_for(body), "timeout_ms": body.get("timeout_ms", 30000), "async": False}
-                res = self._host_call("POST", "/check", {"function": name, "config": cfg}, timeout=120)
-                if isinstance(res, dict) and res.get("error"):
-                    res["error"] = self.masker(str(res["error"]))  # a load error may quote a secret value
-                return 200, res
+                try:
+                    res = self._call("check", {"function": name, "config": cfg}, 120)
+                except HostError as exc:
+                    return 400, {"error": str(exc)}
+                if res.get("loaded"):
+                    return 200, {"ok": True}
+                # a load error may quote a secret value
+                return 200, {"ok": False, "error": self.masker(str(res.get("error")))}
             case "PUT", ["admin", "cors"]:  # the stage's CORS setting (api.<stage> attribute); null = none
                 cors = body.get("cors")
                 if cors is not None and not (isinstance(cors, dict) and isinstance(cors.get("allow_origins"), list)):
                     return 400, {"error": "cors must be null or an object with allow_origins: [...]"}
-                with self.table_lock:
-                    self.table["cors"] = cors
-                self._push_unless_held()
+                self.change("cors", None, cors)
                 return 200, {"ok": True}
             case "POST", ["admin", "schema-changed"]:
                 self.schema = None
@@ -705,7 +734,7 @@ class Daemon:
         health: Any = None
         if self.host_ready.is_set():
             with contextlib.suppress(Exception):
-                health = self._host_call("GET", "/health", timeout=5)
+                health = {"ok": True, "functions": self._call("health", {}, 5).get("functions")}
         return {
             "pid": os.getpid(), "stage": self.stage, "gateway_port": self.gateway_port,
             "host_pid": self.host.pid if self.host else None, "host_ready": self.host_ready.is_set(),
@@ -713,6 +742,7 @@ class Daemon:
             "functions": self.table["functions"], "routes": self.table["routes"],
             "secrets": self.table["secrets"], "cors": self.table.get("cors"), "health": health,
             "queue_pending": self.queue.pending_count() if self.queue else 0,
+            "channel": {"sent": sum(self.channel_sent.values()), "by_op": dict(self.channel_sent)},
         }
 
 

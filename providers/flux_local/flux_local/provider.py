@@ -19,8 +19,8 @@ it serves its last table again from runtime.json and delivers what is left in it
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -75,6 +75,9 @@ class LocalProvider:
         return self.ctx
 
     def ensure_daemon(self) -> dict[str, Any]:
+        info = self.client.info()  # the common case (once per resource): no lock, a stat of daemon.json
+        if info and info.get("revision") == ADMIN_REVISION:
+            return info
         with self._start_lock:
             info = self.client.info()
             if info and info.get("revision") == ADMIN_REVISION:
@@ -186,12 +189,9 @@ class LocalProvider:
 
     # -- changes ------------------------------------------------------------------------------------
     def before_apply(self, changes: list[tuple[str, str]]) -> None:
+        # every edit below reaches the host as one delta message (O(1)), so an apply needs no hold of the table
         if any(action not in ("noop", "read", "delete") for _, action in changes):
             self.ensure_daemon()
-        if self.client.running():
-            # the daemon serves this apply's edits in one push at its end (after_apply), or as soon as
-            # this process is gone: one push of the table per edit made an apply of N resources O(N^2)
-            self.client.call("PUT", "/admin/hold", {"pid": os.getpid()})  # a daemon without holds: one push per edit
 
     def create(self, resource: Resource) -> ProviderResult:
         return self._put(resource)
@@ -262,32 +262,32 @@ class LocalProvider:
         self.client.ok("DELETE", f"/admin/{path}/{_q(name)}")
 
     def _edit_offline(self, kind: str, name: str) -> None:
-        """Remove an entry from runtime.json while no daemon runs (deletes run in parallel: one lock)."""
+        """Remove an entry from the runtime table while no daemon runs: one journal line, O(1) (deletes run in
+        parallel: one lock); the next daemon folds it into runtime.json."""
+        from flux_local import tablefile
+
         with self._offline_lock:
-            path = self._ctx.state_dir / "runtime.json"
-            doc = self._read_runtime_file()
-            if doc is None:
+            if self._read_runtime_file() is None:
                 return
-            doc.get({"function": "functions", "route": "routes", "secret": "secrets"}[kind], {}).pop(name, None)
-            tmp = path.with_name(f".runtime.json.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
-            tmp.replace(path)
+            tablefile.append(self._ctx.state_dir, {"function": "functions", "route": "routes", "secret": "secrets"}[kind],
+                             name, None)
 
     def _read_runtime_file(self) -> dict[str, Any] | None:
+        from flux_local import tablefile
+
         path = self._ctx.state_dir / "runtime.json"
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
+            doc = tablefile.read(self._ctx.state_dir)
         except (OSError, ValueError) as exc:
             raise ProviderError(f"{path}: unreadable runtime table ({exc}); delete the file, then "
                                 "`flux deploy` recreates what it held") from None
         return doc if isinstance(doc, dict) else None
 
     def after_apply(self, resources: dict[str, ResourceState]) -> dict[str, Any]:
-        if self.client.running():
-            self.client.ok("DELETE", "/admin/hold")  # returns once the host serves every edit
         info = self.client.info()
+        if info:  # fold the apply's journal lines into runtime.json: one rewrite per apply, not one per resource
+            with contextlib.suppress(ProviderError):  # not folded: the journal still holds every change
+                self.client.ok("POST", "/admin/save", {})
         return {"url": f"http://127.0.0.1:{info['gateway_port']}"} if info else {}
 
     def destroy_stage(self) -> None:
@@ -297,7 +297,9 @@ class LocalProvider:
         self.client.stop()
         # A daemon that was killed left its database running (the host dies with it): stop that too.
         EmbeddedPostgres(self._ctx.state_dir / "pg").stop()
-        (self._ctx.state_dir / "runtime.json").unlink(missing_ok=True)
+        from flux_local import tablefile
+
+        tablefile.remove(self._ctx.state_dir)
 
     # -- runtime commands ---------------------------------------------------------------------------
     def invoke(self, function: str, payload: Any, *, method: str | None = None) -> InvokeResult:

@@ -1,4 +1,4 @@
-// Flux local runtime host: the HTTP gateway, the admin API for the Python daemon, and one pool of workers per
+// Flux local runtime host: the HTTP gateway, the channel to the Python supervisor, and one pool of workers per
 // function (sandboxed Deno Workers in this process; `node` processes for runtime "node").
 //
 // Python is never on the request path: a request is routed here and handed to a worker over an in-process
@@ -10,7 +10,24 @@
 // throughput from ~36% to ~60% of bare and CPU per request from ~4.5x to ~2x. Routing, the body-size check and
 // AsyncLocalStorage measured below noise; 1-connection p50 (~3x bare) is bound by the two cross-thread wake-ups.
 //
-// stdout carries exactly one {"event":"ready",...} line, then JSON log records only; diagnostics go to stderr.
+// Supervisor channel (DESIGN §8). The host's only listener is the gateway: the supervisor (daemon.py, flux_local/
+// channel.py) talks to it over the host's stdin/stdout, which it owns anyway, as JSON lines (one object per line);
+// diagnostics go to stderr.
+//   stdout, first line: {"event":"ready","gateway_port":N}.
+//   supervisor -> host (stdin): requests {"id":N,"op":OP,...}, each answered on stdout by {"reply_to":N,"ok":true,...}
+//     or {"reply_to":N,"ok":false,"error":"..."}. Table ops run one after another in arrival order:
+//       "load" {functions:{name:FnConfig}, routes:{key:RouteConfig} | [RouteConfig], cors} the whole table (once per
+//         host start; `flux dev` reloads); pools whose code did not change are kept;
+//       deltas, each switching only what it names (pools of other functions untouched; a request sees the table
+//         before or after a delta, never half of one): "put_function" {name, config} (a replaced warm function is
+//         pre-warmed first), "delete_function" {name}, "put_route" {key, route} (a route whose function is not there
+//         yet waits for it), "delete_route" {key}, "env" {functions:{name:env}} (new secret values), "cors" {cors};
+//     and "check" {function, config} -> {loaded, error?} (the apply-time load check: a worker of the function outside
+//     the table), "invoke" {function, request_id, input} -> {status, body, headers?} (the async queue), "health" ->
+//     {functions:{name:stats}}, "shutdown" (drain, exit). EOF on stdin (the supervisor died): shutdown.
+//   host -> supervisor (stdout): replies as above; log records {ts, level, stage, function, request_id, msg, data}
+//     (no id/op/reply_to); requests {"id":N,"op":"enqueue",function,request_id,input} (an async route's call), answered
+//     on stdin by {"reply_to":N,"ok":true,"request_id":...}. The ids of the two directions are independent.
 
 import {
   compareRoutes, compileRoute, corsHeaders, corsPreflight, matchRoute, mergeParams,
@@ -23,10 +40,6 @@ interface HostConfig {
   stage: string;
   gateway_host: string;
   gateway_port: number;
-  admin_port: number;
-  admin_token: string;
-  control_url?: string;
-  control_token?: string;
   node_bin?: string;
   max_body_bytes?: number;
   project_root?: string; // stacks in the logs name files relative to it
@@ -956,15 +969,8 @@ async function controlCall(w: WorkerHandle, m: Msg): Promise<void> {
 
 async function enqueueAsync(fn: string, rid: string, input: unknown): Promise<Outcome> {
   try {
-    if (!CFG.control_url) throw new Error("no control API configured");
-    const res = await fetch(CFG.control_url + "/v1/async/enqueue", {
-      method: "POST",
-      headers: { "authorization": `Bearer ${CFG.control_token ?? ""}`, "content-type": JSON_TYPE },
-      body: JSON.stringify({ function: fn, request_id: rid, input }),
-    });
-    const doc = await res.json().catch(() => ({}));
-    if (res.status === 202 || res.ok) return { status: 202, json: JSON.stringify({ request_id: doc.request_id ?? rid }) };
-    return errorOutcome(503, rid, doc.error ?? `could not queue the request (HTTP ${res.status})`);
+    const doc = await channelRequest({ op: "enqueue", function: fn, request_id: rid, input });
+    return { status: 202, json: JSON.stringify({ request_id: doc.request_id ?? rid }) };
   } catch (err) {
     return errorOutcome(503, rid, `could not queue the request: ${(err as Error).message}`);
   }
@@ -981,6 +987,7 @@ interface PatternRoute {
   path: string;
   m: { re: RegExp; names: string[]; greedy: boolean; literals: number };
   route: Route;
+  key?: string; // the supervisor's route key (a delta removes it by that key)
 }
 /** The stage's `cors` setting (fields of API Gateway v2's CorsConfiguration). */
 interface Cors {
@@ -1007,26 +1014,110 @@ function normPath(p: string): string {
 
 let configChain: Promise<unknown> = Promise.resolve();
 
-/** Builds the new table (reusing pools whose digest did not change), pre-warms replaced warm functions, then
- * swaps it in with one assignment: requests already routed finish on the old pools, which then drain. */
-async function applyConfig(doc: Msg): Promise<void> {
-  if (!doc || typeof doc.functions !== "object" || !Array.isArray(doc.routes)) {
-    throw new BadRequest('config must be {"functions": {...}, "routes": [...]}');
+// Every route the supervisor gave, by its key, and the keys of each function's routes: a delta re-points only the
+// routes of the function it changes. Routes whose function is absent are kept here and served once it arrives.
+let routeConfigs = new Map<string, RouteConfig>();
+let routeKeysOf = new Map<string, Set<string>>();
+
+function validFn(name: string, fc: FnConfig): FnConfig {
+  if (!fc || (fc.runtime !== "deno" && fc.runtime !== "node") || typeof fc.bundle !== "string" || !fc.bundle.startsWith("/")) {
+    throw new BadRequest(`functions.${name}: runtime must be deno|node and bundle an absolute path`);
   }
-  const cors = doc.cors ?? null;
-  if (cors !== null && (typeof cors !== "object" || !Array.isArray(cors.allow_origins))) {
+  return fc;
+}
+
+function validRoute(key: string, r: RouteConfig): RouteConfig {
+  if (!r || typeof r.method !== "string" || typeof r.path !== "string" || typeof r.function !== "string") {
+    throw new BadRequest(`routes.${key}: method, path and function must be strings`);
+  }
+  return r;
+}
+
+function validCors(cors: unknown): Cors | null {
+  if (cors === undefined || cors === null) return null;
+  if (typeof cors !== "object" || !Array.isArray((cors as Cors).allow_origins)) {
     throw new BadRequest("cors must be an object with allow_origins: [...]");
   }
+  return cors as Cors;
+}
+
+/** Same code (the pool and its warm workers stay; only limits/env change). */
+function sameCode(a: FnConfig, b: FnConfig): boolean {
+  return a.digest === b.digest && a.bundle === b.bundle && a.runtime === b.runtime &&
+    JSON.stringify(a.endpoint ?? null) === JSON.stringify(b.endpoint ?? null);
+}
+
+function setAllow(t: Table, path: string, method: string, add: boolean): void {
+  const ms = new Set((t.allow.get(path) ?? "").split(", ").filter(Boolean));
+  if (add) ms.add(method);
+  else ms.delete(method);
+  if (ms.size) t.allow.set(path, [...ms].sort().join(", "));
+  else t.allow.delete(path);
+}
+
+/** Serves route `key` in `t` when its function is there (literal paths in a map, patterns in specificity order). */
+function addRoute(t: Table, key: string, r: RouteConfig): void {
+  const pool = t.pools.get(r.function);
+  if (!pool) return;
+  const method = String(r.method).toUpperCase();
+  const path = normPath(String(r.path));
+  const route = { pool, async: !!pool.fc.async };
+  const m = compileRoute(path);
+  if (m) {
+    let i = 0;
+    while (i < t.patterns.length && compareRoutes(t.patterns[i].m, m) <= 0) i++;
+    t.patterns.splice(i, 0, { method, path, m, route, key });
+    return;
+  }
+  t.routes.set(`${method} ${path}`, route);
+  setAllow(t, path, method, true);
+}
+
+function removeRoute(t: Table, key: string, r: RouteConfig): void {
+  const method = String(r.method).toUpperCase();
+  const path = normPath(String(r.path));
+  const i = t.patterns.findIndex((p) => p.key === key);
+  if (i >= 0) t.patterns.splice(i, 1);
+  else if (t.routes.delete(`${method} ${path}`)) setAllow(t, path, method, false);
+}
+
+/** Re-points the routes of function `name` at its current pool (or unroutes them when it is gone). */
+function rerouteFunction(name: string): void {
+  for (const key of routeKeysOf.get(name) ?? []) {
+    const r = routeConfigs.get(key)!;
+    removeRoute(table, key, r);
+    addRoute(table, key, r);
+  }
+}
+
+function indexRoute(key: string, r: RouteConfig, add: boolean): void {
+  let keys = routeKeysOf.get(r.function);
+  if (add) {
+    if (!keys) routeKeysOf.set(r.function, keys = new Set());
+    keys.add(key);
+  } else if (keys) {
+    keys.delete(key);
+    if (!keys.size) routeKeysOf.delete(r.function);
+  }
+}
+
+/** "load": builds the new table (reusing pools whose code did not change), pre-warms replaced warm functions, then
+ * swaps it in with one assignment: requests already routed finish on the old pools, which then drain. */
+async function applyConfig(doc: Msg): Promise<void> {
+  if (!doc || typeof doc.functions !== "object" || !doc.routes || typeof doc.routes !== "object") {
+    throw new BadRequest('config must be {"functions": {...}, "routes": {...}}');
+  }
+  const cors = validCors(doc.cors);
+  const given: [string, RouteConfig][] = Array.isArray(doc.routes)
+    ? (doc.routes as RouteConfig[]).map((r) => [`${r?.method} ${r?.path}`, r])
+    : Object.entries(doc.routes as Record<string, RouteConfig>);
   const old = table;
   const pools = new Map<string, Pool>();
   const warmups: Promise<void>[] = [];
   for (const [name, fc] of Object.entries(doc.functions as Record<string, FnConfig>)) {
-    if (!fc || (fc.runtime !== "deno" && fc.runtime !== "node") || typeof fc.bundle !== "string" || !fc.bundle.startsWith("/")) {
-      throw new BadRequest(`functions.${name}: runtime must be deno|node and bundle an absolute path`);
-    }
+    validFn(name, fc);
     const prev = old.pools.get(name);
-    if (prev && prev.fc.digest === fc.digest && prev.fc.bundle === fc.bundle && prev.fc.runtime === fc.runtime &&
-      JSON.stringify(prev.fc.endpoint ?? null) === JSON.stringify(fc.endpoint ?? null)) {
+    if (prev && sameCode(prev.fc, fc)) {
       prev.update(fc);
       pools.set(name, prev);
     } else {
@@ -1035,33 +1126,68 @@ async function applyConfig(doc: Msg): Promise<void> {
       if (prev && prev.workers.some((w) => w.state === "ready")) warmups.push(pool.prewarm());
     }
   }
-  const routes = new Map<string, Route>();
-  const allow = new Map<string, string[]>();
-  const patterns: PatternRoute[] = [];
-  for (const r of doc.routes as RouteConfig[]) {
-    const pool = pools.get(r.function);
-    if (!pool) throw new BadRequest(`route ${r.method} ${r.path}: unknown function ${r.function}`);
-    const method = String(r.method).toUpperCase();
-    const path = normPath(String(r.path));
-    const route = { pool, async: !!pool.fc.async };
-    const m = compileRoute(path);
-    if (m) {
-      patterns.push({ method, path, m, route });
-      continue;
-    }
-    routes.set(`${method} ${path}`, route);
-    allow.set(path, [...(allow.get(path) ?? []), method]);
+  const next: Table = { pools, routes: new Map(), allow: new Map(), patterns: [], cors };
+  const configs = new Map<string, RouteConfig>();
+  for (const [key, r] of given) {
+    validRoute(key, r);
+    if (!pools.has(r.function)) throw new BadRequest(`route ${r.method} ${r.path}: unknown function ${r.function}`);
+    configs.set(key, r);
+    addRoute(next, key, r);
   }
-  patterns.sort((a, b) => compareRoutes(a.m, b.m));
   if (warmups.length) {
     await Promise.race([Promise.all(warmups), new Promise((r) => setTimeout(r, 15000))]);
   }
-  table = {
-    pools, routes, patterns, cors,
-    allow: new Map([...allow].map(([p, ms]) => [p, ms.sort().join(", ")])),
-  };
+  table = next;
+  routeConfigs = configs;
+  routeKeysOf = new Map();
+  for (const [key, r] of configs) indexRoute(key, r, true);
   for (const [name, pool] of old.pools) if (pools.get(name) !== pool) pool.drain();
-  log("debug", null, null, "config applied", { functions: pools.size, routes: routes.size + patterns.length });
+  log("debug", null, null, "config applied", { functions: pools.size, routes: next.routes.size + next.patterns.length });
+}
+
+// Deltas: each changes the live table in place in one synchronous step (a request looks its route up synchronously,
+// so it sees the table before or after a change, never half of one) and touches only the pool and routes it names.
+async function putFunction(name: string, fc: FnConfig): Promise<void> {
+  validFn(name, fc);
+  const prev = table.pools.get(name);
+  if (prev && sameCode(prev.fc, fc)) {
+    const wasAsync = !!prev.fc.async;
+    prev.update(fc);
+    if (wasAsync !== !!fc.async) rerouteFunction(name);
+    return;
+  }
+  const pool = new Pool(name, fc);
+  if (prev && prev.workers.some((w) => w.state === "ready")) {
+    await Promise.race([pool.prewarm(), new Promise((r) => setTimeout(r, 15000))]);
+  }
+  table.pools.set(name, pool);
+  rerouteFunction(name);
+  prev?.drain();
+}
+
+function deleteFunction(name: string): void {
+  const prev = table.pools.get(name);
+  if (!prev) return;
+  table.pools.delete(name);
+  rerouteFunction(name);
+  prev.drain();
+}
+
+function putRoute(key: string, r: RouteConfig): void {
+  validRoute(key, r);
+  deleteRoute(key);
+  r = { method: r.method, path: r.path, function: r.function };
+  routeConfigs.set(key, r);
+  indexRoute(key, r, true);
+  addRoute(table, key, r);
+}
+
+function deleteRoute(key: string): void {
+  const old = routeConfigs.get(key);
+  if (!old) return;
+  routeConfigs.delete(key);
+  indexRoute(key, old, false);
+  removeRoute(table, key, old);
 }
 
 class BadRequest extends Error {}
@@ -1236,74 +1362,165 @@ async function gateway(req: Request): Promise<Response> {
   return res;
 }
 
-// ---------------------------------------------------------------------------------------------- admin API
-function json(status: number, doc: unknown): Response {
-  return new Response(JSON.stringify(doc), { status, headers: { "content-type": JSON_TYPE } });
+// ---------------------------------------------------------------------------------------------- supervisor channel
+/** One line to the supervisor, after the log records written before it (same stdout, same order). */
+function channelSend(m: Msg): void {
+  logLines.push(JSON.stringify(m));
+  flushLogs();
 }
 
-async function admin(req: Request): Promise<Response> {
-  if (req.headers.get("authorization") !== `Bearer ${CFG.admin_token}`) return json(401, { error: "unauthorized" });
-  const path = new URL(req.url).pathname;
-  try {
-    if (req.method === "PUT" && path === "/config") {
-      const doc = await req.json();
-      const run = configChain.then(() => applyConfig(doc));
-      configChain = run.catch(() => {});
-      await run;
-      return json(200, { ok: true });
-    }
-    if (req.method === "GET" && path === "/health") {
+let nextRequest = 0;
+const awaiting = new Map<number, { resolve: (m: Msg) => void; reject: (e: Error) => void }>();
+
+/** A request to the supervisor (enqueue): rejects on its error reply, or after 30 s without one. */
+function channelRequest(m: Msg): Promise<Msg> {
+  const id = ++nextRequest;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      awaiting.delete(id);
+      reject(new Error("the supervisor did not answer"));
+    }, 30000);
+    awaiting.set(id, {
+      resolve: (r) => (clearTimeout(timer), resolve(r)),
+      reject: (e) => (clearTimeout(timer), reject(e)),
+    });
+    channelSend({ ...m, id });
+  });
+}
+
+/** Table ops run one after another, in the order they arrived (a put_function may wait for a pre-warm). */
+function chained(f: () => unknown): Promise<unknown> {
+  const run = configChain.then(f);
+  configChain = run.catch(() => {});
+  return run;
+}
+
+/** Load check at apply time: start one worker of the function on its own (never in the table, takes no traffic) and
+ * report whether the module loaded: a throw on load, a missing defineFunction, or a name differing from flux.json
+ * fails the deploy instead of every request (DESIGN §7). */
+async function loadCheck(m: Msg): Promise<Record<string, unknown>> {
+  const fc = m?.config as FnConfig;
+  const name = String(m?.function ?? "");
+  if (!name || !fc || (fc.runtime !== "deno" && fc.runtime !== "node") || typeof fc.bundle !== "string") {
+    throw new BadRequest('check needs {"function": name, "config": {runtime, bundle, ...}}');
+  }
+  const pool = new Pool(name, { ...fc, max_workers: 1 });
+  const limit = Math.max(3 * COLD_START_MS, fc.timeout_ms ?? 30000); // starting is not the handler's timeout
+  await Promise.race([pool.prewarm(), new Promise((r) => setTimeout(r, limit))]);
+  const ok = pool.workers.some((w) => w.state === "ready");
+  const error = ok ? null : pool.loadDetail ?? pool.loadError ?? `function ${name} did not start within ${limit} ms`;
+  pool.drain();
+  return ok ? { loaded: true } : { loaded: false, error };
+}
+
+/** An invocation outside HTTP (the async queue, flux invoke's fallback): status, body (JSON when it says so). */
+async function invokeOp(m: Msg): Promise<Record<string, unknown>> {
+  const name = String(m.function);
+  const pool = table.pools.get(name);
+  if (!pool) throw new BadRequest(`unknown function ${name}`);
+  const rid = typeof m.request_id === "string" && m.request_id ? m.request_id : newRequestId();
+  const o = await pool.run(rid, JSON.stringify(m.input ?? {}));
+  if (o.json !== undefined) return { status: o.status, body: JSON.parse(o.json) };
+  // a returned Response: its text (JSON when it says so) and headers
+  const text = await new Response(o.body ?? null).text();
+  const headers = Object.fromEntries(o.headers ?? []);
+  let body: unknown = text;
+  if (/^application\/(.+\+)?json/i.test(headers["content-type"] ?? "")) {
+    try {
+      body = JSON.parse(text);
+    } catch { /* not JSON after all: the text */ }
+  }
+  return { status: o.status, headers, body };
+}
+
+async function channelOp(m: Msg): Promise<Record<string, unknown>> {
+  switch (m.op) {
+    case "load":
+      await chained(() => applyConfig(m));
+      return {};
+    case "put_function":
+      await chained(() => putFunction(String(m.name), m.config));
+      return {};
+    case "delete_function":
+      await chained(() => deleteFunction(String(m.name)));
+      return {};
+    case "put_route":
+      await chained(() => putRoute(String(m.key), m.route));
+      return {};
+    case "delete_route":
+      await chained(() => deleteRoute(String(m.key)));
+      return {};
+    case "env":
+      await chained(() => {
+        for (const [name, env] of Object.entries((m.functions ?? {}) as Record<string, Record<string, string>>)) {
+          const pool = table.pools.get(name);
+          if (pool) pool.update({ ...pool.fc, env });
+        }
+      });
+      return {};
+    case "cors":
+      await chained(() => {
+        table.cors = validCors(m.cors);
+      });
+      return {};
+    case "check":
+      return await loadCheck(m);
+    case "invoke":
+      return await invokeOp(m);
+    case "health": {
       const functions: Record<string, unknown> = {};
       for (const [name, pool] of table.pools) functions[name] = pool.stats();
-      return json(200, { ok: true, functions });
+      return { functions };
     }
-    if (req.method === "POST" && path.startsWith("/invoke/")) {
-      const name = decodeURIComponent(path.slice("/invoke/".length));
-      const pool = table.pools.get(name);
-      if (!pool) return json(404, { error: `unknown function ${name}` });
-      const doc = await req.json();
-      const rid = typeof doc.request_id === "string" && doc.request_id ? doc.request_id : newRequestId();
-      const o = await pool.run(rid, JSON.stringify(doc.input ?? {}));
-      if (o.json !== undefined) return json(200, { status: o.status, body: JSON.parse(o.json) });
-      // a returned Response: its text (JSON when it says so) and headers
-      const text = await new Response(o.body ?? null).text();
-      const headers = Object.fromEntries(o.headers ?? []);
-      let body: unknown = text;
-      if (/^application\/(.+\+)?json/i.test(headers["content-type"] ?? "")) {
-        try {
-          body = JSON.parse(text);
-        } catch { /* not JSON after all: the text */ }
-      }
-      return json(200, { status: o.status, headers, body });
-    }
-    if (req.method === "POST" && path === "/check") {
-      // Load check at apply time: start one worker of the function on its own (never in the table, takes no
-      // traffic) and report whether the module loaded: a throw on load, a missing defineFunction, or a name
-      // differing from flux.json fails the deploy instead of every request (DESIGN §7).
-      const doc = await req.json();
-      const fc = doc?.config as FnConfig;
-      const name = String(doc?.function ?? "");
-      if (!name || !fc || (fc.runtime !== "deno" && fc.runtime !== "node") || typeof fc.bundle !== "string") {
-        throw new BadRequest('check needs {"function": name, "config": {runtime, bundle, ...}}');
-      }
-      const pool = new Pool(name, { ...fc, max_workers: 1 });
-      const limit = Math.max(3 * COLD_START_MS, fc.timeout_ms ?? 30000); // starting is not the handler's timeout
-      await Promise.race([pool.prewarm(), new Promise((r) => setTimeout(r, limit))]);
-      const ok = pool.workers.some((w) => w.state === "ready");
-      const error = ok ? null : pool.loadDetail ?? pool.loadError ?? `function ${name} did not start within ${limit} ms`;
-      pool.drain();
-      return json(200, ok ? { ok: true } : { ok: false, error });
-    }
-    if (req.method === "POST" && path === "/shutdown") {
+    case "shutdown":
       setTimeout(shutdown, 0);
-      return json(200, { ok: true });
-    }
-    return json(404, { error: `no admin endpoint ${req.method} ${path}` });
-  } catch (err) {
-    if (err instanceof BadRequest || err instanceof SyntaxError) return json(400, { error: (err as Error).message });
-    diag(`admin ${req.method} ${path}: ${(err as Error).stack ?? err}`);
-    return json(500, { error: (err as Error).message });
+      return {};
   }
+  throw new BadRequest(`unknown op ${JSON.stringify(m.op)}`);
+}
+
+async function onChannelLine(line: string): Promise<void> {
+  let m: Msg;
+  try {
+    m = JSON.parse(line);
+  } catch {
+    diag(`channel: not JSON: ${line.slice(0, 200)}`);
+    return;
+  }
+  if (!m || typeof m !== "object") return;
+  if (typeof m.reply_to === "number") {
+    const w = awaiting.get(m.reply_to);
+    awaiting.delete(m.reply_to);
+    if (m.ok) w?.resolve(m);
+    else w?.reject(new Error(String(m.error ?? "refused")));
+    return;
+  }
+  try {
+    channelSend({ ...await channelOp(m), reply_to: m.id, ok: true });
+  } catch (err) {
+    if (!(err instanceof BadRequest || err instanceof SyntaxError)) diag(`channel ${m.op}: ${(err as Error).stack ?? err}`);
+    channelSend({ reply_to: m.id, ok: false, error: (err as Error).message });
+  }
+}
+
+/** Reads the supervisor's lines from stdin; its end (the supervisor died or closed it) shuts the host down. */
+async function readChannel(): Promise<void> {
+  const decoder = new TextDecoder();
+  let rest = "";
+  try {
+    for await (const chunk of Deno.stdin.readable) {
+      rest += decoder.decode(chunk, { stream: true });
+      let i: number;
+      while ((i = rest.indexOf("\n")) >= 0) {
+        const line = rest.slice(0, i);
+        rest = rest.slice(i + 1);
+        if (line.trim()) void onChannelLine(line);
+      }
+    }
+  } catch (err) {
+    diag(`channel: ${err}`);
+  }
+  void shutdown();
 }
 
 // ---------------------------------------------------------------------------------------------- lifecycle
@@ -1329,7 +1546,7 @@ const onError = (err: unknown): Response => {
 };
 
 const gw = Deno.serve({ hostname: CFG.gateway_host || "127.0.0.1", port: CFG.gateway_port ?? 0, onListen() {}, onError }, gateway);
-const adm = Deno.serve({ hostname: "127.0.0.1", port: CFG.admin_port ?? 0, onListen() {}, onError }, admin);
 Deno.addSignalListener("SIGTERM", () => void shutdown());
 Deno.addSignalListener("SIGINT", () => void shutdown());
-writeStdout(JSON.stringify({ event: "ready", gateway_port: gw.addr.port, admin_port: adm.addr.port }) + "\n");
+writeStdout(JSON.stringify({ event: "ready", gateway_port: gw.addr.port }) + "\n");
+void readChannel();
