@@ -300,13 +300,19 @@ def register(app: typer.Typer) -> None:
         lock_timeout: str = LockTimeoutOption,
         json_out: bool = JsonOption,
         directory: Path | None = DirOption,
+        purge: bool = typer.Option(False, "--purge", help="Also remove the stage's data: its database, async queue, "
+                                   "logs and (docker) labelled volumes. Without it they are kept."),
     ) -> None:
-        """Delete every resource of the stage, then stop what the provider runs for it."""
+        """Delete every resource of the stage, then stop what the provider runs for it (data kept unless --purge)."""
         from flux_plan.plan import make_plan
 
+        if purge and target:
+            raise FluxError("--purge removes the whole stage's data; it cannot be combined with --target. "
+                            "Nothing was changed.", hint="run `flux destroy --purge` without --target")
         ws = _workspace(stage, directory, json_out, lenient=True)
         timeout = parse_duration(lock_timeout)
-        result = _plan_and_apply(ws, lambda: make_plan(ws, destroy=True, targets=target), approve=auto_approve,
+        result = _plan_and_apply(ws, lambda: make_plan(ws, destroy=True, targets=target, purge=purge),
+                                 approve=auto_approve,
                                  parallelism=parallelism, lock_timeout=timeout, json_out=json_out,
                                  verb="Destroy", what="destroy")
         _exit(result)

@@ -179,9 +179,10 @@ def ensure_route(
     timeout_s: int = 30,
 ) -> dict[str, str]:
     """Integration + route + permission, each looked up first (idempotent after a crash) and adopted
-    when a create's answer was lost. The integration ends at the function's timeout, at most 30 s
-    (HTTP APIs' limit)."""
-    millis = max(50, min(30, timeout_s) * 1000)
+    when a create's answer was lost. The integration waits one second longer than the function's timeout (a
+    cold start counts for the gateway, not for the function; the shim answers 504 just before its own deadline),
+    at most 30 s (HTTP APIs' limit)."""
+    millis = max(50, min(30_000, timeout_s * 1000 + 1000))
     integ = find_integration(gw, api_id, alias_arn)
     if integ is None:
         integ = aws_call(
