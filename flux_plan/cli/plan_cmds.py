@@ -73,6 +73,8 @@ def register(app: typer.Typer) -> None:
         replace: list[str] = typer.Option([], "--replace", help="Force replacing this address."),
         refresh_only: bool = typer.Option(False, "--refresh-only", help="Only report drift."),
         destroy: bool = typer.Option(False, "--destroy", help="Plan to delete everything of the stage."),
+        purge: bool = typer.Option(False, "--purge", help="With --destroy: also remove the stage's data (as "
+                                   "`flux destroy --purge`)."),
         stage: str | None = StageOption,
         lock_timeout: str = LockTimeoutOption,
         strict: bool = typer.Option(False, "--strict", help="Keys read but set nowhere are errors."),
@@ -87,9 +89,12 @@ def register(app: typer.Typer) -> None:
         parse_duration(lock_timeout)  # plan takes no lock; the flag is validated for scripts' sake
         if json_out and markdown:
             raise FluxError("--json and --markdown are exclusive", hint="pick one output format")
+        if purge and (not destroy or target):
+            raise FluxError("--purge goes with --destroy of the whole stage (no --target)",
+                            hint="run `flux plan --destroy --purge`")
         ws = open_workspace(stage, directory)
         p = make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only, destroy=destroy,
-                      strict=strict, allow_out_of_order=allow_out_of_order)
+                      strict=strict, allow_out_of_order=allow_out_of_order, purge=purge)
         if out is not None:
             pin(ws, p)
             p.save(out)

@@ -141,4 +141,14 @@ def test_destroy_keeps_data_and_purge_removes_it(proj: Proj) -> None:
         assert not (proj.stage_dir / name).exists(), f"--purge left {name}"
     assert _volumes(proj) == ({"purge-other-data"} if proj.provider == "docker" else set())
     proj.flux("deploy")
-    assert proj.notes() == []
+    assert proj.notes("again") == ["again"]
+
+    # a saved destroy plan made with --purge does the same (and --purge without --destroy is refused)
+    refused = proj.flux("plan", "--purge", check=False)
+    assert refused.returncode == 1 and "--purge goes with --destroy" in refused.stderr + refused.stdout
+    plan = proj.root / "purge.plan"
+    proj.flux("plan", "--destroy", "--purge", "-o", str(plan))
+    assert json.loads(plan.read_text())["purge"] is True
+    proj.flux("apply", str(plan))
+    for name in ("pg", "queue", "logs"):
+        assert not (proj.stage_dir / name).exists(), f"the saved --purge plan left {name}"
