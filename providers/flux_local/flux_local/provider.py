@@ -311,9 +311,17 @@ class LocalProvider:
         removed = []
         for name in self.DATA_DIRS:
             path = self._ctx.state_dir / name
-            if path.exists():
-                shutil.rmtree(path)
-                removed.append(name)
+            try:
+                if path.is_symlink() or path.is_file():
+                    path.unlink()  # a link is removed, never followed
+                elif path.exists():
+                    shutil.rmtree(path)
+                else:
+                    continue
+            except OSError as exc:
+                raise ProviderError(f"{path}: could not remove the stage's {name} ({exc.strerror}); fix its "
+                                    "permissions, then run `flux destroy --purge` again") from None
+            removed.append(name)
         if removed:
             self._ctx.log(f"purged the stage's data: {', '.join(removed)} (under {self._ctx.state_dir})")
 

@@ -141,7 +141,8 @@ export function makeHandler(def, { runtime, pg } = {}) {
   // The function's own console output becomes records with its level and the request id (one invocation at a
   // time per sandbox, so the current one is the request's): a custom runtime's stdout carries neither.
   let currentRid = null;
-  const fmt = (args) => args.map((a) => (typeof a === "string" ? a : (() => { try { return JSON.stringify(a); } catch { return String(a); } })())).join(" ");
+  const fmt = (args) => args.map((a) => (typeof a === "string" ? a : a instanceof Error ? String(a.stack ?? a)
+    : (() => { try { return JSON.stringify(a); } catch { return String(a); } })())).join(" ");
   for (const [name, level] of [["log", "info"], ["info", "info"], ["debug", "debug"], ["warn", "warn"], ["error", "error"]]) {
     console[name] = (...args) => write(level, currentRid, fmt(args), null);
   }
