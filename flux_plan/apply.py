@@ -362,18 +362,18 @@ def apply_plan(
         new = ws.state.commit(state.model_copy(update={"resources": engine.resources, "outputs": outputs}))
         result = ApplyResult(results=results, outputs=outputs, serial=new.serial, interrupted=engine.stop.is_set())
         if plan.destroy and not plan.targeted and result.ok:
-            _destroy_stage(ws)
+            _destroy_stage(ws, purge=plan.purge)
         return result
 
 
-def _destroy_stage(ws: Workspace) -> None:
+def _destroy_stage(ws: Workspace, *, purge: bool = False) -> None:
     """A whole-stage destroy (from `flux destroy` or a saved destroy plan) also stops what the provider
-    runs for the stage (daemons, hosts, databases)."""
+    runs for the stage (daemons, hosts, databases); with `--purge` it also removes the stage's data."""
     hook = getattr(ws.provider, "destroy_stage", None)
     if hook is None:
         return
     try:
-        hook()
+        hook(purge=True) if purge else hook()
     except ProviderError as exc:
         raise FluxError(f"every resource was deleted, but provider {ws.provider.name!r} could not stop the "
                         f"stage: {ws.secrets.mask(str(exc))}", hint="run `flux destroy` again") from exc

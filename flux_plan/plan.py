@@ -53,6 +53,7 @@ class Plan(BaseModel):
     destroy: bool = False
     refresh_only: bool = False
     targeted: bool = False  # --target/function dir: a destroy plan then leaves the stage's processes
+    purge: bool = False  # `flux destroy --purge`: the provider also removes the stage's data (database, queue, logs)
     # Saved plans only (`flux plan -o`): what apply deploys instead of the working tree.
     bundles: dict[str, str] = {}  # function name -> sha256 of its pinned bundle file
     snapshot: dict[str, Any] | None = None  # functions, migrations, .env.example keys, stage config
@@ -272,6 +273,7 @@ def make_plan(
     function_dir: str | None = None,
     strict: bool = False,
     allow_out_of_order: bool = False,
+    purge: bool = False,
 ) -> Plan:
     state = ws.state.load()
     current: dict[str, ResourceState] = dict(state.resources)
@@ -302,7 +304,8 @@ def make_plan(
                 provider=ws.stage.provider, project=ws.project.name, serial=state.serial,
                 # A state never written has a random lineage per load: pin "none yet" instead.
                 lineage=state.lineage if (state.serial or state.resources) else None,
-                destroy=destroy, refresh_only=refresh_only, drift=drifted, targeted=wanted is not None)
+                destroy=destroy, refresh_only=refresh_only, drift=drifted, targeted=wanted is not None,
+                purge=purge and destroy)
     if refresh_only:
         plan.unchanged = len(current)
         plan.warnings = warnings

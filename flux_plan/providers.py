@@ -122,8 +122,9 @@ class ProviderHooks(Protocol):
         """Structured log records {ts, level, stage, function, request_id, msg, data}."""
         ...
 
-    def destroy_stage(self) -> None:
-        """After a whole-stage destroy (`flux destroy` or a saved destroy plan): stop daemons, free ports."""
+    def destroy_stage(self, *, purge: bool = False) -> None:
+        """After a whole-stage destroy (`flux destroy` or a saved destroy plan): stop daemons, free ports. The stage's
+        data (database, queue, logs, volumes) stays unless `purge` (`flux destroy --purge`)."""
 
     def dev(self, *, port: int | None = None) -> int:
         """`flux dev`: run the stage in the foreground, watch the files, hot-reload; returns the exit code."""

@@ -157,15 +157,21 @@ def register(app: typer.Typer) -> None:
         lock_timeout: str = LockTimeoutOption,
         json_out: bool = JsonOption,
         directory: Path | None = DirOption,
+        purge: bool = typer.Option(False, "--purge", help="Also remove the stage's data: its database, async queue, "
+                                   "logs and (docker) labelled volumes. Without it they are kept."),
     ) -> None:
-        """Delete every resource of the stage, then stop what the provider runs for it."""
+        """Delete every resource of the stage, then stop what the provider runs for it (data kept unless --purge)."""
         from flux_plan.plan import make_plan
 
+        if purge and target:
+            raise FluxError("--purge removes the whole stage's data; it cannot be combined with --target. "
+                            "Nothing was changed.", hint="run `flux destroy --purge` without --target")
         view = view_for(json_out)
         ws = _workspace(stage, directory, view, lenient=True)
         timeout = lock_seconds(lock_timeout)
-        result = _plan_and_apply(ws, lambda: make_plan(ws, destroy=True, targets=target), view, approve=auto_approve,
-                                 parallelism=parallelism, lock_timeout=timeout, verb="Destroy", what="destroy")
+        result = _plan_and_apply(ws, lambda: make_plan(ws, destroy=True, targets=target, purge=purge), view,
+                                 approve=auto_approve, parallelism=parallelism, lock_timeout=timeout,
+                                 verb="Destroy", what="destroy")
         _exit(result)
 
     _register_state(app)

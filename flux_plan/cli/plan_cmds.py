@@ -52,6 +52,8 @@ def register(app: typer.Typer) -> None:
         replace: list[str] = typer.Option([], "--replace", help="Force replacing this address."),
         refresh_only: bool = typer.Option(False, "--refresh-only", help="Only report drift."),
         destroy: bool = typer.Option(False, "--destroy", help="Plan to delete everything of the stage."),
+        purge: bool = typer.Option(False, "--purge", help="With --destroy: also remove the stage's data (as "
+                                   "`flux destroy --purge`)."),
         stage: str | None = StageOption,
         lock_timeout: str = LockTimeoutOption,
         strict: bool = typer.Option(False, "--strict", help="Keys read but set nowhere are errors."),
@@ -66,9 +68,12 @@ def register(app: typer.Typer) -> None:
         lock_seconds(lock_timeout)  # plan takes no lock; the flag is validated for scripts' sake
         if out is not None and (out.name in ("", ".", "..") or out.is_dir()):  # refused before any work
             raise FluxError(f"-o {str(out)!r}: not a file to save the plan to", hint="e.g. flux plan -o plan.json")
+        if purge and (not destroy or target):
+            raise FluxError("--purge goes with --destroy of the whole stage (no --target)",
+                            hint="run `flux plan --destroy --purge`")
         ws = open_workspace(stage, directory)
         p = make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only, destroy=destroy,
-                      strict=strict, allow_out_of_order=allow_out_of_order)
+                      strict=strict, allow_out_of_order=allow_out_of_order, purge=purge)
         if out is not None:
             pin(ws, p)
             p.save(out)

@@ -1,11 +1,14 @@
 """A small Lambda Runtime API server (the HTTP interface Lambda gives a runtime: next ->
-response | error) so the Flux node shim and Deno bootstrap run as real processes in tests."""
+response | error) so the Flux node shim and Deno bootstrap run as real processes in tests. One server per
+sandbox (a process takes one invocation at a time, as on Lambda); the conformance suite's API Gateway + Lambda
+emulator (tests/conformance/aws_emulator.py) runs every deployed function through it."""
 
 from __future__ import annotations
 
 import json
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +28,7 @@ class Outcome:
 @dataclass
 class RuntimeApi:
     function_arn: str
-    pending: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
+    pending: queue.Queue[tuple[str, Any, float | None]] = field(default_factory=queue.Queue)
     outcomes: dict[str, queue.Queue[Outcome]] = field(default_factory=dict)
     init_errors: list[Any] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -48,10 +51,12 @@ class RuntimeApi:
             def do_GET(self) -> None:
                 if self.path != f"{PREFIX}/invocation/next":
                     return self._reply(404)
-                rid, event = api.pending.get()
+                rid, event, budget_s = api.pending.get()
+                # the deadline runs from the moment the runtime takes the invocation (init is not billed to it)
+                deadline = "9999999999999" if budget_s is None else str(int((time.time() + budget_s) * 1000))
                 self._reply(200, json.dumps(event).encode(), {
                     "Lambda-Runtime-Aws-Request-Id": rid,
-                    "Lambda-Runtime-Deadline-Ms": "9999999999999",
+                    "Lambda-Runtime-Deadline-Ms": deadline,
                     "Lambda-Runtime-Invoked-Function-Arn": api.function_arn,
                     "Content-Type": "application/json",
                 })
@@ -74,11 +79,17 @@ class RuntimeApi:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return f"127.0.0.1:{self._server.server_address[1]}"
 
-    def invoke(self, event: Any, timeout: float = 30) -> Outcome:
-        rid = str(uuid.uuid4())
+    def invoke(self, event: Any, timeout: float = 30, *, rid: str | None = None,
+               budget_s: float | None = None) -> Outcome:
+        """One invocation; raises queue.Empty after `timeout` s. `budget_s`: the function's timeout, sent as
+        Lambda-Runtime-Deadline-Ms (None: no deadline)."""
+        rid = rid or str(uuid.uuid4())
         self.outcomes[rid] = queue.Queue()
-        self.pending.put((rid, event))
-        return self.outcomes[rid].get(timeout=timeout)
+        self.pending.put((rid, event, budget_s))
+        try:
+            return self.outcomes[rid].get(timeout=timeout)
+        finally:
+            self.outcomes.pop(rid, None)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -300,7 +300,7 @@ def test_shim_serves_api_gateway_events(runner: Runner) -> None:
     assert json.loads(b64.body["body"])["n"] == 8
 
     bad = runner.invoke(apigw_event("{not json"))
-    assert bad.body["statusCode"] == 400 and "not valid JSON" in bad.body["body"]
+    assert bad.body["statusCode"] == 400 and "invalid JSON body" in bad.body["body"]
     big = runner.invoke(apigw_event(json.dumps({"pad": "x" * 3000})))
     assert big.body["statusCode"] == 413
 

@@ -146,7 +146,7 @@ def test_settings_database_url_log_group_and_destroy(moto: FaultyMotoServer, tmp
     assert {k: v for k, v in api["Tags"].items() if k != "flux:address"} == want_tags
     timeouts = {i["IntegrationUri"].split(":")[-2]: i["TimeoutInMillis"]
                 for i in gw.get_integrations(ApiId=api["ApiId"])["Items"]}
-    assert timeouts[f"{P}-greet"] == 30000 and timeouts[f"{P}-create_todo"] == 10000
+    assert timeouts[f"{P}-greet"] == 30000 and timeouts[f"{P}-create_todo"] == 15000
     secret_tags = {t["Key"]: t["Value"] for t in sm.describe_secret(SecretId="flux/todo/prod/APP_NAME")["Tags"]}
     assert TAGS.items() <= secret_tags.items()
     queue = sqs.get_queue_url(QueueName=f"{P}-send_reminder-failed")["QueueUrl"]

@@ -1,6 +1,8 @@
 """One conformance suite for every provider (DESIGN §8): the same scenarios against `local`, `docker` (a private
 dockerd started here when the `dockerd` binary exists; skipped with the reason otherwise) and `aws` (a moto server;
-moto does not run functions, so the HTTP checks apply to the providers that execute them).
+moto stores Lambda code without running it, so aws_emulator.py serves the deployed HTTP API: it reads routes,
+integrations, CORS, aliases, versions, env and code back from moto and runs each function's real zip with its
+real shim as processes on the Lambda Runtime API).
 
 Each provider gets one deployment of the `conf` project (module scope) that the scenarios of test_scenarios.py
 walk through in order: deploy, no-op re-plan, HTTP checks, update under requests, routes, secrets, migrations,
@@ -26,6 +28,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from aws_emulator import AwsEmulator, UnixForwarder, tcp_url
 from dockerd import PrivateDockerd
 from helpers import free_port, stop_daemons
 
@@ -35,6 +38,17 @@ REGION = "eu-west-1"
 PROVIDERS = ("local", "docker", "aws")
 TOKEN_V1 = "tok-conformance-v1-5e1f"
 TOKEN_V2 = "tok-conformance-v2-a9c3"
+# What cannot hold on a provider's platform at all: the scenario reports n/a with this reason (README table).
+PLATFORM_LIMITS: dict[tuple[str, str], str] = {
+    ("aws", "unknown_route_404_wrong_method_405"):
+        "API Gateway HTTP APIs answer any unrouted method + path themselves: 404 {\"message\":\"Not Found\"}, "
+        "no 405 with Allow, no Flux error body",
+    ("aws", "overload_503"):
+        "Lambda has no request queue: past the reserved concurrency it throttles, and API Gateway answers 500",
+}
+# The request body limit (413 above it): the local gateway's (docker reuses it); on aws the shim's default
+# FLUX_MAX_BODY_BYTES (Lambda itself refuses invoke payloads over 6 MB before any code runs).
+MAX_BODY = {"local": 6 * 1024 * 1024, "docker": 6 * 1024 * 1024, "aws": 1024 * 1024}
 
 
 # ------------------------------------------------------------------------------------------ the project
@@ -145,15 +159,23 @@ def moto_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def aws_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The stage database of the aws target (DATABASE_URL): an embedded PostgreSQL."""
+def aws_pg() -> Iterator[str]:
+    """The stage database of the aws target (DATABASE_URL): an embedded PostgreSQL, reached over TCP (as Lambda
+    reaches its database) through a forwarder to its socket. Outside pytest's 0700 tmp tree: as root, the server
+    runs as another user."""
     from flux_local.pg import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("conf-pg") / "data")
+    base = Path(tempfile.mkdtemp(prefix="flux-conf-pg-", dir="/tmp"))
+    base.chmod(0o755)
+    server = EmbeddedPostgres(base / "data")
+    forwarders: dict[str, UnixForwarder] = {}
     try:
-        yield server.start()
+        yield tcp_url(server.start(), forwarders)
     finally:
+        for f in forwarders.values():
+            f.close()
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ a stage
@@ -169,8 +191,12 @@ class Stage:
 
     @property
     def executes(self) -> bool:
-        """Whether the provider runs the functions here (moto stores Lambda code but does not run it)."""
-        return self.provider in ("local", "docker")
+        """Whether the provider's functions run here (aws: through aws_emulator.py on what moto holds)."""
+        return self.provider in ("local", "docker", "aws")
+
+    @property
+    def max_body(self) -> int:
+        return MAX_BODY[self.provider]
 
     def flux(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([str(FLUX), *args], cwd=self.root, env=self.env, text=True, capture_output=True,
@@ -307,6 +333,9 @@ def stage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                                                  "AWS_DEFAULT_REGION")})
         cfg = {"provider": "aws", "region": REGION, "endpoint_url": extra["moto_url"],
                "database_url_env": "DATABASE_URL"}
+        emulator = AwsEmulator(extra["moto_url"], REGION, "flux-conf-dev", base / "lambda")
+        port = emulator.start(port)
+        extra["emulator"] = emulator
     else:
         cfg = {"provider": "local", "port": port}
     cfg["cors"] = CORS
@@ -319,6 +348,8 @@ def stage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         with contextlib.suppress(Exception):  # a failed scenario may have left the stage up
             st.flux("destroy", "--auto-approve", check=False, timeout=300)
         stop_daemons(root)
+        if "emulator" in extra:
+            extra["emulator"].stop()
         if provider == "docker":
             with contextlib.suppress(Exception), contextlib.closing(st.docker()) as d:
                 for c in d.containers.list(all=True, filters={"label": "flux.project=conf"}):

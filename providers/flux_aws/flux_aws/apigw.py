@@ -12,6 +12,9 @@ from botocore.exceptions import ClientError
 from flux_aws.retry import aws_call, error_code
 
 STAGE = "$default"
+# The integration outwaits the function by this much: a cold start (init) counts for API Gateway, not for the
+# function's timeout, and the shim answers the contract's 504 just before the function's own deadline.
+COLD_START_MS = 5000
 
 
 def _pages(gw: Any, op: str, **kwargs: Any) -> list[dict[str, Any]]:
@@ -179,9 +182,10 @@ def ensure_route(
     timeout_s: int = 30,
 ) -> dict[str, str]:
     """Integration + route + permission, each looked up first (idempotent after a crash) and adopted
-    when a create's answer was lost. The integration ends at the function's timeout, at most 30 s
-    (HTTP APIs' limit)."""
-    millis = max(50, min(30, timeout_s) * 1000)
+    when a create's answer was lost. The integration waits COLD_START_MS longer than the function's timeout (a
+    cold start counts for the gateway, not for the function; the shim answers 504 just before its own deadline),
+    at most 30 s (HTTP APIs' limit)."""
+    millis = max(50, min(30_000, timeout_s * 1000 + COLD_START_MS))
     integ = find_integration(gw, api_id, alias_arn)
     if integ is None:
         integ = aws_call(

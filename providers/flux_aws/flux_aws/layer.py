@@ -77,7 +77,7 @@ def deno_binary(arch: str) -> Path:
             if member is None:
                 raise ProviderError(f"{wheels[0].name}: no deno binary inside the wheel")
             out.parent.mkdir(parents=True, exist_ok=True)
-            part = out.with_suffix(f".{os.getpid()}.tmp")
+            part = out.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             with zf.open(member) as src, part.open("wb") as dst:
                 shutil.copyfileobj(src, dst)
     if elf_machine(part) != machine:
@@ -107,7 +107,7 @@ def build_layer_zip(arch: str = "x86_64") -> Path:
             ("bin/deno", deno_binary(arch).read_bytes(), 0o755),
             *runtime_files(),
         ]
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(zip_entries(entries, level=6))
         os.replace(tmp, path)
         for old in cache_dir().glob(f"deno-layer-{arch}-*.zip"):  # ~42 MB each: keep only the current one

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def pg_bundle() -> Path:
         _run([esbuild_bin(), "entry.mjs", "--bundle", "--format=esm", "--platform=node", "--target=node20",
               "--external:pg-native", f"--banner:js={_PG_BANNER}", f"--outfile={part}", "--log-level=error"],
              work, "esbuild pg")
-        tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp_out = out.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp_out.write_bytes(stable_paths(part.read_bytes()))
         os.replace(tmp_out, out)
     return out

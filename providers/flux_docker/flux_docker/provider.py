@@ -303,11 +303,13 @@ class DockerProvider(LocalProvider):
                 out[addr] = None
         return out
 
-    def destroy_stage(self) -> None:
-        """Stop the daemon (local provider), remove the stage's containers and the Flux-built images only they used."""
+    def destroy_stage(self, *, purge: bool = False) -> None:
+        """Stop the daemon (local provider), remove the stage's containers and the Flux-built images only they used;
+        with `purge` also the stage's data: the local provider's (database, queue, logs) and the docker volumes
+        labelled with the stage."""
         import docker.errors
 
-        super().destroy_stage()
+        super().destroy_stage(purge=purge)
         try:
             containers = self._containers()
         except ProviderError:
@@ -327,6 +329,14 @@ class DockerProvider(LocalProvider):
             except docker.errors.APIError:
                 pass  # still used by another stage's container (identical functions share images)
         self._history_path().unlink(missing_ok=True)
+        if purge:
+            for vol in self.docker.volumes.list(filters={"label": [f"{k}={v}" for k, v in self._labels().items()]}):
+                try:
+                    vol.remove(force=True)
+                except docker.errors.APIError as exc:
+                    raise ProviderError(f"docker volume {vol.name} of the stage could not be removed ({exc}); "
+                                        "remove what uses it, then run `flux destroy --purge` again") from None
+            self._ctx.log("purged the stage's docker volumes")
 
     # -- rollback -----------------------------------------------------------------------------------
     def rollback(self, function: str, to_version: str | None = None) -> dict[str, str]:

@@ -290,8 +290,13 @@ class LocalProvider:
                 self.client.ok("POST", "/admin/save", {})
         return {"url": f"http://127.0.0.1:{info['gateway_port']}"} if info else {}
 
-    def destroy_stage(self) -> None:
-        """Stop the daemon (host, workers, database); keep the data dir so nothing is lost by accident."""
+    # The stage's data: what plain `flux destroy` keeps (nothing is lost by accident) and `--purge` removes.
+    DATA_DIRS = ("pg", "queue", "logs")
+
+    def destroy_stage(self, *, purge: bool = False) -> None:
+        """Stop the daemon (host, workers, database); keep the data (database dir, async queue, logs) unless `purge`."""
+        import shutil
+
         from flux_local.pg import EmbeddedPostgres
 
         self.client.stop()
@@ -300,6 +305,27 @@ class LocalProvider:
         from flux_local import tablefile
 
         tablefile.remove(self._ctx.state_dir)
+        if not purge:
+            return
+        if self.client.info() is not None or (self._ctx.state_dir / "pg" / "postmaster.pid").exists():
+            raise ProviderError(f"{self._ctx.state_dir}: the stage's daemon or database is still running, so its "
+                                "data was kept; stop it, then run `flux destroy --purge` again")
+        removed = []
+        for name in self.DATA_DIRS:
+            path = self._ctx.state_dir / name
+            try:
+                if path.is_symlink() or path.is_file():
+                    path.unlink()  # a link is removed, never followed
+                elif path.exists():
+                    shutil.rmtree(path)
+                else:
+                    continue
+            except OSError as exc:
+                raise ProviderError(f"{path}: could not remove the stage's {name} ({exc.strerror}); fix its "
+                                    "permissions, then run `flux destroy --purge` again") from None
+            removed.append(name)
+        if removed:
+            self._ctx.log(f"purged the stage's data: {', '.join(removed)} (under {self._ctx.state_dir})")
 
     # -- runtime commands ---------------------------------------------------------------------------
     def invoke(self, function: str, payload: Any, *, method: str | None = None) -> InvokeResult:

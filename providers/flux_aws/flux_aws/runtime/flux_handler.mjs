@@ -75,6 +75,19 @@ function makeDb(pg, databaseUrl) {
   });
 }
 
+const TIMED_OUT = Symbol("timed out");
+const MARGIN_MS = 250; // answer before Lambda's own timeout (and the integration's, which ends with it) fires
+
+/** `promise`, or TIMED_OUT just before the invocation's deadline: the caller gets the contract's 504 with the
+ * request id instead of API Gateway's bare error when Lambda kills the sandbox. */
+function withDeadline(promise, context) {
+  const left = context?.getRemainingTimeInMillis?.();
+  if (typeof left !== "number" || !Number.isFinite(left) || left > 15 * 60 * 1000) return promise;
+  let timer;
+  const limit = new Promise((resolve) => { timer = setTimeout(() => resolve(TIMED_OUT), Math.max(0, left - MARGIN_MS)); });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
+}
+
 export function makeHandler(def, { runtime, pg } = {}) {
   if (!def || !def[MARK] || typeof def.handler !== "function") {
     throw new Error("the function module's default export must be defineFunction({...}) from @flux/functions");
@@ -89,18 +102,23 @@ export function makeHandler(def, { runtime, pg } = {}) {
   const isAsync = env("FLUX_ASYNC") === "1";
   const maxBody = Number(env("FLUX_MAX_BODY_BYTES") || 1048576);
   const dbSecret = env("FLUX_DATABASE_SECRET") || "";
-  const cache = new Map();
+  // A warm sandbox re-reads its secrets after FLUX_SECRET_TTL_MS (default 5 s): a rotated secret reaches running
+  // code without a redeploy, and a burst of requests costs one Secrets Manager read per key and window.
+  const ttlMs = Number(env("FLUX_SECRET_TTL_MS") || 5000);
+  const cache = new Map(); // key -> { value, at }
   let masks = [];
   let frozenEnv = null;
+  let envAt = 0;
 
   const secret = async (key) => {
     if (!secretKeys.has(key)) throw new Error(`unknown secret ${JSON.stringify(key)} (not set for this stage, or not read by this function)`);
-    if (!cache.has(key)) {
+    const hit = cache.get(key);
+    if (!hit || Date.now() - hit.at > ttlMs) {
       const value = await getSecretValue(prefix + key);
-      cache.set(key, value);
-      if (value && value.length >= 4) masks = [...masks, value];
+      cache.set(key, { value, at: Date.now() });
+      if (value && value.length >= 4 && !masks.includes(value)) masks = [...masks, value];
     }
-    return cache.get(key);
+    return cache.get(key).value;
   };
   const dbUrl = async () => {
     const url = await getSecretValue(dbSecret);
@@ -114,19 +132,29 @@ export function makeHandler(def, { runtime, pg } = {}) {
   const db = pg && dbSecret ? makeDb(pg, dbUrl) : noDb;
   const mask = (text) => masks.reduce((t, m) => t.split(m).join("***"), text);
 
+  const out = { log: console.log.bind(console), error: console.error.bind(console) };
   const write = (level, requestId, msg, data) => {
     const rec = { ts: new Date().toISOString(), level, function: fnName, request_id: requestId, msg, data };
     const line = mask(JSON.stringify(rec));
-    if (level === "error") console.error(line); else console.log(line);
+    if (level === "error") out.error(line); else out.log(line);
   };
+  // The function's own console output becomes records with its level and the request id (one invocation at a
+  // time per sandbox, so the current one is the request's): a custom runtime's stdout carries neither.
+  let currentRid = null;
+  const fmt = (args) => args.map((a) => (typeof a === "string" ? a : a instanceof Error ? String(a.stack ?? a)
+    : (() => { try { return JSON.stringify(a); } catch { return String(a); } })())).join(" ");
+  for (const [name, level] of [["log", "info"], ["info", "info"], ["debug", "debug"], ["warn", "warn"], ["error", "error"]]) {
+    console[name] = (...args) => write(level, currentRid, fmt(args), null);
+  }
 
   const loadEnv = async () => {
-    if (frozenEnv) return frozenEnv;
+    if (frozenEnv && Date.now() - envAt <= ttlMs) return frozenEnv;
     const out = { ...JSON.parse(env("FLUX_PLAIN_ENV") || "{}") }; // flux.json `env`: plain values
     for (const k of envKeys) {
       try { out[k] = await secret(k); } catch (e) { if (e.code !== "ResourceNotFoundException") throw e; }
     }
     frozenEnv = Object.freeze(out);
+    envAt = Date.now();
     return frozenEnv;
   };
 
@@ -162,6 +190,7 @@ export function makeHandler(def, { runtime, pg } = {}) {
 
   return async function handler(event, context = {}) {
     const requestId = (event && event.flux_async && event.request_id) || context.awsRequestId || crypto.randomUUID();
+    currentRid = requestId;
     if (event && event.flux_health === true) {
       // Flux's health invocation of a new version before `live` moves to it: reaching here means the module
       // loaded and its defineFunction matched flux.json (makeHandler threw otherwise); the handler does not run.
@@ -184,12 +213,12 @@ export function makeHandler(def, { runtime, pg } = {}) {
   async function serve(event, context, requestId, method) {
     const raw = decodeBody(event || {});
     if (new TextEncoder().encode(raw).length > maxBody) {
-      return json(413, { error: `request body over ${maxBody} bytes`, request_id: requestId }, requestId);
+      return json(413, { error: `request body is larger than ${maxBody} bytes`, request_id: requestId }, requestId);
     }
     let input = {};
     if (raw.trim() !== "") {
-      try { input = JSON.parse(raw); } catch {
-        return json(400, { error: "request body is not valid JSON", request_id: requestId }, requestId);
+      try { input = JSON.parse(raw); } catch (e) {
+        return json(400, { error: `invalid JSON body: ${String(e?.message ?? e)}`, request_id: requestId }, requestId);
       }
     } else if (event?.queryStringParameters) {
       input = { ...event.queryStringParameters };
@@ -208,8 +237,13 @@ export function makeHandler(def, { runtime, pg } = {}) {
       write("info", requestId, "queued", null);
       return json(202, { request_id: requestId, status: "accepted" }, requestId);
     }
+    const budget = Math.round(context?.getRemainingTimeInMillis?.() ?? 0);
     try {
-      const result = await run(input, requestId);
+      const result = await withDeadline(run(input, requestId), context);
+      if (result === TIMED_OUT) {
+        write("warn", requestId, "function timed out", { timeout_ms: budget });
+        return json(504, { error: `function ${fnName} timed out after ${budget} ms`, request_id: requestId }, requestId);
+      }
       if (isResponse(result)) return await toApiGatewayV2(result, { "x-flux-request-id": requestId }, method === "HEAD");
       return json(200, result ?? null, requestId);
     } catch (e) {
