@@ -244,8 +244,9 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
     names = ["bare", *variants]
     rounds: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     with flux_host(project) as h:
-        fns = {vname: {**project.function("hello"), **extra} for vname, extra in variants.items()}
-        put_config(h, fns)  # one pool per variant (same bundle), routes /<variant>
+        # one pool per variant (the same code; the module's name must be the function's), routes /<variant>
+        fns = {vname: {**project.function(vname), **extra} for vname, extra in variants.items()}
+        put_config(h, fns)
         with bare_server(work) as bare:
             targets = {"bare": (bare["url"], bare["pid"])}
             targets.update({n: (f"{h['gw']}/{n}", h["pid"]) for n in variants})

@@ -462,3 +462,37 @@ def test_atomic_switch_under_load(host: Host, bundles: dict[str, Any]) -> None:
     assert all(v == "B" for v in versions[last_a + 1:])
     assert request(f"{host.gw}/version", {})[1] == {"v": "B"}
     assert host.health()["version"]["digest"] == bundles["version_b"]["digest"]
+
+
+def test_load_check_worker_becomes_the_first_warm_worker(host: Host, bundles: dict[str, Any]) -> None:
+    def check(name: str, **extra: Any) -> dict[str, Any]:
+        b = bundles[name]
+        cfg = {"runtime": b["runtime"], "bundle": b["bundle"], "digest": b["digest"], "env": {}, **extra}
+        status, doc, _ = request(f"{host.admin}/check", {"function": name, "config": cfg}, token=host.token)
+        assert status == 200
+        return doc
+
+    def cold(name: str) -> int:
+        return len([r for r in list(host.logs) if r["msg"] == "cold start" and r["function"] == name])
+
+    assert check("hello") == {"ok": True}
+    host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "hello", 1)
+    assert "hello" not in host.health()  # checked, but takes no traffic
+    host.configure(bundles, {"hello": {"env": {"GREETING": "pushed"}}})
+    assert host.health()["hello"]["workers"] == 1  # the checked worker, with the pushed env
+    status, body, headers = request(f"{host.gw}/hello", {"name": "Ada"})
+    assert status == 200 and body["greeting"] == "pushed"
+    rid = headers["x-flux-request-id"]
+    host.wait_log(lambda r: r["msg"] == "access" and r["request_id"] == rid)  # records before it are in too
+    assert cold("hello") == 1  # no second cold start
+    # other process flags (the memory limit) are a different worker: not taken, a new one serves
+    assert check("echo", memory_mb=96) == {"ok": True}
+    host.configure(bundles, {"echo": {"memory_mb": 128}})
+    assert request(f"{host.gw}/echo", {"a": 1})[:2] == (200, {"input": {"a": 1}})
+    host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "echo", 2)
+    assert host.health()["echo"]["workers"] == 1
+    # a module that fails the check leaves nothing behind for a later push
+    doc = check("noexport")
+    assert doc == {"ok": False, "error": "function noexport does not export defineFunction(...)"}
+    host.configure(bundles, {"noexport": {}})
+    assert request(f"{host.gw}/noexport", {})[0] == 500

@@ -676,7 +676,8 @@ class Daemon:
                 return 200, {"ok": True}
             case "POST", ["admin", "check", name]:  # load the function once before it takes traffic
                 cfg = {"runtime": body.get("runtime"), "bundle": body.get("bundle"), "digest": body.get("digest"),
-                       "env": self.env_for(body), "timeout_ms": body.get("timeout_ms", 30000), "async": False}
+                       "env": self.env_for(body), "timeout_ms": body.get("timeout_ms", 30000), "async": False,
+                       "memory_mb": int(body.get("memory", 256))}  # the host keeps this worker for the push
                 res = self._host_call("POST", "/check", {"function": name, "config": cfg}, timeout=120)
                 if isinstance(res, dict) and res.get("error"):
                     res["error"] = self.masker(str(res["error"]))  # a load error may quote a secret value

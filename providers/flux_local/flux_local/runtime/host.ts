@@ -471,9 +471,14 @@ class NodeWorker extends WorkerHandle {
 
   private async readLines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void): Promise<void> {
     let pending = "";
+    // a plain reader + streaming TextDecoder: no TransformStream stage (and its promise hops) per chunk
+    const reader = stream.getReader();
+    const decoder = new TextDecoder();
     try {
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        pending += chunk;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        pending += decoder.decode(value, { stream: true });
         let nl: number;
         while ((nl = pending.indexOf("\n")) >= 0) {
           const line = pending.slice(0, nl);
@@ -933,8 +938,9 @@ async function applyConfig(doc: Msg): Promise<void> {
       JSON.stringify(prev.fc.endpoint ?? null) === JSON.stringify(fc.endpoint ?? null)) {
       prev.update(fc);
       pools.set(name, prev);
+      adoptChecked(name, { ...fc, digest: "" }); // a check of unchanged code (new limits or env): its pool ends
     } else {
-      const pool = new Pool(name, fc);
+      const pool = adoptChecked(name, fc) ?? new Pool(name, fc);
       pools.set(name, pool);
       if (prev && prev.workers.some((w) => w.state === "ready")) warmups.push(pool.prewarm());
     }
@@ -1140,6 +1146,60 @@ async function gateway(req: Request): Promise<Response> {
   return res;
 }
 
+// ---------------------------------------------------------------------------------------------- load check
+/** Pools started by checkFunction and not yet taken into the table: name -> pool (its worker stays warm). */
+const checkedPools = new Map<string, { pool: Pool; timer: ReturnType<typeof setTimeout> }>();
+/** How long a checked worker waits for the config push that takes it in (an apply pushes right after its checks). */
+const CHECKED_KEEP_MS = 120000;
+
+/** Load check at apply time: start one worker of the function on its own (never in the table, takes no traffic)
+ * and report whether the module loaded: a throw on load, a missing defineFunction, or a name differing from
+ * flux.json fails the deploy instead of every request (DESIGN §7). A worker that loaded is kept: the config push
+ * that brings the same code takes it as the function's first warm worker (no second cold start, see
+ * adoptChecked). A plain function: the supervisor's channel (HTTP admin API or stdin) calls it. */
+async function checkFunction(name: string, fc: FnConfig): Promise<{ ok: boolean; error?: string }> {
+  const pool = new Pool(name, { ...fc, max_workers: 1 });
+  const limit = Math.max(3 * COLD_START_MS, fc.timeout_ms ?? 30000); // starting is not the handler's timeout
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([pool.prewarm(), new Promise((r) => (timer = setTimeout(r, limit)))]);
+  clearTimeout(timer);
+  const ok = pool.workers.some((w) => w.state === "ready");
+  if (!ok) {
+    const error = pool.loadDetail ?? pool.loadError ?? `function ${name} did not start within ${limit} ms`;
+    pool.drain();
+    return { ok: false, error };
+  }
+  checkedPools.get(name)?.pool.drain(); // an older check of the same function that nobody took
+  clearTimeout(checkedPools.get(name)?.timer);
+  const entry = {
+    pool,
+    timer: setTimeout(() => {
+      if (checkedPools.get(name) !== entry) return;
+      checkedPools.delete(name);
+      pool.drain();
+    }, CHECKED_KEEP_MS),
+  };
+  checkedPools.set(name, entry);
+  return { ok: true };
+}
+
+/** The checked pool of `name` when it runs exactly this code with these process flags (bundle, digest,
+ * runtime, memory limit); taken out of the waiting list. Limits and env come from `fc` (Pool.update). */
+function adoptChecked(name: string, fc: FnConfig): Pool | null {
+  const entry = checkedPools.get(name);
+  if (!entry) return null;
+  checkedPools.delete(name);
+  clearTimeout(entry.timer);
+  const p = entry.pool;
+  if (fc.endpoint || p.draining || p.fc.digest !== fc.digest || p.fc.bundle !== fc.bundle ||
+    p.fc.runtime !== fc.runtime || memoryMb(p.fc) !== memoryMb(fc)) {
+    p.drain();
+    return null;
+  }
+  p.update(fc);
+  return p;
+}
+
 // ---------------------------------------------------------------------------------------------- admin API
 function json(status: number, doc: unknown): Response {
   return new Response(JSON.stringify(doc), { status, headers: { "content-type": JSON_TYPE } });
@@ -1181,22 +1241,13 @@ async function admin(req: Request): Promise<Response> {
       return json(200, { status: o.status, headers, body });
     }
     if (req.method === "POST" && path === "/check") {
-      // Load check at apply time: start one worker of the function on its own (never in the table, takes no
-      // traffic) and report whether the module loaded: a throw on load, a missing defineFunction, or a name
-      // differing from flux.json fails the deploy instead of every request (DESIGN §7).
       const doc = await req.json();
       const fc = doc?.config as FnConfig;
       const name = String(doc?.function ?? "");
       if (!name || !fc || (fc.runtime !== "deno" && fc.runtime !== "node") || typeof fc.bundle !== "string") {
         throw new BadRequest('check needs {"function": name, "config": {runtime, bundle, ...}}');
       }
-      const pool = new Pool(name, { ...fc, max_workers: 1 });
-      const limit = Math.max(3 * COLD_START_MS, fc.timeout_ms ?? 30000); // starting is not the handler's timeout
-      await Promise.race([pool.prewarm(), new Promise((r) => setTimeout(r, limit))]);
-      const ok = pool.workers.some((w) => w.state === "ready");
-      const error = ok ? null : pool.loadDetail ?? pool.loadError ?? `function ${name} did not start within ${limit} ms`;
-      pool.drain();
-      return json(200, ok ? { ok: true } : { ok: false, error });
+      return json(200, await checkFunction(name, fc));
     }
     if (req.method === "POST" && path === "/shutdown") {
       setTimeout(shutdown, 0);

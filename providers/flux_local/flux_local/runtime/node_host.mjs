@@ -7,7 +7,16 @@ import { pathToFileURL } from "node:url";
 
 const { createRuntime } = await import(pathToFileURL(process.argv[2]).href);
 
-const writeOut = process.stdout.write.bind(process.stdout);
+// Under Deno the channel uses Deno's own stdin/stdout: node:process streams there add layers of stream machinery
+// to every message (measured: bench/gateway.py warm p50).
+const DENO = typeof globalThis.Deno?.stdin?.read === "function" ? globalThis.Deno : null;
+const encoder = new TextEncoder();
+const writeOut = DENO
+  ? (text) => {
+    const data = encoder.encode(text);
+    for (let off = 0; off < data.length;) off += DENO.stdout.writeSync(data.subarray(off));
+  }
+  : process.stdout.write.bind(process.stdout);
 let buf = [];
 let scheduled = false;
 function flush() {
@@ -52,8 +61,7 @@ process.stderr.write = (chunk) => {
 };
 
 let pending = "";
-process.stdin.setEncoding("utf8");
-process.stdin.on("data", (chunk) => {
+function onChunk(chunk) {
   pending += chunk;
   let nl;
   while ((nl = pending.indexOf("\n")) >= 0) {
@@ -61,5 +69,17 @@ process.stdin.on("data", (chunk) => {
     pending = pending.slice(nl + 1);
     if (line) rt.onMessage(JSON.parse(line));
   }
-});
-process.stdin.on("end", () => process.exit(0));
+}
+if (DENO) {
+  const decoder = new TextDecoder();
+  const buf = new Uint8Array(1 << 16);
+  for (;;) {
+    const n = await DENO.stdin.read(buf);
+    if (n === null) DENO.exit(0);
+    onChunk(decoder.decode(buf.subarray(0, n), { stream: true }));
+  }
+} else {
+  process.stdin.setEncoding("utf8");
+  process.stdin.on("data", onChunk);
+  process.stdin.on("end", () => process.exit(0));
+}
