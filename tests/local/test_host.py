@@ -82,6 +82,18 @@ export default defineFunction({ name: "nodesandbox", handler: async ({ input }) 
   try { readFileSync(input.path, "utf8"); return { read: "allowed" }; } catch (e) { return { read: e.code }; }
 } });
 """),
+    "rawwrite": ("deno", fn("rawwrite", """
+      process.stdout.write("raw out " + input.n + "\\n");
+      process.stderr.write("raw err " + input.n);
+      let home = null;
+      try { home = process.env.HOME ?? null; } catch (e) { home = e.name; }
+      return { ok: true, home };
+    """)),
+    "noderawwrite": ("node", fn("noderawwrite", """
+      process.stdout.write("raw out " + input.n + "\\n");
+      process.stderr.write("raw err " + input.n);
+      return { ok: true, home: process.env.HOME ?? null };
+    """)),
     "nodecrash": ("node", fn("nodecrash", "setTimeout(() => process.exit(3), 5); await new Promise((r) => setTimeout(r, 2000)); return {};")),
 }
 
@@ -496,3 +508,17 @@ def test_load_check_worker_becomes_the_first_warm_worker(host: Host, bundles: di
     assert doc == {"ok": False, "error": "function noexport does not export defineFunction(...)"}
     host.configure(bundles, {"noexport": {}})
     assert request(f"{host.gw}/noexport", {})[0] == 500
+
+
+@pytest.mark.parametrize("name", ["rawwrite", "noderawwrite"])
+def test_raw_process_writes_become_log_records_and_the_channel_holds(host: Host, bundles: dict[str, Any],
+                                                                    name: str) -> None:
+    host.configure(bundles, {name: {}})
+    for n in (1, 2):
+        status, body, headers = request(f"{host.gw}/{name}", {"n": n})
+        assert status == 200 and body["ok"] is True
+        assert body["home"] in (None, "NotCapable")  # nothing of the host's environment
+        rid = headers["x-flux-request-id"]
+        out = host.wait_log(lambda r, rid=rid, n=n: r["request_id"] == rid and r["msg"] == f"raw out {n}")
+        err = host.wait_log(lambda r, rid=rid, n=n: r["request_id"] == rid and r["msg"] == f"raw err {n}")
+        assert (out["level"], err["level"]) == ("info", "error") and out["function"] == name
