@@ -1151,6 +1151,8 @@ async function gateway(req: Request): Promise<Response> {
 const checkedPools = new Map<string, { pool: Pool; timer: ReturnType<typeof setTimeout> }>();
 /** How long a checked worker waits for the config push that takes it in (an apply pushes right after its checks). */
 const CHECKED_KEEP_MS = 120000;
+/** Checked workers kept at once (the newest): an apply of 1000 functions must not hold 1000 idle processes. */
+const CHECKED_KEEP_MAX = 16;
 
 /** Load check at apply time: start one worker of the function on its own (never in the table, takes no traffic)
  * and report whether the module loaded: a throw on load, a missing defineFunction, or a name differing from
@@ -1179,7 +1181,14 @@ async function checkFunction(name: string, fc: FnConfig): Promise<{ ok: boolean;
       pool.drain();
     }, CHECKED_KEEP_MS),
   };
+  checkedPools.delete(name);
   checkedPools.set(name, entry);
+  for (const [oldest, e] of checkedPools) {
+    if (checkedPools.size <= CHECKED_KEEP_MAX) break;
+    checkedPools.delete(oldest);
+    clearTimeout(e.timer);
+    e.pool.drain();
+  }
   return { ok: true };
 }
 
