@@ -89,6 +89,10 @@ export default defineFunction({ name: "nodesandbox", handler: async ({ input }) 
       try { home = process.env.HOME ?? null; } catch (e) { home = e.name; }
       return { ok: true, home };
     """)),
+    # a polyfill's assignment at load (strict ESM): must replace the global, not throw
+    "procpolyfill": ("deno", HEADER + 'globalThis.process = { env: { FROM_POLYFILL: "yes" } };\n' +
+                     'export default defineFunction({ name: "procpolyfill", handler: async () => '
+                     '({ env: globalThis.process.env.FROM_POLYFILL }) });\n'),
     "noderawwrite": ("node", fn("noderawwrite", """
       process.stdout.write("raw out " + input.n + "\\n");
       process.stderr.write("raw err " + input.n);
@@ -508,6 +512,11 @@ def test_load_check_worker_becomes_the_first_warm_worker(host: Host, bundles: di
     assert doc == {"ok": False, "error": "function noexport does not export defineFunction(...)"}
     host.configure(bundles, {"noexport": {}})
     assert request(f"{host.gw}/noexport", {})[0] == 500
+
+
+def test_a_library_may_replace_the_process_global(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"procpolyfill": {}})
+    assert request(f"{host.gw}/procpolyfill", {})[:2] == (200, {"env": "yes"})
 
 
 @pytest.mark.parametrize("name", ["rawwrite", "noderawwrite"])

@@ -70,6 +70,9 @@ if (lazyProcess?.get && lazyProcess.configurable) {
       captureRawWrites(proc);
       return proc;
     },
+    set(value) { // a library's `globalThis.process = ...` (polyfills do that) replaces it, as before
+      Object.defineProperty(globalThis, "process", { configurable: true, writable: true, value });
+    },
   });
 } else captureRawWrites(process);
 
