@@ -75,6 +75,22 @@ lat.sort((a, b) => a - b);
 console.log(JSON.stringify({ rps: n / el, p50_us: lat[Math.floor(lat.length * 0.5)] * 1000,
   p99_us: lat[Math.floor(lat.length * 0.99)] * 1000 }));
 """
+# The floor of any process-per-function design: one message to another deno process over a pipe and back (what the
+# gateway adds to every request at least; the function's own process is what gives it a real memory limit).
+PIPE_ECHO_MJS = """const buf = new Uint8Array(65536);
+for (;;) { const n = await Deno.stdin.read(buf); if (n === null) Deno.exit(0); Deno.stdout.writeSync(buf.subarray(0, n)); }
+"""
+PIPE_RTT_TS = """const n = Number(Deno.args[1]);
+const child = new Deno.Command(Deno.execPath(), { args: ["run", "--quiet", Deno.args[0]], stdin: "piped", stdout: "piped" }).spawn();
+const w = child.stdin.getWriter(); const r = child.stdout.getReader();
+const msg = new TextEncoder().encode(JSON.stringify({ t: "invoke", id: 1, request_id: "r1", body: '{"name":"bench"}' }) + "\\n");
+const lat = [];
+for (let i = 0; i < n; i++) { const t = performance.now(); await w.write(msg); await r.read(); lat.push(performance.now() - t); }
+lat.sort((a, b) => a - b);
+console.log(JSON.stringify({ p50_us: lat[n >> 1] * 1000 }));
+child.kill("SIGKILL");
+Deno.exit(0);
+"""
 WRK_LUA = f"""wrk.method = "POST"
 wrk.body = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
@@ -242,8 +258,9 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
     names = ["bare", *variants]
     rounds: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     with flux_host(project) as h:
-        fns = {vname: {**project.function("hello"), **extra} for vname, extra in variants.items()}
-        put_config(h, fns)  # one pool per variant (same bundle), routes /<variant>
+        # one pool per variant (the same code; the module's name must be the function's), routes /<variant>
+        fns = {vname: {**project.function(vname), **extra} for vname, extra in variants.items()}
+        put_config(h, fns)
         with bare_server(work) as bare:
             targets = {"bare": (bare["url"], bare["pid"])}
             targets.update({n: (f"{h['gw']}/{n}", h["pid"]) for n in variants})
@@ -269,6 +286,9 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
           f"latency: 1 connection x {args.lat_duration:g}s; {args.runs} interleaved rounds, medians; "
           f"ratios = median of the per-round ratios; load average {_load_avg()}")
     b = med["bare"]
+    floor = pipe_floor(work)
+    print(f"  process hop floor (deno -> deno over a pipe and back, no HTTP, no runtime): p50 {floor:.0f} us = "
+          f"{floor / b['p50_us']:.2f}x the bare request's whole p50")
     print(f"  {'bare Deno.serve':<22} {b['rps']:>8.0f} req/s  p50 {b['p50_us']:>5.0f} us  p99 {b['p99_us']:>6.0f} us"
           f"  cpu {b['cpu_us']:>5.1f} us/req")
     summary: dict[str, Any] = {"bare": b}
@@ -290,6 +310,15 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
         summary[name] = {**m, "throughput_ratio": thr_ratio, "p50_ratio": p50_ratio, "p99_ratio": p99_ratio,
                          "cpu_ratio": cpu_ratio}
     return summary
+
+
+def pipe_floor(work: Path, n: int = 3000) -> float:
+    """p50 of a bare pipe round trip between two deno processes (the least a worker process adds)."""
+    (work / "echo.mjs").write_text(PIPE_ECHO_MJS)
+    (work / "rtt.ts").write_text(PIPE_RTT_TS)
+    out = subprocess.run([deno_bin(), "run", "--allow-run", "--allow-read", str(work / "rtt.ts"), str(work / "echo.mjs"),
+                          str(n)], capture_output=True, text=True, check=True, timeout=120).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["p50_us"])
 
 
 def _load_avg() -> str:

@@ -1,6 +1,6 @@
-// JS port of flux_plan/query.py: ctx.db.query params -> ONE parameterised statement ($n
+// The ctx.db.query compiler (the only one: local host and AWS shim): params -> ONE parameterised statement ($n
 // placeholders). Names are checked against the live schema and quoted; values are always
-// parameters. Must produce exactly what query.py produces: both run tests/fixtures/query_vectors.json.
+// parameters. Pinned by tests/fixtures/query_vectors.json (tests/aws/test_query_port.py, tests/local/test_query.py).
 
 const OPERATIONS = ["select", "insert", "update", "delete"];
 const FILTER_OPS = ["eq", "neq", "gt", "gte", "lt", "lte", "in", "like", "is_null"];
@@ -26,7 +26,7 @@ export class QueryError extends Error {
   }
 }
 
-// Python's json.dumps(v, ensure_ascii=False): ", " and ": " separators, so messages match query.py.
+// Python's json.dumps(v, ensure_ascii=False): ", " and ": " separators, as the vectors' messages were written (the Python compiler's).
 function q(v) {
   if (Array.isArray(v)) return "[" + v.map(q).join(", ") + "]";
   if (v !== null && typeof v === "object") return "{" + Object.entries(v).map(([k, x]) => `${JSON.stringify(k)}: ${q(x)}`).join(", ") + "}";
@@ -220,7 +220,7 @@ export function compileQuery(params, schema) {
   return new Compiler(params, schema).compile();
 }
 
-/** Every value as text of unknown type, as query.py's wire_args: PostgreSQL types it from its column. */
+/** Every value as text of unknown type, as the Python compiler sent them: PostgreSQL types it from its column. */
 export function wireArgs(args) {
   return args.map((v) => (v === null || v === undefined || typeof v === "string" ? v ?? null : typeof v === "boolean" ? (v ? "true" : "false") : JSON.stringify(v)));
 }

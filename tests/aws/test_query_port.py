@@ -1,5 +1,6 @@
-"""The JS port of the query compiler (flux_plan/runtime/query.mjs, what ctx.db.query runs on Lambda) gives
-exactly the statements and errors of flux_plan/query.py on the shared vectors, under node and deno."""
+"""The query compiler (flux_plan/runtime/query.mjs, what ctx.db.query runs on Lambda and in the local host) gives
+exactly the statements and errors of the shared vectors, under node and deno (tests/local/test_query.py runs them
+on PostgreSQL)."""
 
 from __future__ import annotations
 

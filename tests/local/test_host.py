@@ -82,6 +82,22 @@ export default defineFunction({ name: "nodesandbox", handler: async ({ input }) 
   try { readFileSync(input.path, "utf8"); return { read: "allowed" }; } catch (e) { return { read: e.code }; }
 } });
 """),
+    "rawwrite": ("deno", fn("rawwrite", """
+      process.stdout.write("raw out " + input.n + "\\n");
+      process.stderr.write("raw err " + input.n);
+      let home = null;
+      try { home = process.env.HOME ?? null; } catch (e) { home = e.name; }
+      return { ok: true, home };
+    """)),
+    # a polyfill's assignment at load (strict ESM): must replace the global, not throw
+    "procpolyfill": ("deno", HEADER + 'globalThis.process = { env: { FROM_POLYFILL: "yes" } };\n' +
+                     'export default defineFunction({ name: "procpolyfill", handler: async () => '
+                     '({ env: globalThis.process.env.FROM_POLYFILL }) });\n'),
+    "noderawwrite": ("node", fn("noderawwrite", """
+      process.stdout.write("raw out " + input.n + "\\n");
+      process.stderr.write("raw err " + input.n);
+      return { ok: true, home: process.env.HOME ?? null };
+    """)),
     "nodecrash": ("node", fn("nodecrash", "setTimeout(() => process.exit(3), 5); await new Promise((r) => setTimeout(r, 2000)); return {};")),
 }
 
@@ -454,3 +470,56 @@ def test_atomic_switch_under_load(host: Host, bundles: dict[str, Any]) -> None:
     assert all(v == "B" for v in versions[last_a + 1:])
     assert request(f"{host.gw}/version", {})[1] == {"v": "B"}
     assert host.health()["version"]["digest"] == bundles["version_b"]["digest"]
+
+
+def test_load_check_worker_becomes_the_first_warm_worker(host: Host, bundles: dict[str, Any]) -> None:
+    def check(name: str, **extra: Any) -> dict[str, Any]:
+        b = bundles[name]
+        cfg = {"runtime": b["runtime"], "bundle": b["bundle"], "digest": b["digest"], "env": {}, **extra}
+        status, doc, _ = request(f"{host.admin}/check", {"function": name, "config": cfg}, token=host.token)
+        assert status == 200
+        return doc
+
+    def cold(name: str) -> int:
+        return len([r for r in list(host.logs) if r["msg"] == "cold start" and r["function"] == name])
+
+    assert check("hello") == {"ok": True}
+    host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "hello", 1)
+    assert "hello" not in host.health()  # checked, but takes no traffic
+    host.configure(bundles, {"hello": {"env": {"GREETING": "pushed"}}})
+    assert host.health()["hello"]["workers"] == 1  # the checked worker, with the pushed env
+    status, body, headers = request(f"{host.gw}/hello", {"name": "Ada"})
+    assert status == 200 and body["greeting"] == "pushed"
+    rid = headers["x-flux-request-id"]
+    host.wait_log(lambda r: r["msg"] == "access" and r["request_id"] == rid)  # records before it are in too
+    assert cold("hello") == 1  # no second cold start
+    # other process flags (the memory limit) are a different worker: not taken, a new one serves
+    assert check("echo", memory_mb=96) == {"ok": True}
+    host.configure(bundles, {"echo": {"memory_mb": 128}})
+    assert request(f"{host.gw}/echo", {"a": 1})[:2] == (200, {"input": {"a": 1}})
+    host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "echo", 2)
+    assert host.health()["echo"]["workers"] == 1
+    # a module that fails the check leaves nothing behind for a later push
+    doc = check("noexport")
+    assert doc == {"ok": False, "error": "function noexport does not export defineFunction(...)"}
+    host.configure(bundles, {"noexport": {}})
+    assert request(f"{host.gw}/noexport", {})[0] == 500
+
+
+def test_a_library_may_replace_the_process_global(host: Host, bundles: dict[str, Any]) -> None:
+    host.configure(bundles, {"procpolyfill": {}})
+    assert request(f"{host.gw}/procpolyfill", {})[:2] == (200, {"env": "yes"})
+
+
+@pytest.mark.parametrize("name", ["rawwrite", "noderawwrite"])
+def test_raw_process_writes_become_log_records_and_the_channel_holds(host: Host, bundles: dict[str, Any],
+                                                                    name: str) -> None:
+    host.configure(bundles, {name: {}})
+    for n in (1, 2):
+        status, body, headers = request(f"{host.gw}/{name}", {"n": n})
+        assert status == 200 and body["ok"] is True
+        assert body["home"] in (None, "NotCapable")  # nothing of the host's environment
+        rid = headers["x-flux-request-id"]
+        out = host.wait_log(lambda r, rid=rid, n=n: r["request_id"] == rid and r["msg"] == f"raw out {n}")
+        err = host.wait_log(lambda r, rid=rid, n=n: r["request_id"] == rid and r["msg"] == f"raw err {n}")
+        assert (out["level"], err["level"]) == ("info", "error") and out["function"] == name

@@ -703,7 +703,8 @@ class Daemon:
                 return 200, {"ok": True}
             case "POST", ["admin", "check", name]:  # load the function once before it takes traffic
                 cfg = {"runtime": body.get("runtime"), "bundle": body.get("bundle"), "digest": body.get("digest"),
-                       "env": self.env_for(body), "timeout_ms": body.get("timeout_ms", 30000), "async": False}
+                       "env": self.env_for(body), "timeout_ms": body.get("timeout_ms", 30000), "async": False,
+                       "memory_mb": int(body.get("memory", 256))}  # the host keeps this worker for the put
                 try:
                     res = self._call("check", {"function": name, "config": cfg}, 120)
                 except HostError as exc:

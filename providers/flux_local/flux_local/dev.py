@@ -27,6 +27,9 @@ from flux_plan.paths import stage_dir
 TREES = ("functions", "schema")  # watched recursively
 TOP_FILES = frozenset({".env", ".env.example", "flux.project.json", *TREES})  # watched in the root only
 SECRETS_FILE = "secrets.enc"
+# watchfiles yields once no new change arrived for this long: an editor's save (write/rename bursts) lands within
+# a few ms, and every ms here is save -> new code latency (bench/dev_reload.py)
+WATCH_STEP_MS = 5
 
 
 def _print_record(rec: dict[str, Any]) -> None:
@@ -198,7 +201,7 @@ class DevSession:
                 if not paths:
                     trees_stop.wait(0.5)
                     continue
-                for _ in watch(*paths, watch_filter=_tree_filter, debounce=40, step=20,
+                for _ in watch(*paths, watch_filter=_tree_filter, debounce=40, step=WATCH_STEP_MS,
                                stop_event=_Either(stop, trees_stop), rust_timeout=500, yield_on_timeout=False,
                                raise_interrupt=False):
                     self.reload()
@@ -206,7 +209,7 @@ class DevSession:
         tree_thread = threading.Thread(target=watch_trees, name="flux-dev-watch", daemon=True)
         tree_thread.start()
         for changes in watch(str(self.root), str(secrets_dir), watch_filter=top_filter, recursive=False,
-                             debounce=40, step=20, stop_event=stop, rust_timeout=500, yield_on_timeout=False,
+                             debounce=40, step=WATCH_STEP_MS, stop_event=stop, rust_timeout=500, yield_on_timeout=False,
                              raise_interrupt=True):
             if any(Path(p).name in TREES for _, p in changes):
                 trees_stop.set()  # functions/ or schema/ appeared or went: watch the new set

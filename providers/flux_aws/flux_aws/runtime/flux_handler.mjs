@@ -27,7 +27,7 @@ function json(status, body, requestId, extra = {}) {
   };
 }
 
-// Row values as query.py's json_value gives them: numbers for int8/numeric (when exact), dates as
+// Row values as the local host gives them (db.ts): numbers for int8/numeric (when exact), dates as
 // the text PostgreSQL sends, timestamps as ISO strings, bytea as base64.
 function typeParsers(pg) {
   const toNumber = (text) => {

@@ -43,6 +43,15 @@ def postgres_js_dir() -> Path | None:
     return d if (d / "src" / "index.js").is_file() else None
 
 
+def db_import_map() -> dict[str, str]:
+    """Import-map entries of ctx.db (db.ts) beyond the shared runtime: `flux:postgres` and the node built-ins
+    postgres.js names bare; empty when postgres.js is not installed."""
+    pg = postgres_js_dir()
+    if pg is None:
+        return {}
+    return {"flux:postgres": (pg / "src" / "index.js").as_uri(), **{b: f"node:{b}" for b in _PG_BUILTINS}}
+
+
 def host_command(deno_bin: str, artifacts_dir: Path | str, node_bin: str | None = None,
                  db_socket_dir: str | None = None) -> list[str]:
     """argv of the runtime host. Its permissions bound every worker's: net (functions may call out), reads of the
@@ -55,11 +64,10 @@ def host_command(deno_bin: str, artifacts_dir: Path | str, node_bin: str | None 
 
     rt = runtime_dir()
     reads = [str(rt), str(shared_runtime_dir()), str(Path(artifacts_dir).resolve())]
-    extra: dict[str, str] = {}
+    extra = db_import_map()
     pg = postgres_js_dir()
     if pg is not None:
         reads.append(str(pg))
-        extra = {"flux:postgres": (pg / "src" / "index.js").as_uri(), **{b: f"node:{b}" for b in _PG_BUILTINS}}
     writes = []
     if db_socket_dir:
         reads.append(db_socket_dir)

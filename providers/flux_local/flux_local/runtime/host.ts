@@ -32,7 +32,7 @@
 import {
   compareRoutes, compileRoute, corsHeaders, corsPreflight, matchRoute, mergeParams,
 } from "flux:http"; // flux_plan/runtime/http.mjs, via the host's import map
-import { compileQuery, QueryError, SCHEMA_SQL, schemaFromRows, wireArgs } from "flux:query";
+import { createDb, type DbConfig } from "./db.ts"; // ctx.db: postgres.js + the shared query compiler
 
 type Runtime = "deno" | "node";
 
@@ -63,16 +63,6 @@ interface FnConfig {
   max_workers?: number; // workers of one function (default: min(concurrency, cores - 1), at least 1)
   per_worker?: number; // in-flight invocations on every worker before another worker is started
   endpoint?: { port: number; token: string }; // docker provider: the function's container on 127.0.0.1
-}
-
-interface DbConfig {
-  url?: string; // DATABASE_URL as the user gave it
-  host?: string; // embedded: the socket directory
-  port?: number;
-  user?: string;
-  password?: string;
-  database?: string;
-  max?: number;
 }
 
 interface RouteConfig {
@@ -494,9 +484,14 @@ class NodeWorker extends WorkerHandle {
 
   private async readLines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void): Promise<void> {
     let pending = "";
+    // a plain reader + streaming TextDecoder: no TransformStream stage (and its promise hops) per chunk
+    const reader = stream.getReader();
+    const decoder = new TextDecoder();
     try {
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        pending += chunk;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        pending += decoder.decode(value, { stream: true });
         let nl: number;
         while ((nl = pending.indexOf("\n")) >= 0) {
           const line = pending.slice(0, nl);
@@ -855,94 +850,8 @@ setInterval(() => {
 // pushed (fc.env: nothing else is granted), ctx.db through a pooled postgres.js connected as the stage's owner role,
 // compiled by the shared query.mjs. No Python and no extra socket hop on a secret read or a query.
 
-/** postgres.js options: every default given, so that it reads no PG* variable of the (scrubbed) environment. */
-function pgOptions(db: DbConfig): Record<string, unknown> {
-  const toNumber = (t: string) => {
-    const n = Number(t);
-    return Number.isSafeInteger(n) || (!Number.isInteger(n) && Number.isFinite(n)) ? n : t;
-  };
-  return {
-    ...(db.url ? {} : { host: db.host, port: db.port ?? 5432, user: db.user, pass: db.password, database: db.database }),
-    ...(db.url ? {} : { ssl: false }), // a DATABASE_URL's sslmode decides there
-    max: db.max ?? 10, sslnegotiation: null, idle_timeout: 60, connect_timeout: 10,
-    max_lifetime: null, max_pipeline: 100, backoff: 0.2, keep_alive: 60, prepare: true, debug: false, fetch_types: false,
-    publications: "alltables", target_session_attrs: null, onnotice: () => {},
-    // Parameters arrive as text (query.mjs wireArgs, as query.py sends them) and go to PostgreSQL as they are:
-    // postgres.js would otherwise re-serialize them by the server's parameter types ("true" -> 'f' for a boolean,
-    // JSON text encoded twice). Row values as query.py's json_value gives them: numbers for int8/numeric (when
-    // exact), dates and timestamps as ISO text (+00:00 offsets), bytea as base64 (jsonValue).
-    types: {
-      flux_number: { to: 20, from: [20, 1700], serialize: asText, parse: toNumber },
-      flux_bool: { to: 16, from: [16], serialize: (x: unknown) => typeof x === "string" ? x : x ? "t" : "f",
-        parse: (t: string) => t === "t" },
-      flux_json: { to: 114, from: [114, 3802], serialize: (x: unknown) => typeof x === "string" ? x : JSON.stringify(x),
-        parse: (t: string) => JSON.parse(t) },
-      flux_date: { to: 1082, from: [1082], serialize: asText, parse: (t: string) => t },
-      flux_timestamp: { to: 1184, from: [1114, 1184], serialize: asText, parse: isoTimestamp },
-      flux_bytea: { to: 17, from: [17], serialize: asText, parse: (t: string) => hexBytes(t) },
-    },
-  };
-}
-
-const asText = (x: unknown): string => (x instanceof Date ? x.toISOString() : String(x));
-/** "2026-12-01 08:00:00.5+00" -> "2026-12-01T08:00:00.5+00:00" (what Python's isoformat gives query.py) */
-const isoTimestamp = (t: string): string => t.replace(" ", "T").replace(/([+-]\d\d)$/, "$1:00");
-const hexBytes = (t: string): Uint8Array => {
-  const hex = t.startsWith("\\x") ? t.slice(2) : t;
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  return out;
-};
-
-// deno-lint-ignore no-explicit-any
-type Sql = any;
-let sqlClient: Promise<Sql> | null = null;
-let dbSchema: Record<string, Record<string, string>> | null = null;
-
-function sql(): Promise<Sql> {
-  const db = CFG.db;
-  if (!db) return Promise.reject(new Error("ctx.db.query: this stage has no database"));
-  return sqlClient ??= (async () => {
-    const { default: postgres } = await import("flux:postgres");
-    return db.url ? postgres(db.url, pgOptions(db)) : postgres(pgOptions(db));
-  })().catch((err) => {
-    sqlClient = null;
-    diag(`cannot load the PostgreSQL driver: ${err}`);
-    throw new Error("ctx.db.query: the PostgreSQL driver (npm postgres) is not installed; run ./scripts/setup.sh");
-  });
-}
-
-function jsonValue(v: unknown): unknown {
-  if (v instanceof Date) return v.toISOString();
-  if (v instanceof Uint8Array) return btoa(Array.from(v, (b) => String.fromCharCode(b)).join(""));
-  return v;
-}
-
-async function dbQuery(params: unknown): Promise<unknown[]> {
-  const client = await sql();
-  const readSchema = async () => (dbSchema = schemaFromRows(await client.unsafe(SCHEMA_SQL)) as Record<string, Record<string, string>>);
-  let compiled: [string, unknown[]];
-  try {
-    compiled = compileQuery(params, dbSchema ?? await readSchema());
-  } catch (err) {
-    if (!(err instanceof QueryError)) throw err;
-    compiled = compileQuery(params, await readSchema()); // a migration may have run since: look again once
-  }
-  const [text, args] = compiled;
-  let rows: Record<string, unknown>[];
-  try {
-    rows = await client.unsafe(text, wireArgs(args), { prepare: true });
-  } catch (err) {
-    const e = err as { code?: string; message?: string };
-    if (e.code === "42P01" || e.code === "42703") dbSchema = null; // undefined table/column: the schema changed
-    throw new Error(`database error: ${e.message ?? String(err)}`);
-  }
-  return rows.map((row) => {
-    const out: Record<string, unknown> = {};
-    for (const k in row) out[k] = jsonValue(row[k]);
-    return out;
-  });
-}
+const db = createDb(CFG.db, () => import("flux:postgres"), diag);
+const dbQuery = db.query;
 
 async function controlCall(w: WorkerHandle, m: Msg): Promise<void> {
   let reply: Msg;
@@ -1120,8 +1029,9 @@ async function applyConfig(doc: Msg): Promise<void> {
     if (prev && sameCode(prev.fc, fc)) {
       prev.update(fc);
       pools.set(name, prev);
+      adoptChecked(name, { ...fc, digest: "" }); // a check of unchanged code (new limits or env): its pool ends
     } else {
-      const pool = new Pool(name, fc);
+      const pool = adoptChecked(name, fc) ?? new Pool(name, fc);
       pools.set(name, pool);
       if (prev && prev.workers.some((w) => w.state === "ready")) warmups.push(pool.prewarm());
     }
@@ -1153,10 +1063,11 @@ async function putFunction(name: string, fc: FnConfig): Promise<void> {
   if (prev && sameCode(prev.fc, fc)) {
     const wasAsync = !!prev.fc.async;
     prev.update(fc);
+    adoptChecked(name, { ...fc, digest: "" }); // a check of unchanged code (new limits or env): its pool ends
     if (wasAsync !== !!fc.async) rerouteFunction(name);
     return;
   }
-  const pool = new Pool(name, fc);
+  const pool = adoptChecked(name, fc) ?? new Pool(name, fc);
   if (prev && prev.workers.some((w) => w.state === "ready")) {
     await Promise.race([pool.prewarm(), new Promise((r) => setTimeout(r, 15000))]);
   }
@@ -1362,6 +1273,69 @@ async function gateway(req: Request): Promise<Response> {
   return res;
 }
 
+// ---------------------------------------------------------------------------------------------- load check
+/** Pools started by checkFunction and not yet taken into the table: name -> pool (its worker stays warm). */
+const checkedPools = new Map<string, { pool: Pool; timer: ReturnType<typeof setTimeout> }>();
+/** How long a checked worker waits for the config push that takes it in (an apply pushes right after its checks). */
+const CHECKED_KEEP_MS = 120000;
+/** Checked workers kept at once (the newest): an apply of 1000 functions must not hold 1000 idle processes. */
+const CHECKED_KEEP_MAX = 16;
+
+/** Load check at apply time: start one worker of the function on its own (never in the table, takes no traffic)
+ * and report whether the module loaded: a throw on load, a missing defineFunction, or a name differing from
+ * flux.json fails the deploy instead of every request (DESIGN §7). A worker that loaded is kept: the config push
+ * that brings the same code takes it as the function's first warm worker (no second cold start, see
+ * adoptChecked). A plain function: the supervisor's channel (HTTP admin API or stdin) calls it. */
+async function checkFunction(name: string, fc: FnConfig): Promise<{ ok: boolean; error?: string }> {
+  const pool = new Pool(name, { ...fc, max_workers: 1 });
+  const limit = Math.max(3 * COLD_START_MS, fc.timeout_ms ?? 30000); // starting is not the handler's timeout
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([pool.prewarm(), new Promise((r) => (timer = setTimeout(r, limit)))]);
+  clearTimeout(timer);
+  const ok = pool.workers.some((w) => w.state === "ready");
+  if (!ok) {
+    const error = pool.loadDetail ?? pool.loadError ?? `function ${name} did not start within ${limit} ms`;
+    pool.drain();
+    return { ok: false, error };
+  }
+  checkedPools.get(name)?.pool.drain(); // an older check of the same function that nobody took
+  clearTimeout(checkedPools.get(name)?.timer);
+  const entry = {
+    pool,
+    timer: setTimeout(() => {
+      if (checkedPools.get(name) !== entry) return;
+      checkedPools.delete(name);
+      pool.drain();
+    }, CHECKED_KEEP_MS),
+  };
+  checkedPools.delete(name);
+  checkedPools.set(name, entry);
+  for (const [oldest, e] of checkedPools) {
+    if (checkedPools.size <= CHECKED_KEEP_MAX) break;
+    checkedPools.delete(oldest);
+    clearTimeout(e.timer);
+    e.pool.drain();
+  }
+  return { ok: true };
+}
+
+/** The checked pool of `name` when it runs exactly this code with these process flags (bundle, digest,
+ * runtime, memory limit); taken out of the waiting list. Limits and env come from `fc` (Pool.update). */
+function adoptChecked(name: string, fc: FnConfig): Pool | null {
+  const entry = checkedPools.get(name);
+  if (!entry) return null;
+  checkedPools.delete(name);
+  clearTimeout(entry.timer);
+  const p = entry.pool;
+  if (fc.endpoint || p.draining || p.fc.digest !== fc.digest || p.fc.bundle !== fc.bundle ||
+    p.fc.runtime !== fc.runtime || memoryMb(p.fc) !== memoryMb(fc)) {
+    p.drain();
+    return null;
+  }
+  p.update(fc);
+  return p;
+}
+
 // ---------------------------------------------------------------------------------------------- supervisor channel
 /** One line to the supervisor, after the log records written before it (same stdout, same order). */
 function channelSend(m: Msg): void {
@@ -1395,22 +1369,15 @@ function chained(f: () => unknown): Promise<unknown> {
   return run;
 }
 
-/** Load check at apply time: start one worker of the function on its own (never in the table, takes no traffic) and
- * report whether the module loaded: a throw on load, a missing defineFunction, or a name differing from flux.json
- * fails the deploy instead of every request (DESIGN §7). */
+/** The "check" op: checkFunction (above) on the channel. */
 async function loadCheck(m: Msg): Promise<Record<string, unknown>> {
   const fc = m?.config as FnConfig;
   const name = String(m?.function ?? "");
   if (!name || !fc || (fc.runtime !== "deno" && fc.runtime !== "node") || typeof fc.bundle !== "string") {
     throw new BadRequest('check needs {"function": name, "config": {runtime, bundle, ...}}');
   }
-  const pool = new Pool(name, { ...fc, max_workers: 1 });
-  const limit = Math.max(3 * COLD_START_MS, fc.timeout_ms ?? 30000); // starting is not the handler's timeout
-  await Promise.race([pool.prewarm(), new Promise((r) => setTimeout(r, limit))]);
-  const ok = pool.workers.some((w) => w.state === "ready");
-  const error = ok ? null : pool.loadDetail ?? pool.loadError ?? `function ${name} did not start within ${limit} ms`;
-  pool.drain();
-  return ok ? { loaded: true } : { loaded: false, error };
+  const r = await checkFunction(name, fc);
+  return r.ok ? { loaded: true } : { loaded: false, error: r.error };
 }
 
 /** An invocation outside HTTP (the async queue, flux invoke's fallback): status, body (JSON when it says so). */

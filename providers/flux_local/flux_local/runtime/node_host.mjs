@@ -3,11 +3,21 @@
 // Started by host.ts under the Node permission model (fs reads limited to this file, the shared core.mjs and the
 // bundle dir) with a scrubbed environment; the function's configured keys arrive in the init message.
 // argv[2] is the path of the shared runtime (flux_plan/runtime/core.mjs), which lives in another package.
-import { pathToFileURL } from "node:url";
+// Under Deno (deno functions) the channel uses Deno's own stdin/stdout and never touches `process`: Deno builds
+// its node:process lazily, and the first touch costs tens of ms of cold start (measured: bench/gateway.py cold);
+// node:process streams also add layers of stream machinery to every message (warm p50).
+const DENO = typeof globalThis.Deno?.stdin?.read === "function" ? globalThis.Deno : null;
+const fileUrl = (path) => "file://" + path.split("/").map(encodeURIComponent).join("/");
 
-const { createRuntime } = await import(pathToFileURL(process.argv[2]).href);
+const { createRuntime } = await import(fileUrl(DENO ? DENO.args[0] : process.argv[2]));
 
-const writeOut = process.stdout.write.bind(process.stdout);
+const encoder = new TextEncoder();
+const writeOut = DENO
+  ? (text) => {
+    const data = encoder.encode(text);
+    for (let off = 0; off < data.length;) off += DENO.stdout.writeSync(data.subarray(off));
+  }
+  : process.stdout.write.bind(process.stdout);
 let buf = [];
 let scheduled = false;
 function flush() {
@@ -27,33 +37,47 @@ function post(m) {
 let envKeys = [];
 const rt = createRuntime({
   post,
-  load: (bundle) => import(pathToFileURL(bundle).href),
-  onEnv: (env) => {
-    // npm libraries read process.env: give them exactly the function's keys, nothing of the host. Under Deno
-    // (deno functions run this file too) the env is not writable (no --allow-env): ctx.env is what counts.
-    try {
-      for (const k of envKeys) delete process.env[k];
-      Object.assign(process.env, env);
-      envKeys = Object.keys(env);
-    } catch {
-      envKeys = [];
-    }
+  load: (bundle) => import(fileUrl(bundle)),
+  // npm libraries read process.env: give them exactly the function's keys, nothing of the host. Under Deno the env
+  // is not writable (no --allow-env): ctx.env is what counts there.
+  onEnv: DENO ? undefined : (env) => {
+    for (const k of envKeys) delete process.env[k];
+    Object.assign(process.env, env);
+    envKeys = Object.keys(env);
   },
 });
 
 // Raw writes by the function must not corrupt the channel: they become log records.
-process.stdout.write = (chunk) => {
-  rt.record("info", [String(chunk).replace(/\n$/, "")]);
-  return true;
-};
-process.stderr.write = (chunk) => {
-  rt.record("error", [String(chunk).replace(/\n$/, "")]);
-  return true;
-};
+function captureRawWrites(proc) {
+  proc.stdout.write = (chunk) => {
+    rt.record("info", [String(chunk).replace(/\n$/, "")]);
+    return true;
+  };
+  proc.stderr.write = (chunk) => {
+    rt.record("error", [String(chunk).replace(/\n$/, "")]);
+    return true;
+  };
+}
+const lazyProcess = DENO ? Object.getOwnPropertyDescriptor(globalThis, "process") : undefined;
+if (lazyProcess?.get && lazyProcess.configurable) {
+  // Deno: patched on the function's first touch of `process` (most never do), not at start
+  Object.defineProperty(globalThis, "process", {
+    configurable: true,
+    enumerable: lazyProcess.enumerable,
+    get() {
+      const proc = lazyProcess.get.call(globalThis);
+      Object.defineProperty(globalThis, "process", { configurable: true, writable: true, value: proc });
+      captureRawWrites(proc);
+      return proc;
+    },
+    set(value) { // a library's `globalThis.process = ...` (polyfills do that) replaces it, as before
+      Object.defineProperty(globalThis, "process", { configurable: true, writable: true, value });
+    },
+  });
+} else captureRawWrites(process);
 
 let pending = "";
-process.stdin.setEncoding("utf8");
-process.stdin.on("data", (chunk) => {
+function onChunk(chunk) {
   pending += chunk;
   let nl;
   while ((nl = pending.indexOf("\n")) >= 0) {
@@ -61,5 +85,17 @@ process.stdin.on("data", (chunk) => {
     pending = pending.slice(nl + 1);
     if (line) rt.onMessage(JSON.parse(line));
   }
-});
-process.stdin.on("end", () => process.exit(0));
+}
+if (DENO) {
+  const decoder = new TextDecoder();
+  const buf = new Uint8Array(1 << 16);
+  for (;;) {
+    const n = await DENO.stdin.read(buf);
+    if (n === null) DENO.exit(0);
+    onChunk(decoder.decode(buf.subarray(0, n), { stream: true }));
+  }
+} else {
+  process.stdin.setEncoding("utf8");
+  process.stdin.on("data", onChunk);
+  process.stdin.on("end", () => process.exit(0));
+}
