@@ -264,6 +264,9 @@ def main() -> None:
     ap.add_argument("--op-timeout", type=float, default=900, help="bound on each timed command (seconds)")
     ap.add_argument("--keep", action="store_true", help="keep the generated projects")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/plan_scale.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="add this run's sizes to bench/results/plan_scale.json instead of replacing it (each "
+                         "run's sizes and time are listed under \"runs\"; ratios are only ever taken within one run)")
     args = ap.parse_args()
     sizes = [20, 100] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     if args.big and 5000 not in sizes:
@@ -284,16 +287,16 @@ def main() -> None:
     try:
         synth = tf_template(work, args.parallelism, args.op_timeout) if with_tf and max(sizes) > args.terraform_max \
             else None
-        for n in sizes:
+        for n in sizes:  # flux first: at large N terraform's plan alone may take many minutes
+            for provider in providers:
+                fx = bench_flux(n, work, provider, args.parallelism, args.op_timeout)
+                results[provider][n] = fx
+                print(f"N={n:<6} flux/{provider}: " + "  ".join(f"{k}={v:.2f}s" for k, v in fx.items()), flush=True)
             if with_tf:
                 tf = bench_terraform(n, work, args.parallelism, args.op_timeout,
                                      synth if n > args.terraform_max else None)
                 results["terraform"][n] = tf
                 print(f"N={n:<6} terraform: " + "  ".join(f"{k}={v:.2f}s" for k, v in tf.items()), flush=True)
-            for provider in providers:
-                fx = bench_flux(n, work, provider, args.parallelism, args.op_timeout)
-                results[provider][n] = fx
-                print(f"N={n:<6} flux/{provider}: " + "  ".join(f"{k}={v:.2f}s" for k, v in fx.items()), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -325,11 +328,24 @@ def main() -> None:
                     f"{op} {b[op] / a[op]:.2f}" for op in OPS if op in a and op in b))
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        doc = {"bench": "plan_scale", "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info,
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        doc = {"bench": "plan_scale", "when": when, "machine": info,
                "parallelism": args.parallelism, "terraform_max": args.terraform_max,
                "terraform_version": _tf_version(tf_bin) if with_tf else None,
-               "results": {k: {str(n): v for n, v in rows.items()} for k, rows in results.items()}}
-        (RESULTS / "plan_scale.json").write_text(json.dumps(doc, indent=2) + "\n")
+               "results": {k: {str(n): v for n, v in rows.items()} for k, rows in results.items()},
+               "runs": [{"when": when, "machine": info, "sizes": sizes}]}
+        target = RESULTS / "plan_scale.json"
+        if args.merge and target.is_file():
+            old = json.loads(target.read_text())
+            for name, rows in old.get("results", {}).items():
+                for n, vals in rows.items():
+                    if n not in {str(m) for m in sizes}:
+                        doc["results"].setdefault(name, {})[n] = vals
+            doc["runs"] = [*old.get("runs", [{"when": old.get("when"), "machine": old.get("machine"),
+                                              "sizes": sorted(int(n) for r in old.get("results", {}).values()
+                                                              for n in r)}]),
+                           *doc["runs"]]
+        target.write_text(json.dumps(doc, indent=2) + "\n")
     sys.stdout.flush()
 
 

@@ -65,11 +65,15 @@ def section(previous: str = "") -> str:
     if scale:
         res = scale["results"]
         tf = res.get("terraform", {})
-        lines += [f"Plan and apply, {scale['when']}, on {scale['machine']}; terraform "
+        runs = scale.get("runs") or [{"when": scale["when"], "machine": scale["machine"], "sizes": []}]
+        when = "; ".join(f"{r['when']}" + (f" (N = {', '.join(map(str, r['sizes']))})" if len(runs) > 1 else "")
+                         + f" on {r['machine']}" for r in runs)
+        lines += [f"Plan and apply, {when}; terraform "
                   f"{scale.get('terraform_version') or 'not run'} on `terraform_data` (above N="
-                  f"{scale['terraform_max']} its state is synthesized: plan only); parallelism {scale['parallelism']}.",
+                  f"{scale['terraform_max']} its state is synthesized: plan only); parallelism {scale['parallelism']}. "
+                  "Each ratio compares two tools measured in the same run.",
                   "", "| work | N | flux, local provider | flux, record provider (engine alone) | terraform | "
-                  "terraform / flux-local |", "|---|---|---|---|---|---|"]
+                  "terraform / flux-local | terraform / flux-record |", "|---|---|---|---|---|---|---|"]
         sizes = sorted({int(n) for rows in res.values() for n in rows})
         for op, label in OPS.items():
             for n in sizes:
@@ -79,14 +83,17 @@ def section(previous: str = "") -> str:
                 if loc is None and rec is None:
                     continue
                 ratio = f"{t / loc:.1f}x" if t is not None and loc else "-"
-                lines.append(f"| {label} | {n} | {_s(loc)} | {_s(rec)} | {_s(t)} | {ratio} |")
-        local = {int(n): v for n, v in res.get("local", {}).items()}
-        if len(local) >= 2:
-            ns = sorted(local)
-            lines += ["", "Growth of the local provider's cost, cost(N1)/cost(N0): " + "; ".join(
+                ratio_rec = f"{t / rec:.1f}x" if t is not None and rec else "-"
+                lines.append(f"| {label} | {n} | {_s(loc)} | {_s(rec)} | {_s(t)} | {ratio} | {ratio_rec} |")
+        for name, what in (("local", "the local provider's"), ("record", "the engine's (record provider)")):
+            got = {int(n): v for n, v in res.get(name, {}).items()}
+            if len(got) < 2:
+                continue
+            ns = sorted(got)
+            lines += ["", f"Growth of {what} cost, cost(N1)/cost(N0): " + "; ".join(
                 f"{n0}→{n1} ({n1 // n0}x the work): " + ", ".join(
-                    f"{OPS[op]} {local[n1][op] / local[n0][op]:.2f}" for op in OPS
-                    if op in local[n0] and op in local[n1] and op != "validate")
+                    f"{OPS[op]} {got[n1][op] / got[n0][op]:.2f}" for op in OPS
+                    if op in got[n0] and op in got[n1] and op != "validate")
                 for n0, n1 in itertools.pairwise(ns)) + "."]
         lines.append("")
     else:
