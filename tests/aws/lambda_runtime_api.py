@@ -5,8 +5,10 @@ emulator (tests/conformance/aws_emulator.py) runs every deployed function throug
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -95,3 +97,44 @@ class RuntimeApi:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class UnixForwarder:
+    """127.0.0.1:port -> a Unix socket: Lambda reaches its database over TCP, the embedded PostgreSQL listens on a
+    socket only."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            try:
+                upstream.connect(self.socket_path)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()

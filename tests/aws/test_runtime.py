@@ -6,7 +6,6 @@ Manager through the runtime's own SigV4 client."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 from aws_faults import Rule
 from conftest import REGION, FaultyMotoServer
 from flux_aws import layer, packaging
-from lambda_runtime_api import RuntimeApi
+from lambda_runtime_api import RuntimeApi, UnixForwarder
 
 from flux_plan.artifacts import ArtifactStore
 from flux_plan.project import load_project
@@ -95,49 +94,6 @@ def _secrets(moto: FaultyMotoServer) -> None:
     sm = boto3.client("secretsmanager", endpoint_url=moto.url, region_name=REGION)
     sm.create_secret(Name="flux/probe/test/API_TOKEN", SecretString=TOKEN)
     sm.create_secret(Name="flux/probe/test/APP_NAME", SecretString="probe-app")
-
-
-class UnixForwarder:
-    """127.0.0.1:port -> the embedded PostgreSQL's Unix socket (Lambda reaches its database over
-    TCP; the embedded server only listens on a socket)."""
-
-    def __init__(self, socket_path: str) -> None:
-        import socket
-
-        self.socket_path = socket_path
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-
-        while not self._stop:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(self.socket_path)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: Any, dst: Any) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(2)
-
-    def close(self) -> None:
-        self._stop = True
-        self.listener.close()
 
 
 @pytest.fixture

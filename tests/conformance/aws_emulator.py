@@ -49,7 +49,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aws"))
-from lambda_runtime_api import RuntimeApi
+from lambda_runtime_api import RuntimeApi, UnixForwarder
 
 ACCOUNT = "123456789012"  # moto's default account
 NODE_RIC = Path(__file__).with_name("node_ric.mjs")
@@ -57,47 +57,6 @@ INVOKE_LIMIT = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
 GATEWAY_LIMIT = 10 * 1024 * 1024  # HTTP API's request payload limit
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
               "application/x-www-form-urlencoded")
-
-
-class UnixForwarder:
-    """127.0.0.1:port -> a Unix socket: Lambda reaches its database over TCP, the embedded PostgreSQL listens on a
-    socket only."""
-
-    def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            try:
-                upstream.connect(self.socket_path)
-            except OSError:
-                client.close()
-                continue
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def tcp_url(uri: str, forwarder_for: dict[str, UnixForwarder]) -> str:
