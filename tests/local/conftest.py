@@ -3,15 +3,12 @@ examples/todo, real `.venv/bin/flux` subprocesses, and a teardown that stops eve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,11 @@ import psycopg
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# the daemon-stopping helper is shared with tests/conformance and tests/docker (appended, so that this
+# directory's `conftest` stays the one `from conftest import` finds)
+sys.path.append(str(REPO / "tests" / "conformance"))
+from helpers import stop_daemons  # noqa: E402
+
 EXAMPLE = REPO / "examples" / "todo"
 FLUX = REPO / ".venv" / "bin" / "flux"
 
@@ -102,29 +104,7 @@ class Project:
 
 def _stop_everything(root: Path) -> None:
     """Stop every daemon (and what it started) under root/.flux, by the PIDs it recorded."""
-    flux_dir = root / ".flux"
-    if not flux_dir.exists():
-        return
-    for info_path in flux_dir.glob("*/daemon.json"):
-        try:
-            info = json.loads(info_path.read_text())
-        except (OSError, ValueError):
-            continue
-        pid = info.get("pid")
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            for _ in range(150):
-                if not pid_alive(pid):
-                    break
-                time.sleep(0.1)
-        for key in ("pid", "host_pid"):
-            if pid_alive(info.get(key)):
-                os.kill(info[key], signal.SIGKILL)
-    from flux_local.pg import EmbeddedPostgres
-
-    for pgdata in flux_dir.glob("*/pg"):
-        EmbeddedPostgres(pgdata).stop()
+    stop_daemons(root)
 
 
 def new_todo(base: Path) -> Project:
