@@ -145,9 +145,9 @@ class ControlPeer:
 class Host:
     """A running host process, driven over its stdin/stdout channel; `logs` fills from its stdout in a thread."""
 
-    def __init__(self, artifacts: str, control: ControlPeer, max_body: int = 6291456) -> None:
+    def __init__(self, artifacts: str, control: ControlPeer, max_body: int = 6291456, **extra: Any) -> None:
         cfg = {"stage": "test", "gateway_host": "127.0.0.1", "gateway_port": 0,
-               "node_bin": shutil.which("node"), "max_body_bytes": max_body}
+               "node_bin": shutil.which("node"), "max_body_bytes": max_body, **extra}
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
                "FLUX_HOST_CONFIG": json.dumps(cfg)}
         if "DENO_DIR" in os.environ:
@@ -421,6 +421,26 @@ def test_scale_to_zero_and_back(host: Host, bundles: dict[str, Any]) -> None:
     assert host.health()["hello"]["workers"] == 0
     assert request(f"{host.gw}/hello", {"name": "y"})[0] == 200
     host.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "hello", 2)
+
+
+def test_idle_warm_workers_are_bounded_stage_wide(bundles: dict[str, Any], control: ControlPeer) -> None:
+    """An apply of thousands of functions must not leave a warm process per function: over max_warm_workers the
+    least recently used idle workers stop, and their functions cold-start again on their next request."""
+    h = Host(next(iter(bundles.values()))["artifacts"], control, max_warm_workers=2)
+    try:
+        h.configure(bundles, {"hello": {}, "echo": {}, "nodehello": {}})
+        for name in ("hello", "echo", "nodehello"):
+            assert request(f"{h.gw}/{name}", {"name": "x"})[0] == 200
+        rec = h.wait_log(lambda r: r["msg"] == "warm worker stopped")
+        assert rec["function"] == "hello" and rec["data"]["max_warm_workers"] == 2  # the least recently used
+        health = h.health()
+        assert sum(f["workers"] for f in health.values()) <= 2 and health["hello"]["workers"] == 0
+        assert request(f"{h.gw}/hello", {"name": "y"})[0] == 200  # served again, by a new cold start
+        h.wait_count(lambda r: r["msg"] == "cold start" and r["function"] == "hello", 2)
+        h.wait_log(lambda r: r["msg"] == "warm worker stopped" and r["function"] == "echo")
+        assert sum(f["workers"] for f in h.health().values()) <= 2
+    finally:
+        h.stop()
 
 
 def test_concurrency_cap_and_bounded_queue_503(host: Host, bundles: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ interface HostConfig {
   deno_threads?: boolean;
   db?: DbConfig; // ctx.db (the owner role of the stage database); absent: no database
   deno_dir?: string; // DENO_DIR of deno function processes (they run only .mjs: nothing is cached in it)
+  max_warm_workers?: number; // idle warm workers kept stage-wide (least recently used ones stop first)
 }
 
 interface FnConfig {
@@ -832,9 +833,33 @@ let jobSeq = 0;
 // Workers retired after a timeout keep their other in-flight jobs (no longer in a pool's `workers`) until those end.
 const retired = new Set<WorkerHandle>();
 
+/** Idle warm workers kept across the whole stage. Every worker is a process of ~40 MB RSS: without a bound, an apply
+ * of 5000 functions (each load check's worker becomes that function's warm worker) held 5000 processes until their
+ * idle timeout and exhausted a 24 GiB machine. Over the bound, the least recently used idle ones stop (the next
+ * request to that function is a cold start, as after scale to zero). */
+const MAX_WARM = Math.max(1, Math.floor(CFG.max_warm_workers ?? 64));
+
+function trimWarm(): void {
+  let ready = 0;
+  for (const p of livePools) for (const w of p.workers) if (w.state === "ready") ready++;
+  if (ready <= MAX_WARM) return;
+  const idle: WorkerHandle[] = [];
+  for (const p of livePools) {
+    for (const w of p.workers) if (w.state === "ready" && w.inflight.size === 0 && w.streams.size === 0) idle.push(w);
+  }
+  idle.sort((a, b) => a.lastUsed - b.lastUsed);
+  for (const w of idle) {
+    if (ready <= MAX_WARM) break;
+    w.stop();
+    ready--;
+    log("info", w.pool.name, null, "warm worker stopped", { reason: "max_warm_workers", max_warm_workers: MAX_WARM });
+  }
+}
+
 setInterval(() => {
   const now = Date.now();
   for (const p of livePools) p.sweep(now);
+  trimWarm();
   for (const w of retired) {
     for (const job of w.inflight.values()) {
       if (job.deadline > now) continue;
