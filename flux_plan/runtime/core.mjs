@@ -63,6 +63,28 @@ function concat(chunks) {
  *   load: (bundle: string) => Promise<any>, onEnv?: (env: object) => void, rawBytes?: boolean}} io
  *   rawBytes: the channel carries Uint8Array (structured clone); otherwise body bytes travel as base64 text.
  */
+/**
+ * Loads a function's bundle and checks it the way every provider does (DESIGN §7): the default export came from
+ * defineFunction and its name is the flux.json name. Shared by the worker's init and the local provider's batch
+ * load check (providers/flux_local/flux_local/runtime/checker.mjs), so both report the same errors.
+ * @returns {Promise<{ok: true, def: any} | {ok: false, error: string, stack: string | null}>}
+ */
+export async function loadModule(load, bundle, fnName) {
+  try {
+    const mod = await load(bundle);
+    const def = mod?.default;
+    if (!def || def[MARK] !== true || typeof def.handler !== "function") {
+      return { ok: false, error: `function ${fnName} does not export defineFunction(...)`, stack: null };
+    }
+    if (def.name !== fnName) {
+      return { ok: false, error: `function ${fnName}: defineFunction name ${JSON.stringify(def.name)} differs from flux.json name ${JSON.stringify(fnName)} (make them equal)`, stack: null };
+    }
+    return { ok: true, def };
+  } catch (err) {
+    return { ok: false, error: `function ${fnName} failed to load: ${errorMessage(err)}`, stack: err?.stack ?? null };
+  }
+}
+
 export function createRuntime(io) {
   const post = io.post;
   const als = new AsyncLocalStorage();
@@ -141,22 +163,9 @@ export function createRuntime(io) {
     env = Object.freeze({ ...(m.env ?? {}) });
     fnName = m.function;
     io.onEnv?.(env);
-    try {
-      const mod = await io.load(m.bundle);
-      const def = mod?.default;
-      if (!def || def[MARK] !== true || typeof def.handler !== "function") {
-        post({ t: "ready", ok: false, error: `function ${fnName} does not export defineFunction(...)` });
-        return;
-      }
-      if (def.name !== fnName) {
-        post({ t: "ready", ok: false, error: `function ${fnName}: defineFunction name ${JSON.stringify(def.name)} differs from flux.json name ${JSON.stringify(fnName)} (make them equal)` });
-        return;
-      }
-      fn = def;
-      post({ t: "ready", ok: true });
-    } catch (err) {
-      post({ t: "ready", ok: false, error: `function ${fnName} failed to load: ${errorMessage(err)}`, stack: err?.stack ?? null });
-    }
+    const r = await loadModule(io.load, m.bundle, fnName);
+    if (r.ok) fn = r.def;
+    post(r.ok ? { t: "ready", ok: true } : { t: "ready", ok: false, error: r.error, stack: r.stack });
   }
 
   function badInput(id, error) {

@@ -98,6 +98,12 @@ export default defineFunction({ name: "nodesandbox", handler: async ({ input }) 
       process.stderr.write("raw err " + input.n);
       return { ok: true, home: process.env.HOME ?? null };
     """)),
+    # batch load check cases: a throw at load, a module that ends its process, one that forges checker output
+    "loadthrow": ("deno", HEADER + 'throw new Error("bad config at load");\n' + fn("loadthrow", "return {};")[len(HEADER):]),
+    "exiter": ("deno", HEADER + "Deno.exit(0);\n" + fn("exiter", "return {};")[len(HEADER):]),
+    "forger": ("deno", HEADER + 'console.log("noise");\nDeno.stdout.writeSync(new TextEncoder().encode('
+               '\'{"function":"loadthrow","ok":true}\\n\'));\n' + fn("forger", "return { forged: false };")[len(HEADER):]),
+    "misnamed": ("deno", fn("othername", "return {};")),
     "nodecrash": ("node", fn("nodecrash", "setTimeout(() => process.exit(3), 5); await new Promise((r) => setTimeout(r, 2000)); return {};")),
 }
 
@@ -523,6 +529,37 @@ def test_load_check_worker_becomes_the_first_warm_worker(host: Host, bundles: di
     assert doc == {"ok": False, "error": "function noexport does not export defineFunction(...)"}
     host.configure(bundles, {"noexport": {}})
     assert request(f"{host.gw}/noexport", {})[0] == 500
+
+
+def test_many_load_checks_at_once_are_batched_with_the_same_verdicts(host: Host, bundles: dict[str, Any]) -> None:
+    """An apply of many functions checks deno bundles several per process (checker.mjs): each verdict must be the
+    one a check of its own gives, whatever the other modules of the batch do at load (throw, end the process,
+    write to stdout)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(name: str) -> dict[str, Any]:
+        b = bundles[name]
+        cfg = {"runtime": b["runtime"], "bundle": b["bundle"], "digest": b["digest"], "env": {}}
+        return host.call("check", {"function": name, "config": cfg})
+
+    with ThreadPoolExecutor(24) as pool:  # more than CHECKED_KEEP_MAX (16) at once: the rest go in batches
+        list(pool.map(check, ["echo"] * 24))
+        cold_before = len([r for r in list(host.logs) if r["msg"] == "cold start"])
+        names = ["loadthrow", "forger", "misnamed", "hello", "exiter", "noexport", "echo", "slow"] * 2
+        got = dict(zip(names, pool.map(check, names), strict=False))
+    assert got["hello"] == got["echo"] == got["slow"] == got["forger"] == {"loaded": True}
+    assert got["loadthrow"] == {"loaded": False, "error": "function loadthrow failed to load: bad config at load"}
+    assert got["misnamed"] == {"loaded": False, "error": 'function misnamed: defineFunction name "othername" '
+                                                         'differs from flux.json name "misnamed" (make them equal)'}
+    assert got["noexport"] == {"loaded": False, "error": "function noexport does not export defineFunction(...)"}
+    assert got["exiter"]["loaded"] is False and "exiter" in got["exiter"]["error"]  # checked on its own
+    # batched checks start no worker: only the functions that fell back to a check of their own did (those that
+    # shared the batch of `exiter` after it, whose process ended before their turn)
+    colds = [r["function"] for r in list(host.logs)[cold_before:] if r["msg"] == "cold start"]
+    assert len(colds) < len(names) - 4, colds
+    host.wait_log(lambda r: r["msg"] == "function failed to initialize" and r["function"] == "loadthrow")
+    host.configure(bundles, {"forger": {}, "hello": {}})  # a batch-checked function serves from a cold start
+    assert request(f"{host.gw}/forger", {})[:2] == (200, {"forged": False})
 
 
 def test_a_library_may_replace_the_process_global(host: Host, bundles: dict[str, Any]) -> None:

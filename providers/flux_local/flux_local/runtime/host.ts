@@ -1312,6 +1312,98 @@ const CHECKED_KEEP_MAX = 16;
  * that brings the same code takes it as the function's first warm worker (no second cold start, see
  * adoptChecked). A plain function: the supervisor's channel (HTTP admin API or stdin) calls it. */
 async function checkFunction(name: string, fc: FnConfig): Promise<{ ok: boolean; error?: string }> {
+  const now = Date.now();
+  recentChecks.push(now);
+  while (recentChecks.length && recentChecks[0] < now - BATCH_WINDOW_MS) recentChecks.shift();
+  if (fc.runtime === "deno" && !fc.endpoint && recentChecks.length > CHECKED_KEEP_MAX) {
+    const r = await batchCheck(name, fc);
+    if (r) return r; // null: the batch's process died before reaching this function: checked on its own below
+  }
+  return await checkAlone(name, fc);
+}
+
+// ---- batch load checks: an apply of many functions (more than CHECKED_KEEP_MAX checks within BATCH_WINDOW_MS)
+// checks the deno ones in batches, several bundles per `deno run` of checker.mjs, instead of one worker process
+// each. Those checks keep no warm worker (beyond CHECKED_KEEP_MAX they would be stopped anyway, see trimWarm): the
+// function cold-starts on its first request. Measured on 2 cores: a worker process start is ~37 ms of CPU, an import
+// into a running checker ~1-2 ms; the checks were two thirds of the CPU of a local create-apply.
+const BATCH_WINDOW_MS = 3000;
+const BATCH_MAX = 32;
+const BATCH_COLLECT_MS = 5;
+const CHECKER = decodeURIComponent(new URL("./checker.mjs", import.meta.url).pathname);
+const recentChecks: number[] = [];
+type Checked = { ok: boolean; error?: string } | null;
+const batchQueue: { name: string; fc: FnConfig; resolve: (r: Checked) => void }[] = [];
+let batchTimer: ReturnType<typeof setTimeout> | 0 = 0;
+
+/** Checker processes at once: while they run, new checks queue up and go together in the next batch (started
+ * at once, the deployer's threads would get batches of one or two, each a process of its own). */
+const CHECKERS_MAX = Math.max(1, CORES);
+let checkersRunning = 0;
+
+function batchCheck(name: string, fc: FnConfig): Promise<Checked> {
+  return new Promise((resolve) => {
+    batchQueue.push({ name, fc, resolve });
+    if (!batchTimer && checkersRunning < CHECKERS_MAX) batchTimer = setTimeout(nextBatch, BATCH_COLLECT_MS);
+  });
+}
+
+function nextBatch(): void {
+  clearTimeout(batchTimer);
+  batchTimer = 0;
+  while (checkersRunning < CHECKERS_MAX && batchQueue.length) {
+    checkersRunning++;
+    runBatch(batchQueue.splice(0, BATCH_MAX)).finally(() => {
+      checkersRunning--;
+      nextBatch();
+    });
+  }
+}
+
+async function runBatch(batch: typeof batchQueue): Promise<void> {
+  const results = new Map<string, Checked>();
+  try {
+    const dirs = new Set(batch.map((b) => b.fc.bundle.replace(/\/[^/]*$/, "")));
+    const heap = Math.max(...batch.map((b) => memoryMb(b.fc)));
+    const timeoutMs = Math.max(3 * COLD_START_MS, ...batch.map((b) => b.fc.timeout_ms ?? 30000));
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run", "--quiet", "--no-prompt", "--no-config", "--no-lock", `--v8-flags=--max-old-space-size=${heap}`,
+        `--allow-read=${[CHECKER, CORE_PATH, HTTP_PATH, ...dirs].join(",")}`, "--allow-net", CHECKER, CORE_PATH,
+      ],
+      cwd: RUNTIME_DIR, clearEnv: true, env: { DENO_DIR: DENO_DIR_OF_WORKERS, PATH: "/usr/bin:/bin" },
+      stdin: "piped", stdout: "piped", stderr: "null",
+    }).spawn();
+    const nonce = crypto.randomUUID();
+    const w = child.stdin.getWriter();
+    await w.write(encoder.encode(JSON.stringify({
+      nonce, timeout_ms: timeoutMs, functions: batch.map((b) => ({ function: b.name, bundle: b.fc.bundle })),
+    }) + "\n"));
+    await w.close().catch(() => {});
+    const killer = setTimeout(() => child.kill("SIGKILL"), timeoutMs * batch.length + COLD_START_MS);
+    let pending = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      pending += chunk;
+      let nl;
+      while ((nl = pending.indexOf("\n")) >= 0) {
+        const line = pending.slice(0, nl);
+        pending = pending.slice(nl + 1);
+        if (!line.startsWith(nonce)) continue;
+        const r = JSON.parse(line.slice(nonce.length));
+        if (!r.ok) log("error", r.function, null, "function failed to initialize", { error: r.error, stack: projectStack(r.stack) });
+        results.set(r.function, r.ok ? { ok: true } : { ok: false, error: String(r.error) });
+      }
+    }
+    clearTimeout(killer);
+    await child.status;
+  } catch (err) {
+    diag(`batch load check failed: ${err}`);
+  }
+  for (const b of batch) b.resolve(results.get(b.name) ?? null);
+}
+
+/** The load check of one function in a worker of its own, kept as its first warm worker (see adoptChecked). */
+async function checkAlone(name: string, fc: FnConfig): Promise<{ ok: boolean; error?: string }> {
   const pool = new Pool(name, { ...fc, max_workers: 1 });
   const limit = Math.max(3 * COLD_START_MS, fc.timeout_ms ?? 30000); // starting is not the handler's timeout
   let timer: ReturnType<typeof setTimeout> | undefined;
