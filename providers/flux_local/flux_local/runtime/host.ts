@@ -1329,16 +1329,16 @@ async function checkFunction(name: string, fc: FnConfig): Promise<{ ok: boolean;
 // into a running checker ~1-2 ms; the checks were two thirds of the CPU of a local create-apply.
 const BATCH_WINDOW_MS = 3000;
 const BATCH_MAX = 32;
-const BATCH_COLLECT_MS = 5;
+const BATCH_COLLECT_MS = 25;
 const CHECKER = decodeURIComponent(new URL("./checker.mjs", import.meta.url).pathname);
 const recentChecks: number[] = [];
 type Checked = { ok: boolean; error?: string } | null;
 const batchQueue: { name: string; fc: FnConfig; resolve: (r: Checked) => void }[] = [];
 let batchTimer: ReturnType<typeof setTimeout> | 0 = 0;
 
-/** Checker processes at once: while they run, new checks queue up and go together in the next batch (started
- * at once, the deployer's threads would get batches of one or two, each a process of its own). */
-const CHECKERS_MAX = Math.max(1, CORES);
+/** Checker processes at once: while one runs, new checks queue up and go together in the next batch (measured at
+ * 1000 functions: two at once, or a 5 ms collection window, gave many batches of one or two, a process each). */
+const CHECKERS_MAX = 1;
 let checkersRunning = 0;
 
 function batchCheck(name: string, fc: FnConfig): Promise<Checked> {
