@@ -20,18 +20,38 @@ const writeOut = DENO
   : process.stdout.write.bind(process.stdout);
 let buf = [];
 let scheduled = false;
+// Deno: the host keeps at most one unanswered batch per deno worker (host.ts NodeWorker, "adaptive batching"), so
+// every chunk read from stdin is answered exactly once, ACK_HOPS microtask turns later: with the results of the
+// handlers that finished by then (most that do no I/O) or a bare "ack" line. Node workers are not batched.
+const ACK_HOPS = 8;
+let hops = 0;
+let ackDue = false;
 function flush() {
+  if (hops > 0) {
+    hops--;
+    queueMicrotask(flush);
+    return;
+  }
   scheduled = false;
+  if (buf.length === 0) {
+    if (!ackDue) return;
+    buf.push('{"t":"ack"}');
+  }
+  ackDue = false;
   const text = buf.join("\n") + "\n";
   buf = [];
   writeOut(text);
 }
-function post(m) {
-  buf.push(JSON.stringify(m));
+function schedule(extraHops) {
+  hops = Math.max(hops, extraHops);
   if (!scheduled) {
     scheduled = true;
     queueMicrotask(flush);
   }
+}
+function post(m) {
+  buf.push(JSON.stringify(m));
+  schedule(0);
 }
 
 let envKeys = [];
@@ -88,11 +108,13 @@ function onChunk(chunk) {
 }
 if (DENO) {
   const decoder = new TextDecoder();
-  const buf = new Uint8Array(1 << 16);
+  const rbuf = new Uint8Array(1 << 16);
   for (;;) {
-    const n = await DENO.stdin.read(buf);
+    const n = await DENO.stdin.read(rbuf);
     if (n === null) DENO.exit(0);
-    onChunk(decoder.decode(buf.subarray(0, n), { stream: true }));
+    ackDue = true;
+    schedule(ACK_HOPS); // before dispatching: the answer must go out even if a message handler throws
+    onChunk(decoder.decode(rbuf.subarray(0, n), { stream: true }));
   }
 } else {
   process.stdin.setEncoding("utf8");
