@@ -9,12 +9,19 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from flux_plan.errors import Problem
-from flux_plan.model import FunctionSpec, Project
+
+if TYPE_CHECKING:  # `flux validate` checks without pydantic: a scan's FoundFunction has a `dir` too
+    from flux_plan.model import Project
+
+
+class HasDir(Protocol):
+    @property
+    def dir(self) -> str: ...  # project-relative, posix: "functions/greet"
 
 _CODE_SUFFIXES = (".ts", ".tsx", ".js", ".mjs", ".jsx")
 _SKIP_DIRS = {"node_modules", ".flux", ".git"}
@@ -22,7 +29,7 @@ _CHUNK = 1500  # files per esbuild process (command-line length), chunks run in 
 _ERROR = re.compile(r"\[ERROR\]\s+(?P<msg>.+?)\n(?:\s*\n)?\s+(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+):")
 
 
-def _code_files(root: Path, spec: FunctionSpec) -> list[str]:
+def _code_files(root: Path, spec: HasDir) -> list[str]:
     out: list[str] = []
     for d, dirs, files in os.walk(root / spec.dir):
         dirs[:] = sorted(x for x in dirs if x not in _SKIP_DIRS)
@@ -56,34 +63,43 @@ def _esbuild(root: Path, files: list[str]) -> list[Problem]:
     return problems
 
 
-def syntax_problems(root: Path, specs: Iterable[FunctionSpec]) -> list[Problem]:
+def syntax_problems(root: Path, specs: Iterable[HasDir]) -> list[Problem]:
     """Every syntax error in the code files of `specs`, each with file, line and column."""
     files = [f for spec in specs for f in _code_files(root, spec)]
     if not files:
         return []
     chunks = [files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK)]
+    if len(chunks) == 1:
+        return _esbuild(root, chunks[0])
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 2)) as pool:
         return [p for found in pool.map(lambda c: _esbuild(root, c), chunks) for p in found]
 
 
 def provider_problems(project: Project) -> list[Problem]:
     """Stages whose provider is not installed (a plan would fail on them later)."""
+    return stage_provider_problems(project.root, {name: stage.provider for name, stage in project.stages.items()})
+
+
+def stage_provider_problems(root: Path, providers: Mapping[str, str]) -> list[Problem]:
+    """`provider_problems` of stage name -> provider name (what `flux validate` has without the models)."""
     from flux_plan.project import PROJECT_FILE, locate
     from flux_plan.providers import available_providers
 
     installed = set(available_providers())
     problems = []
     text = ""
-    path = project.root / PROJECT_FILE
+    path = root / PROJECT_FILE
     if path.is_file():
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             text = ""
-    for name, stage in sorted(project.stages.items()):
-        if stage.provider not in installed:
+    for name, provider in sorted(providers.items()):
+        if provider not in installed:
             problems.append(Problem(
-                PROJECT_FILE, f"stage {name!r}: unknown provider {stage.provider!r} "
+                PROJECT_FILE, f"stage {name!r}: unknown provider {provider!r} "
                               f"(installed: {', '.join(sorted(installed)) or 'none'})",
                 line=locate(text, ["stages", name, "provider"]) if text else None,
                 json_path=f"$.stages.{name}.provider",

@@ -10,8 +10,12 @@ through pydantic), and `flux validate` would pay pydantic, jsonschema and an esb
   validate replays that validate's problems (warnings only: a project with errors is always checked
   afresh). The key covers every file the scan reads (stat rows as in the scan cache, plus each
   function's scan-cache fingerprint), Flux's own modules and schemas, installed packages and esbuild.
-  A validate that misses runs the scan here (still without typer) and syntax-checks only the functions
-  whose files changed since their last clean check.
+  A validate that misses runs the scan here (still without typer, and without pydantic: the scan's
+  plain result is all it needs) and syntax-checks only the functions whose files changed since their
+  last clean check.
+- The text `flux validate` prints is rendered by rich once per distinct result and terminal (the same
+  console the app uses) and kept in the user cache: a validate after an edit usually prints what the
+  last one printed, and importing rich would cost it ~40 ms.
 
 Anything else (other options, `--dir`, FLUX_* option variables, an unexpected state) returns False and
 the typer app handles the command as before. FLUX_NO_FAST_PATH=1 turns this module off (tests compare).
@@ -238,11 +242,11 @@ def _problem_doc(p: Any) -> dict[str, Any]:
             "message": p.message, "hint": p.hint}
 
 
-def validate_result(root: Path) -> tuple[list[Any], int, int]:
+def validate_result(root: Path, code_stamp: list[Any]) -> tuple[list[Any], int, int]:
     """(problems, functions, migrations) of `flux validate` at `root`: replayed when nothing changed."""
     from flux_plan.errors import Problem
 
-    stamp = [_code_stamp(), _esbuild_stamp(), _env_stamp()]
+    stamp = [code_stamp, _esbuild_stamp(), _env_stamp()]
     cache_path = flux_dir(root) / VALIDATE_CACHE
     stored = _read_json(cache_path)
     stored = stored if isinstance(stored, dict) and stored.get("stamp") == _digest(stamp) else {}
@@ -254,16 +258,21 @@ def validate_result(root: Path) -> tuple[list[Any], int, int]:
         except (KeyError, TypeError, ValueError):
             pass
     started = time.time()
-    from flux_plan.check import provider_problems, syntax_problems
-    from flux_plan.project import scan
+    from flux_plan.check import stage_provider_problems, syntax_problems
+    from flux_plan.defaults import DEFAULT_PROVIDER
+    from flux_plan.project import scan_result
 
-    project, problems = scan(root)
-    problems += provider_problems(project)
+    found = scan_result(root)
+    if any("name" in cfg for cfg in found.stages.values()):
+        found.project()  # fails as the app's scan does: StageConfig(name=<stage>, **settings)
+    problems = found.problems
+    problems += stage_provider_problems(found.root, {name: cfg.get("provider", DEFAULT_PROVIDER)
+                                                     for name, cfg in found.stages.items()})
     entries = _scan_entries(root)
     seen = stored.get("syntax_ok")
     checked: dict[str, Any] = seen if isinstance(seen, dict) else {}
-    fresh = {spec.name: (entries.get(spec.dir.rsplit("/", 1)[-1]) or {}).get("fp") for spec in project.functions}
-    todo = [spec for spec in project.functions if not fresh[spec.name] or checked.get(spec.name) != fresh[spec.name]]
+    fresh = {spec.name: (entries.get(spec.dir.rsplit("/", 1)[-1]) or {}).get("fp") for spec in found.functions}
+    todo = [spec for spec in found.functions if not fresh[spec.name] or checked.get(spec.name) != fresh[spec.name]]
     syntax = syntax_problems(root, todo)
     problems += syntax
     # a function is recorded as checked only by a check that found nothing (esbuild's messages may
@@ -277,10 +286,10 @@ def validate_result(root: Path) -> tuple[list[Any], int, int]:
     # only a clean result whose inputs were all settled before this scan began may be replayed
     if clean and after is not None and after[1] / 1e9 < started - 2.0:
         doc.update(key=_digest(after[0]), problems=[_problem_doc(p) for p in problems],
-                   functions=len(project.functions), migrations=len(project.migrations))
+                   functions=len(found.functions), migrations=len(found.migrations))
     if doc != stored:
         _write_json(cache_path, doc)
-    return problems, len(project.functions), len(project.migrations)
+    return problems, len(found.functions), len(found.migrations)
 
 
 def try_validate(args: list[str]) -> int | None:
@@ -292,15 +301,50 @@ def try_validate(args: list[str]) -> int | None:
     if root is None:
         return None
     json_out, strict = flags
-    problems, n_functions, n_migrations = validate_result(root)
-    return render_validate(problems, n_functions, n_migrations, json_out=json_out, strict=strict)
+    code_stamp = _code_stamp()
+    problems, n_functions, n_migrations = validate_result(root, code_stamp)
+    return render_validate(problems, n_functions, n_migrations, json_out=json_out, strict=strict,
+                           code_stamp=code_stamp)
+
+
+RENDER_CACHE = "validate-render.json"
+_RENDER_KEEP = 64  # distinct outputs kept (oldest dropped first)
+# what rich's Console reads from the environment to decide colors, width and terminal-ness
+_RICH_ENV = ("TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS",
+             "LINES", "JUPYTER_COLUMNS", "JUPYTER_LINES", "DATABRICKS_RUNTIME_VERSION")
+
+
+def _terminal_stamp() -> list[Any]:
+    """Everything besides the text that decides what rich writes: whether stdout is a terminal, its
+    encoding, the sizes of the standard streams' terminals and rich's environment variables."""
+    sizes: list[Any] = []
+    for fd in (0, 1, 2):
+        try:
+            sizes.append(list(os.get_terminal_size(fd)))
+        except (OSError, ValueError):
+            sizes.append(None)
+    isatty = getattr(sys.stdout, "isatty", None)
+    return [bool(isatty and isatty()), getattr(sys.stdout, "encoding", None), sizes,
+            [(k, os.environ.get(k)) for k in _RICH_ENV]]
+
+
+def _rich_text(lines: list[str]) -> str:
+    """What the app's console writes for these markup lines (captured, not written)."""
+    from flux_plan.cli.output import console
+
+    out = console()
+    with out.capture() as captured:
+        for line in lines:
+            out.print(line)
+    return captured.get()
 
 
 def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *, json_out: bool,
-                    strict: bool) -> int:
+                    strict: bool, code_stamp: list[Any] | None = None) -> int:
     """Exactly what the `validate` command prints (tests compare both with FLUX_NO_FAST_PATH=1); the
-    exit code."""
-    from flux_plan.cli.output import console, escape, print_json
+    exit code. The text is rich's, from the render cache when this result was printed before on this
+    terminal (rich's code is in `code_stamp`: an upgrade changes the installed packages' key)."""
+    from flux_plan.cli.output import print_json
 
     if strict:
         for p in problems:
@@ -312,14 +356,29 @@ def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *,
                     "functions": n_functions, "migrations": n_migrations,
                     "problems": [_problem_doc(p) for p in problems]})
         return 1 if errors else 0
-    out = console()
-    for p in problems:
-        color = "red" if p.severity == "error" else "yellow"
-        text = escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1)
-        out.print(text)
-    if errors:
-        out.print(f"[bold red]{len(errors)} error(s)[/], {len(warnings)} warning(s).")
-    else:
-        out.print(f"[green]Valid:[/] {n_functions} function(s), {n_migrations} "
-                  f"migration(s), {len(warnings)} warning(s).")
+    rendered = [[p.render(), p.severity] for p in problems]
+    key = _digest([rendered, len(errors), len(warnings), n_functions, n_migrations, code_stamp or _code_stamp(),
+                   _terminal_stamp()])
+    path = user_cache_dir() / RENDER_CACHE
+    cache = _read_json(path)
+    cache = cache if isinstance(cache, dict) else {}
+    text = cache.get(key)
+    if not isinstance(text, str):
+        from flux_plan.cli.output import escape
+
+        lines = []
+        for p in problems:  # as views.TextView.validation prints them
+            color = "red" if p.severity == "error" else "yellow"
+            lines.append(escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1))
+        if errors:
+            lines.append(f"[bold red]{len(errors)} error(s)[/], {len(warnings)} warning(s).")
+        else:
+            lines.append(f"[green]Valid:[/] {n_functions} function(s), {n_migrations} "
+                         f"migration(s), {len(warnings)} warning(s).")
+        text = _rich_text(lines)
+        cache.pop(key, None)
+        cache[key] = text
+        _write_json(path, dict(list(cache.items())[-_RENDER_KEEP:]))
+    sys.stdout.write(text)
+    sys.stdout.flush()
     return 1 if errors else 0
