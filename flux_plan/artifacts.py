@@ -23,7 +23,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,9 @@ from flux_plan.digest import source_digest
 from flux_plan.errors import FluxError
 from flux_plan.paths import REPO_DIR, SDK_DIR, artifacts_dir, user_cache_dir
 
-if TYPE_CHECKING:  # `flux validate` finds esbuild here without importing pydantic (models) or filelock
+if TYPE_CHECKING:  # `flux validate` finds esbuild here without importing pydantic, filelock or concurrent.futures
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from filelock import FileLock
 
     from flux_plan.model import FunctionSpec
@@ -222,6 +223,8 @@ class ArtifactStore:
             if not todo:
                 return
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flux-bundle")
             by_runtime: dict[str, list[tuple[str, FunctionSpec]]] = {}
             for digest, spec in todo.items():

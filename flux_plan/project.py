@@ -8,7 +8,6 @@ JSON-schema validator, no subprocess, each source file read once here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
@@ -172,6 +171,8 @@ def locate(text: str, parts: Sequence[Any]) -> int:
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    import difflib  # only for a misspelt key or value
+
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean {match[0]!r}?" if match else None
 

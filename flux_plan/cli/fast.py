@@ -33,9 +33,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flux_plan.paths import PACKAGE_DIR, SCHEMAS_DIR, flux_dir, user_cache_dir
+
+if TYPE_CHECKING:
+    from flux_plan.check import SyntaxCheck
 
 _FORMAT = 1
 _WORD = re.compile(r"^[a-z][a-z-]{0,30}$")
@@ -188,10 +191,10 @@ def _esbuild_stamp() -> list[Any]:
     return [exe, _stat(os.path.realpath(exe)) if exe else None]
 
 
-def _project_rows(root: Path, entries: dict[str, Any]) -> tuple[list[Any], int, dict[str, str]] | None:
+def _project_rows(root: Path, entries: dict[str, Any]) -> tuple[list[Any], int, list[str]] | None:
     """Stat rows of every input of a scan of `root`, the newest mtime among the project-level files,
-    and each function's current scan-cache fingerprint; None when some function directory has no
-    valid scan-cache entry (it had errors, or was edited a moment ago)."""
+    and the function directories without a valid scan-cache entry (they had errors, or changed since:
+    while there is one, the rows are no key); None when the schema directory holds a link."""
     from flux_plan.scan_cache import ScanCache
 
     probe = ScanCache(root, "", entries)
@@ -210,6 +213,7 @@ def _project_rows(root: Path, entries: dict[str, Any]) -> tuple[list[Any], int, 
         rows.append(found[0])
         newest = max(newest, found[1])
     fps: dict[str, str] = {}
+    stale: list[str] = []
     fn_dir = root / "functions"
     rows.append(_stat(fn_dir))
     if fn_dir.is_dir():
@@ -218,14 +222,15 @@ def _project_rows(root: Path, entries: dict[str, Any]) -> tuple[list[Any], int, 
             if entry.name.startswith((".", "_")) or not entry.is_dir():
                 continue
             cached = entries.get(entry.name)
-            if not isinstance(cached, dict) or not isinstance(cached.get("deps"), list):
-                return None
-            fp = probe._fingerprint(Path(entry.path), cached["deps"])
-            if fp is None or fp[0] != cached.get("fp"):
-                return None
-            fps[entry.name] = fp[0]
+            fp = None
+            if isinstance(cached, dict) and isinstance(cached.get("deps"), list):
+                fp = probe._fingerprint(entry.path, cached["deps"])
+            if fp is not None and isinstance(cached, dict) and fp[0] == cached.get("fp"):
+                fps[entry.name] = fp[0]
+            else:
+                stale.append(entry.name)
     rows.append(sorted(fps.items()))
-    return rows, newest, fps
+    return rows, newest, stale
 
 
 def _scan_entries(root: Path) -> dict[str, Any]:
@@ -251,17 +256,47 @@ def validate_result(root: Path, code_stamp: list[Any]) -> tuple[list[Any], int, 
     stored = _read_json(cache_path)
     stored = stored if isinstance(stored, dict) and stored.get("stamp") == _digest(stamp) else {}
     before = _project_rows(root, _scan_entries(root))
-    if before is not None and stored.get("key") == _digest(before[0]):
+    if before is not None and not before[2] and stored.get("key") == _digest(before[0]):
         try:
             return ([Problem(**p) for p in stored["problems"]], int(stored["functions"]),
                     int(stored["migrations"]))
         except (KeyError, TypeError, ValueError):
             pass
     started = time.time()
-    from flux_plan.check import stage_provider_problems, syntax_problems
+    early = _early_check(root, before[2] if before is not None else [])
+    try:
+        return _validate_miss(root, stamp, stored, started, early)
+    finally:
+        if early is not None:
+            early.cancel()  # (nothing to do once its result was read)
+
+
+def _early_check(root: Path, stale: list[str]) -> SyntaxCheck | None:
+    """esbuild started now on the code of the function directories seen changed (those with flux.json
+    and index.ts), so it runs while the scan does; its result is used only if the scan then asks for
+    exactly these files. None: nothing to start."""
+    from flux_plan.check import _CHUNK, SyntaxCheck, code_files
+    from flux_plan.errors import FluxError
+
+    dirs = [f"functions/{name}" for name in stale
+            if os.path.isfile(root / "functions" / name / "flux.json")
+            and os.path.isfile(root / "functions" / name / "index.ts")]
+    files = code_files(root, dirs)
+    if not files or len(files) > _CHUNK:
+        return None
+    try:
+        return SyntaxCheck(root, files)
+    except (FluxError, OSError):  # no esbuild: the check after the scan fails as the app's does
+        return None
+
+
+def _validate_miss(root: Path, stamp: list[Any], stored: dict[str, Any], started: float,
+                   early: SyntaxCheck | None) -> tuple[list[Any], int, int]:
+    from flux_plan.check import code_files, stage_provider_problems, syntax_problems
     from flux_plan.defaults import DEFAULT_PROVIDER
     from flux_plan.project import scan_result
 
+    cache_path = flux_dir(root) / VALIDATE_CACHE
     found = scan_result(root)
     if any("name" in cfg for cfg in found.stages.values()):
         found.project()  # fails as the app's scan does: StageConfig(name=<stage>, **settings)
@@ -273,7 +308,10 @@ def validate_result(root: Path, code_stamp: list[Any]) -> tuple[list[Any], int, 
     checked: dict[str, Any] = seen if isinstance(seen, dict) else {}
     fresh = {spec.name: (entries.get(spec.dir.rsplit("/", 1)[-1]) or {}).get("fp") for spec in found.functions}
     todo = [spec for spec in found.functions if not fresh[spec.name] or checked.get(spec.name) != fresh[spec.name]]
-    syntax = syntax_problems(root, todo)
+    if early is not None and early.files == code_files(root, [spec.dir for spec in todo]):
+        syntax = early.problems()  # the very check syntax_problems would run: one esbuild over these files
+    else:
+        syntax = syntax_problems(root, todo)
     problems += syntax
     # a function is recorded as checked only by a check that found nothing (esbuild's messages may
     # name a file of another function, or none)
@@ -284,7 +322,7 @@ def validate_result(root: Path, code_stamp: list[Any]) -> tuple[list[Any], int, 
     clean = not any(p.severity == "error" for p in problems)
     doc: dict[str, Any] = {"stamp": _digest(stamp), "syntax_ok": ok}
     # only a clean result whose inputs were all settled before this scan began may be replayed
-    if clean and after is not None and after[1] / 1e9 < started - 2.0:
+    if clean and after is not None and not after[2] and after[1] / 1e9 < started - 2.0:
         doc.update(key=_digest(after[0]), problems=[_problem_doc(p) for p in problems],
                    functions=len(found.functions), migrations=len(found.migrations))
     if doc != stored:
