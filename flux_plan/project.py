@@ -70,12 +70,14 @@ class CodeScan:
 
 # FunctionSpec's fields as its JSON document holds them (model_dump(mode="json", by_alias=True)), with the
 # JSON types a document of a valid flux.json has for each: what a scan-cache entry must hold to be reused.
-_SPEC_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,), "dir": (str,), "runtime": (str,), "route": (str,), "method": (str,), "async": (bool,),
-    "timeout": (int, float), "memory": (int, float), "concurrency": (int, float), "secrets": (list,),
-    "env_keys": (list,), "uses_db": (bool,), "env": (list,), "architecture": (str, type(None)),
-    "source_digest": (str,),
+_STR, _INT = frozenset({str}), frozenset({int, float})
+_SPEC_TYPES: dict[str, frozenset[type]] = {
+    "name": _STR, "dir": _STR, "runtime": _STR, "route": _STR, "method": _STR, "async": frozenset({bool}),
+    "timeout": _INT, "memory": _INT, "concurrency": _INT, "secrets": frozenset({list}),
+    "env_keys": frozenset({list}), "uses_db": frozenset({bool}), "env": frozenset({list}),
+    "architecture": frozenset({str, type(None)}), "source_digest": _STR,
 }
+_SPEC_CHECKS = tuple(_SPEC_TYPES.items())
 
 
 class FoundFunction:
@@ -95,11 +97,11 @@ class FoundFunction:
     @staticmethod
     def from_cache(doc: Any) -> FoundFunction | None:
         """The function of a scan-cache entry, or None for an entry of another shape (scanned again)."""
-        if not (isinstance(doc, dict) and doc.keys() == _SPEC_TYPES.keys()):
+        if type(doc) is not dict or doc.keys() != _SPEC_TYPES.keys():
             return None
-        if not all(isinstance(doc[k], t) and not (bool not in t and isinstance(doc[k], bool))
-                   for k, t in _SPEC_TYPES.items()):
-            return None
+        for key, types in _SPEC_CHECKS:  # a loop of set lookups: this runs for every function of a plan
+            if type(doc[key]) not in types:
+                return None
         return FoundFunction(doc)
 
 
