@@ -23,16 +23,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, Any
 
 from flux_plan.digest import source_digest
 from flux_plan.errors import FluxError
-from flux_plan.model import FunctionSpec
 from flux_plan.paths import REPO_DIR, SDK_DIR, artifacts_dir, user_cache_dir
+
+if TYPE_CHECKING:  # `flux validate` finds esbuild here without importing pydantic, filelock or concurrent.futures
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from filelock import FileLock
+
+    from flux_plan.model import FunctionSpec
 
 ESBUILD_VERSION = "0.28.2"
 BUNDLE_FILE = "index.mjs"
@@ -92,6 +95,14 @@ def _importer_of(root: Path, inputs: dict[str, Any], target: str) -> tuple[str, 
     return target, target
 
 
+def _file_lock(path: str) -> FileLock:
+    """filelock's FileLock, imported on first use (~15 ms that `flux validate`, asking only where esbuild
+    is, does not pay)."""
+    from filelock import FileLock as Lock
+
+    return Lock(path)
+
+
 def cache_dir() -> Path:
     """Flux's per-user cache (tools, npm dependency installs); honours XDG_CACHE_HOME."""
     return user_cache_dir()
@@ -117,7 +128,7 @@ def esbuild_bin() -> Path:
     if exe.exists():
         return exe
     tools.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(tools / ".install.lock")):
+    with _file_lock(str(tools / ".install.lock")):
         if not exe.exists():
             _npm(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(tools),
                   f"esbuild@{ESBUILD_VERSION}"], cwd=tools, what=f"installing esbuild@{ESBUILD_VERSION}")
@@ -182,7 +193,7 @@ class ArtifactStore:
             if self.has(digest):
                 return self.path(digest)
         self.dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.dir / f".{digest}.lock")):
+        with _file_lock(str(self.dir / f".{digest}.lock")):
             if self.has(digest):
                 return self.path(digest)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=self.dir))
@@ -212,6 +223,8 @@ class ArtifactStore:
             if not todo:
                 return
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flux-bundle")
             by_runtime: dict[str, list[tuple[str, FunctionSpec]]] = {}
             for digest, spec in todo.items():
@@ -304,7 +317,7 @@ class ArtifactStore:
                 except FluxError:
                     continue  # not installed: `ensure` builds it alone and reports the import
                 self._write_meta(spec, digest, out)
-                with FileLock(str(self.dir / f".{digest}.lock")):
+                with _file_lock(str(self.dir / f".{digest}.lock")):
                     if self.has(digest):
                         continue
                     final = self.path(digest)
@@ -340,7 +353,7 @@ class ArtifactStore:
         if done.exists():
             return target / "node_modules"
         target.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(target.parent / f".{key}.lock")):
+        with _file_lock(str(target.parent / f".{key}.lock")):
             if not done.exists():
                 if target.exists():
                     shutil.rmtree(target)

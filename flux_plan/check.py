@@ -7,14 +7,22 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from flux_plan.errors import Problem
-from flux_plan.model import FunctionSpec, Project
+
+if TYPE_CHECKING:  # `flux validate` checks without pydantic: a scan's FoundFunction has a `dir` too
+    from flux_plan.model import Project
+
+
+class HasDir(Protocol):
+    @property
+    def dir(self) -> str: ...  # project-relative, posix: "functions/greet"
 
 _CODE_SUFFIXES = (".ts", ".tsx", ".js", ".mjs", ".jsx")
 _SKIP_DIRS = {"node_modules", ".flux", ".git"}
@@ -22,9 +30,9 @@ _CHUNK = 1500  # files per esbuild process (command-line length), chunks run in 
 _ERROR = re.compile(r"\[ERROR\]\s+(?P<msg>.+?)\n(?:\s*\n)?\s+(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+):")
 
 
-def _code_files(root: Path, spec: FunctionSpec) -> list[str]:
+def _code_files(root: Path, fn_dir: str) -> list[str]:
     out: list[str] = []
-    for d, dirs, files in os.walk(root / spec.dir):
+    for d, dirs, files in os.walk(root / fn_dir):
         dirs[:] = sorted(x for x in dirs if x not in _SKIP_DIRS)
         for f in sorted(files):
             if f.endswith(_CODE_SUFFIXES):
@@ -32,58 +40,109 @@ def _code_files(root: Path, spec: FunctionSpec) -> list[str]:
     return out
 
 
+class SyntaxCheck:
+    """One esbuild process over `files` (project-relative), started at once and read by `problems()`:
+    `flux validate` starts the check of the functions it sees changed before it scans, so the two overlap."""
+
+    def __init__(self, root: Path, files: list[str]) -> None:
+        from flux_plan.artifacts import esbuild_bin
+
+        self.files = files
+        self._done = False
+        exe = str(esbuild_bin())
+        self._out = tempfile.mkdtemp(prefix="flux-check-")
+        try:
+            self._proc = subprocess.Popen(
+                [exe, *files, f"--outdir={self._out}", "--outbase=.", "--log-level=error", "--color=false",
+                 "--log-limit=0", "--format=esm", "--target=esnext"],
+                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+        except BaseException:
+            shutil.rmtree(self._out, ignore_errors=True)
+            raise
+
+    def _wait(self) -> tuple[str, str]:
+        self._done = True
+        try:
+            return self._proc.communicate()
+        finally:
+            shutil.rmtree(self._out, ignore_errors=True)
+
+    def cancel(self) -> None:
+        """Stop the check if its result was not read (it is not wanted) and remove its output."""
+        if not self._done:
+            self._proc.kill()
+            self._wait()
+
+    def problems(self) -> list[Problem]:
+        try:
+            stdout, stderr = self._wait()
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            raise
+        if self._proc.returncode == 0:
+            return []
+        problems = [
+            Problem(m.group("file"), f"syntax error: {m.group('msg').strip()}", line=int(m.group("line")),
+                    column=int(m.group("col")) + 1,  # esbuild counts columns from 0, editors from 1
+                    hint="fix the code; `deno check` or your editor shows the same position")
+            for m in _ERROR.finditer(stderr)
+        ]
+        if not problems:
+            text = (stderr or stdout).strip().splitlines()
+            files = self.files
+            problems.append(Problem(files[0] if len(files) == 1 else "functions/", "the code check failed: "
+                                    + " ".join(text[:3]), hint="run `flux validate` again; is esbuild installed?"))
+        return problems
+
+
 def _esbuild(root: Path, files: list[str]) -> list[Problem]:
-    from flux_plan.artifacts import esbuild_bin
-
-    with tempfile.TemporaryDirectory(prefix="flux-check-") as out:
-        proc = subprocess.run(
-            [str(esbuild_bin()), *files, f"--outdir={out}", "--outbase=.", "--log-level=error", "--color=false",
-             "--log-limit=0", "--format=esm", "--target=esnext"],
-            cwd=root, capture_output=True, text=True, check=False,
-        )
-    if proc.returncode == 0:
-        return []
-    problems = [
-        Problem(m.group("file"), f"syntax error: {m.group('msg').strip()}", line=int(m.group("line")),
-                column=int(m.group("col")) + 1,  # esbuild counts columns from 0, editors from 1
-                hint="fix the code; `deno check` or your editor shows the same position")
-        for m in _ERROR.finditer(proc.stderr)
-    ]
-    if not problems:
-        text = (proc.stderr or proc.stdout).strip().splitlines()
-        problems.append(Problem(files[0] if len(files) == 1 else "functions/", "the code check failed: "
-                                + " ".join(text[:3]), hint="run `flux validate` again; is esbuild installed?"))
-    return problems
+    return SyntaxCheck(root, files).problems()
 
 
-def syntax_problems(root: Path, specs: Iterable[FunctionSpec]) -> list[Problem]:
+def code_files(root: Path, fn_dirs: Iterable[str]) -> list[str]:
+    """The code files of these function directories (project-relative) in the order the check takes them."""
+    return [f for d in fn_dirs for f in _code_files(root, d)]
+
+
+def syntax_problems(root: Path, specs: Iterable[HasDir]) -> list[Problem]:
     """Every syntax error in the code files of `specs`, each with file, line and column."""
-    files = [f for spec in specs for f in _code_files(root, spec)]
+    files = code_files(root, (spec.dir for spec in specs))
     if not files:
         return []
     chunks = [files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK)]
+    if len(chunks) == 1:
+        return _esbuild(root, chunks[0])
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 2)) as pool:
         return [p for found in pool.map(lambda c: _esbuild(root, c), chunks) for p in found]
 
 
 def provider_problems(project: Project) -> list[Problem]:
     """Stages whose provider is not installed (a plan would fail on them later)."""
+    return stage_provider_problems(project.root, {name: stage.provider for name, stage in project.stages.items()})
+
+
+def stage_provider_problems(root: Path, providers: Mapping[str, str]) -> list[Problem]:
+    """`provider_problems` of stage name -> provider name (what `flux validate` has without the models)."""
     from flux_plan.project import PROJECT_FILE, locate
     from flux_plan.providers import available_providers
 
     installed = set(available_providers())
     problems = []
     text = ""
-    path = project.root / PROJECT_FILE
+    path = root / PROJECT_FILE
     if path.is_file():
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             text = ""
-    for name, stage in sorted(project.stages.items()):
-        if stage.provider not in installed:
+    for name, provider in sorted(providers.items()):
+        if provider not in installed:
             problems.append(Problem(
-                PROJECT_FILE, f"stage {name!r}: unknown provider {stage.provider!r} "
+                PROJECT_FILE, f"stage {name!r}: unknown provider {provider!r} "
                               f"(installed: {', '.join(sorted(installed)) or 'none'})",
                 line=locate(text, ["stages", name, "provider"]) if text else None,
                 json_path=f"$.stages.{name}.provider",

@@ -10,12 +10,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# re-exported (providers import them from here); defined apart so the scan names them without pydantic
+from flux_plan.defaults import DEFAULT_PROVIDER as DEFAULT_PROVIDER
+from flux_plan.defaults import DEFAULT_STAGE as DEFAULT_STAGE
+
 Runtime = Literal["deno", "node"]
 ResourceType = Literal["api", "migration", "secret", "function", "route"]
 Action = Literal["create", "update", "replace", "delete", "noop", "read"]
-
-DEFAULT_STAGE = "dev"
-DEFAULT_PROVIDER = "local"
 
 
 class Address(str):

@@ -8,7 +8,6 @@ JSON-schema validator, no subprocess, each source file read once here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
@@ -19,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from flux_plan.defaults import DEFAULT_PROVIDER, DEFAULT_STAGE
 from flux_plan.digest import source_digest_deps
 from flux_plan.errors import Problem, ValidationFailed
-from flux_plan.model import DEFAULT_PROVIDER, DEFAULT_STAGE, FunctionSpec, Migration, Project, StageConfig
 from flux_plan.paths import schema_path
 from flux_plan.routes import route_problems
 from flux_plan.scan_cache import ScanCache
@@ -30,6 +29,8 @@ from flux_plan.schema_check import Check, compile_accept
 if TYPE_CHECKING:  # jsonschema is imported only when a document is not plainly valid (see schema_check)
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
+
+    from flux_plan.model import Project
 
 FUNCTIONS_DIR = "functions"
 SCHEMA_DIR = "schema"
@@ -65,6 +66,65 @@ class CodeScan:
     secrets: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (file, line)
     env_keys: dict[str, tuple[str, int]] = field(default_factory=dict)
     uses_db: bool = False
+
+
+# FunctionSpec's fields as its JSON document holds them (model_dump(mode="json", by_alias=True)), with the
+# JSON types a document of a valid flux.json has for each: what a scan-cache entry must hold to be reused.
+_STR, _INT = frozenset({str}), frozenset({int, float})
+_SPEC_TYPES: dict[str, frozenset[type]] = {
+    "name": _STR, "dir": _STR, "runtime": _STR, "route": _STR, "method": _STR, "async": frozenset({bool}),
+    "timeout": _INT, "memory": _INT, "concurrency": _INT, "secrets": frozenset({list}),
+    "env_keys": frozenset({list}), "uses_db": frozenset({bool}), "env": frozenset({list}),
+    "architecture": frozenset({str, type(None)}), "source_digest": _STR,
+}
+_SPEC_CHECKS = tuple(_SPEC_TYPES.items())
+
+
+class FoundFunction:
+    """A function as the scan found it: its FunctionSpec as a JSON document (what the scan cache stores and
+    `FunctionSpec.model_validate` takes) and the fields the scan's own checks read. The scan builds no
+    pydantic model itself, so `flux validate` can check a project without importing pydantic."""
+
+    __slots__ = ("dir", "doc", "method", "name", "route")
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+        self.name: str = doc["name"]
+        self.dir: str = doc["dir"]
+        self.route: str = doc["route"]
+        self.method: str = doc["method"]
+
+    @staticmethod
+    def from_cache(doc: Any) -> FoundFunction | None:
+        """The function of a scan-cache entry, or None for an entry of another shape (scanned again)."""
+        if type(doc) is not dict or doc.keys() != _SPEC_TYPES.keys():
+            return None
+        for key, types in _SPEC_CHECKS:  # a loop of set lookups: this runs for every function of a plan
+            if type(doc[key]) not in types:
+                return None
+        return FoundFunction(doc)
+
+
+@dataclass
+class ScanResult:
+    """Everything a scan found, as plain data (no pydantic model built): `project()` builds the Project."""
+
+    root: Path
+    name: str
+    functions: list[FoundFunction]
+    migrations: list[dict[str, Any]]  # Migration's fields
+    env_example_keys: list[str]
+    stages: dict[str, dict[str, Any]]  # stage name -> its flux.project.json settings (StageConfig(name=, **it))
+    problems: list[Problem]
+
+    def project(self) -> Project:
+        from flux_plan.model import FunctionSpec, Migration, Project, StageConfig
+
+        return Project(root=self.root, name=self.name,
+                       functions=[FunctionSpec.model_validate(f.doc) for f in self.functions],
+                       migrations=[Migration(**m) for m in self.migrations],
+                       env_example_keys=self.env_example_keys,
+                       stages={s: StageConfig(name=s, **cfg) for s, cfg in self.stages.items()})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,6 +173,8 @@ def locate(text: str, parts: Sequence[Any]) -> int:
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    import difflib  # only for a misspelt key or value
+
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean {match[0]!r}?" if match else None
 
@@ -296,11 +358,11 @@ def _code_files(root: Path, fn_dir: Path) -> list[tuple[str, str]]:
 # Parts of the scan.
 
 
-def _scan_project_file(root: Path, problems: list[Problem]) -> tuple[str, dict[str, StageConfig]]:
+def _scan_project_file(root: Path, problems: list[Problem]) -> tuple[str, dict[str, dict[str, Any]]]:
     name = root.name
     path = root / PROJECT_FILE
     if not path.exists():
-        return name, {DEFAULT_STAGE: StageConfig(name=DEFAULT_STAGE, provider=DEFAULT_PROVIDER)}
+        return name, {DEFAULT_STAGE: {"provider": DEFAULT_PROVIDER}}
     loaded = read_json(path, PROJECT_FILE, problems)
     if loaded is None:
         return name, {}
@@ -310,8 +372,7 @@ def _scan_project_file(root: Path, problems: list[Problem]) -> tuple[str, dict[s
     if found or not isinstance(data, dict):
         return name, {}
     stages_raw = data.get("stages") or {DEFAULT_STAGE: {"provider": DEFAULT_PROVIDER}}
-    stages = {s: StageConfig(name=s, **cfg) for s, cfg in stages_raw.items()}
-    return data.get("name", name), stages
+    return data.get("name", name), dict(stages_raw)
 
 
 def _read_env_example(root: Path, problems: list[Problem]) -> list[str]:
@@ -353,14 +414,16 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _scan_function(root: Path, d: Path | str, problems: list[Problem],
-                   cache: ScanCache | None = None) -> tuple[FunctionSpec, CodeScan] | None:
+                   cache: ScanCache | None = None) -> tuple[FoundFunction, CodeScan] | None:
     """Scan one function directory, or reuse what the scan cache holds for it when nothing changed
     (`d` may be a plain path string: a hit builds no Path object)."""
     if cache is not None:
         hit = cache.get(d)
         if hit is not None:
             try:
-                spec = FunctionSpec.model_validate(hit["spec"])
+                spec = FoundFunction.from_cache(hit["spec"])
+                if spec is None:
+                    raise ValueError("not a FunctionSpec document")
                 code = CodeScan(**{**hit["code"],
                                    "secrets": {k: (f, n) for k, (f, n) in hit["code"]["secrets"].items()},
                                    "env_keys": {k: (f, n) for k, (f, n) in hit["code"]["env_keys"].items()}})
@@ -382,7 +445,7 @@ def _scan_function(root: Path, d: Path | str, problems: list[Problem],
     if cache is not None:
         if code.defines and not errors_of(local):
             cache.put(d, deps, {
-                "spec": spec.model_dump(mode="json", by_alias=True),
+                "spec": spec.doc,
                 "code": dataclasses.asdict(code),
                 "problems": [dataclasses.asdict(p) for p in local],
             })
@@ -392,7 +455,7 @@ def _scan_function(root: Path, d: Path | str, problems: list[Problem],
 
 
 def _scan_function_files(root: Path, d: Path,
-                         problems: list[Problem]) -> tuple[FunctionSpec, CodeScan, list[str]] | None:
+                         problems: list[Problem]) -> tuple[FoundFunction, CodeScan, list[str]] | None:
     rel_dir = f"{FUNCTIONS_DIR}/{d.name}"
     cfg_rel, entry_rel = f"{rel_dir}/{CONFIG_FILE}", f"{rel_dir}/{ENTRY_FILE}"
     cfg_path, entry_path = d / CONFIG_FILE, d / ENTRY_FILE
@@ -454,7 +517,8 @@ def _scan_function_files(root: Path, d: Path,
     runtime = data.get("runtime", "deno")
     secrets = sorted(set(data.get("secrets", [])) | set(code.secrets))
     digest, deps = source_digest_deps(root, rel_dir, runtime)
-    spec = FunctionSpec.model_validate(
+    # a valid flux.json (the schema above) gives each field its model's type: FunctionSpec takes this as is
+    spec = FoundFunction(
         {
             "name": name,
             "dir": rel_dir,
@@ -465,10 +529,10 @@ def _scan_function_files(root: Path, d: Path,
             "timeout": data.get("timeout", 30),
             "memory": data.get("memory", 256),
             "concurrency": data.get("concurrency", 10),
-            "secrets": tuple(secrets),
-            "env_keys": tuple(sorted(code.env_keys)),
+            "secrets": list(secrets),
+            "env_keys": sorted(code.env_keys),
             "uses_db": code.uses_db,
-            "env": tuple(sorted(data.get("env", {}).items())),
+            "env": [list(kv) for kv in sorted(data.get("env", {}).items())],
             "architecture": data.get("architecture"),
             "source_digest": digest,
         }
@@ -476,12 +540,12 @@ def _scan_function_files(root: Path, d: Path,
     return spec, code, deps
 
 
-def _scan_migrations(root: Path, problems: list[Problem]) -> list[Migration]:
+def _scan_migrations(root: Path, problems: list[Problem]) -> list[dict[str, Any]]:
     schema_dir = root / SCHEMA_DIR
     if not schema_dir.is_dir():
         return []
     import pglast  # ~100 ms of imports: only for projects that have migrations
-    by_version: dict[int, Migration] = {}
+    by_version: dict[int, dict[str, Any]] = {}
     for p in sorted(schema_dir.iterdir()):
         if p.name.startswith(".") or p.is_dir():
             continue
@@ -508,11 +572,11 @@ def _scan_migrations(root: Path, problems: list[Problem]) -> list[Migration]:
             problems.append(Problem(rel, f"SQL does not parse: {exc.args[0]}", line=line_of(sql, pos),
                                     hint="fix the statement (PostgreSQL syntax)"))
         version = int(m.group(1))
-        mig = Migration(file=p.name, version=version, name=m.group(2),
-                        checksum=hashlib.sha256(raw).hexdigest(), path=rel)
+        mig = {"file": p.name, "version": version, "name": m.group(2), "checksum": hashlib.sha256(raw).hexdigest(),
+               "path": rel}
         if version in by_version:
             problems.append(
-                Problem(rel, f"duplicate migration version {version}: also {by_version[version].path}",
+                Problem(rel, f"duplicate migration version {version}: also {by_version[version]['path']}",
                         hint="give each migration its own version number")
             )
             continue
@@ -522,19 +586,25 @@ def _scan_migrations(root: Path, problems: list[Problem]) -> list[Migration]:
 
 def scan(root: Path) -> tuple[Project, list[Problem]]:
     """Scan the project at `root`: the Project (built from everything valid) and every problem found."""
+    found = scan_result(root)
+    return found.project(), found.problems
+
+
+def scan_result(root: Path) -> ScanResult:
+    """`scan` without building the models: what `flux validate` needs (pydantic costs it ~120 ms)."""
     root = Path(root).resolve()
     problems: list[Problem] = []
     name, stages = _scan_project_file(root, problems)
     env_keys = _read_env_example(root, problems)
-    functions: list[FunctionSpec] = []
+    functions: list[FoundFunction] = []
     fn_dir = root / FUNCTIONS_DIR
     if not fn_dir.is_dir():
         problems.append(Problem(f"{FUNCTIONS_DIR}/", "no functions/ directory",
                                 hint="create functions/<name>/index.ts + flux.json, or run `flux init`",
                                 severity="warning"))
     codes: dict[str, CodeScan] = {}
-    by_name: dict[str, FunctionSpec] = {}
-    by_route: dict[tuple[str, str], FunctionSpec] = {}
+    by_name: dict[str, FoundFunction] = {}
+    by_route: dict[tuple[str, str], FoundFunction] = {}
     cache = ScanCache.load(root)
     if fn_dir.is_dir():
         for entry in sorted(os.scandir(fn_dir), key=lambda e: e.name):  # no stat per entry
@@ -575,9 +645,8 @@ def scan(root: Path) -> tuple[Project, list[Problem]]:
                 )
     cache.save()
     migrations = _scan_migrations(root, problems)
-    project = Project(root=root, name=name, functions=functions, migrations=migrations,
-                      env_example_keys=env_keys, stages=stages)
-    return project, problems
+    return ScanResult(root=root, name=name, functions=functions, migrations=migrations, env_example_keys=env_keys,
+                      stages=stages, problems=problems)
 
 
 def errors_of(problems: Iterable[Problem]) -> list[Problem]:

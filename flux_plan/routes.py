@@ -9,12 +9,26 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flux_plan.errors import Problem
-from flux_plan.model import FunctionSpec
 
 CONFIG_FILE = "flux.json"  # = project.CONFIG_FILE (project.py imports this module)
+
+
+class Routed(Protocol):
+    """What the route checks read of a function: a FunctionSpec, or the scan's record of one before any
+    model is built (`flux validate` checks a project without importing pydantic)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dir(self) -> str: ...
+    @property
+    def route(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+
 
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}$")
 
@@ -85,7 +99,7 @@ def _example(a: list[Segment], b: list[Segment]) -> str:
     return "/" + "/".join(out)
 
 
-Parsed = tuple[FunctionSpec, list[Segment]]
+Parsed = tuple[Routed, list[Segment]]
 
 
 def _candidate_pairs(parsed: list[Parsed]) -> list[tuple[Parsed, Parsed]]:
@@ -114,11 +128,11 @@ def _candidate_pairs(parsed: list[Parsed]) -> list[tuple[Parsed, Parsed]]:
     return out
 
 
-def route_problems(functions: Iterable[FunctionSpec]) -> list[Problem]:
+def route_problems(functions: Iterable[Routed]) -> list[Problem]:
     """Syntax errors in route patterns, and pairs of routes on one method that match the same paths with
     neither more specific than the other (`/a/{id}` vs `/a/{x}`; `/{a}/x` vs `/x/{b}`)."""
     problems: list[Problem] = []
-    parsed: list[tuple[FunctionSpec, list[Segment]]] = []
+    parsed: list[tuple[Routed, list[Segment]]] = []
     for spec in functions:
         cfg = f"{spec.dir}/{CONFIG_FILE}"
         segs, error = parse_route(spec.route)

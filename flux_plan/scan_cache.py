@@ -30,7 +30,8 @@ FORMAT = 1
 RACY_SECONDS = 2.0
 _SKIP_DIRS = {"node_modules", ".flux", ".git"}
 # Modules whose code decides what a scan finds: editing any of them voids every entry.
-_SCANNER_FILES = ("project.py", "digest.py", "model.py", "schema_check.py", "scan_cache.py", "__init__.py")
+_SCANNER_FILES = ("project.py", "digest.py", "model.py", "defaults.py",
+                  "schema_check.py", "scan_cache.py", "__init__.py")
 
 
 def _salt() -> str:

@@ -10,8 +10,12 @@ through pydantic), and `flux validate` would pay pydantic, jsonschema and an esb
   validate replays that validate's problems (warnings only: a project with errors is always checked
   afresh). The key covers every file the scan reads (stat rows as in the scan cache, plus each
   function's scan-cache fingerprint), Flux's own modules and schemas, installed packages and esbuild.
-  A validate that misses runs the scan here (still without typer) and syntax-checks only the functions
-  whose files changed since their last clean check.
+  A validate that misses runs the scan here (still without typer, and without pydantic: the scan's
+  plain result is all it needs) and syntax-checks only the functions whose files changed since their
+  last clean check.
+- The text `flux validate` prints is rendered by rich once per distinct result and terminal (the same
+  console the app uses) and kept in the user cache: a validate after an edit usually prints what the
+  last one printed, and importing rich would cost it ~40 ms.
 
 Anything else (other options, `--dir`, FLUX_* option variables, an unexpected state) returns False and
 the typer app handles the command as before. FLUX_NO_FAST_PATH=1 turns this module off (tests compare).
@@ -29,9 +33,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flux_plan.paths import PACKAGE_DIR, SCHEMAS_DIR, flux_dir, user_cache_dir
+
+if TYPE_CHECKING:
+    from flux_plan.check import SyntaxCheck
 
 _FORMAT = 1
 _WORD = re.compile(r"^[a-z][a-z-]{0,30}$")
@@ -184,10 +191,10 @@ def _esbuild_stamp() -> list[Any]:
     return [exe, _stat(os.path.realpath(exe)) if exe else None]
 
 
-def _project_rows(root: Path, entries: dict[str, Any]) -> tuple[list[Any], int, dict[str, str]] | None:
+def _project_rows(root: Path, entries: dict[str, Any]) -> tuple[list[Any], int, list[str]] | None:
     """Stat rows of every input of a scan of `root`, the newest mtime among the project-level files,
-    and each function's current scan-cache fingerprint; None when some function directory has no
-    valid scan-cache entry (it had errors, or was edited a moment ago)."""
+    and the function directories without a valid scan-cache entry (they had errors, or changed since:
+    while there is one, the rows are no key); None when the schema directory holds a link."""
     from flux_plan.scan_cache import ScanCache
 
     probe = ScanCache(root, "", entries)
@@ -206,6 +213,7 @@ def _project_rows(root: Path, entries: dict[str, Any]) -> tuple[list[Any], int, 
         rows.append(found[0])
         newest = max(newest, found[1])
     fps: dict[str, str] = {}
+    stale: list[str] = []
     fn_dir = root / "functions"
     rows.append(_stat(fn_dir))
     if fn_dir.is_dir():
@@ -214,14 +222,15 @@ def _project_rows(root: Path, entries: dict[str, Any]) -> tuple[list[Any], int, 
             if entry.name.startswith((".", "_")) or not entry.is_dir():
                 continue
             cached = entries.get(entry.name)
-            if not isinstance(cached, dict) or not isinstance(cached.get("deps"), list):
-                return None
-            fp = probe._fingerprint(Path(entry.path), cached["deps"])
-            if fp is None or fp[0] != cached.get("fp"):
-                return None
-            fps[entry.name] = fp[0]
+            fp = None
+            if isinstance(cached, dict) and isinstance(cached.get("deps"), list):
+                fp = probe._fingerprint(entry.path, cached["deps"])
+            if fp is not None and isinstance(cached, dict) and fp[0] == cached.get("fp"):
+                fps[entry.name] = fp[0]
+            else:
+                stale.append(entry.name)
     rows.append(sorted(fps.items()))
-    return rows, newest, fps
+    return rows, newest, stale
 
 
 def _scan_entries(root: Path) -> dict[str, Any]:
@@ -238,33 +247,71 @@ def _problem_doc(p: Any) -> dict[str, Any]:
             "message": p.message, "hint": p.hint}
 
 
-def validate_result(root: Path) -> tuple[list[Any], int, int]:
+def validate_result(root: Path, code_stamp: list[Any]) -> tuple[list[Any], int, int]:
     """(problems, functions, migrations) of `flux validate` at `root`: replayed when nothing changed."""
     from flux_plan.errors import Problem
 
-    stamp = [_code_stamp(), _esbuild_stamp(), _env_stamp()]
+    stamp = [code_stamp, _esbuild_stamp(), _env_stamp()]
     cache_path = flux_dir(root) / VALIDATE_CACHE
     stored = _read_json(cache_path)
     stored = stored if isinstance(stored, dict) and stored.get("stamp") == _digest(stamp) else {}
     before = _project_rows(root, _scan_entries(root))
-    if before is not None and stored.get("key") == _digest(before[0]):
+    if before is not None and not before[2] and stored.get("key") == _digest(before[0]):
         try:
             return ([Problem(**p) for p in stored["problems"]], int(stored["functions"]),
                     int(stored["migrations"]))
         except (KeyError, TypeError, ValueError):
             pass
     started = time.time()
-    from flux_plan.check import provider_problems, syntax_problems
-    from flux_plan.project import scan
+    early = _early_check(root, before[2] if before is not None else [])
+    try:
+        return _validate_miss(root, stamp, stored, started, early)
+    finally:
+        if early is not None:
+            early.cancel()  # (nothing to do once its result was read)
 
-    project, problems = scan(root)
-    problems += provider_problems(project)
+
+def _early_check(root: Path, stale: list[str]) -> SyntaxCheck | None:
+    """esbuild started now on the code of the function directories seen changed (those with flux.json
+    and index.ts), so it runs while the scan does; its result is used only if the scan then asks for
+    exactly these files. None: nothing to start."""
+    from flux_plan.check import _CHUNK, SyntaxCheck, code_files
+    from flux_plan.errors import FluxError
+
+    dirs = [f"functions/{name}" for name in stale
+            if os.path.isfile(root / "functions" / name / "flux.json")
+            and os.path.isfile(root / "functions" / name / "index.ts")]
+    files = code_files(root, dirs)
+    if not files or len(files) > _CHUNK:
+        return None
+    try:
+        return SyntaxCheck(root, files)
+    except (FluxError, OSError):  # no esbuild: the check after the scan fails as the app's does
+        return None
+
+
+def _validate_miss(root: Path, stamp: list[Any], stored: dict[str, Any], started: float,
+                   early: SyntaxCheck | None) -> tuple[list[Any], int, int]:
+    from flux_plan.check import code_files, stage_provider_problems, syntax_problems
+    from flux_plan.defaults import DEFAULT_PROVIDER
+    from flux_plan.project import scan_result
+
+    cache_path = flux_dir(root) / VALIDATE_CACHE
+    found = scan_result(root)
+    if any("name" in cfg for cfg in found.stages.values()):
+        found.project()  # fails as the app's scan does: StageConfig(name=<stage>, **settings)
+    problems = found.problems
+    problems += stage_provider_problems(found.root, {name: cfg.get("provider", DEFAULT_PROVIDER)
+                                                     for name, cfg in found.stages.items()})
     entries = _scan_entries(root)
     seen = stored.get("syntax_ok")
     checked: dict[str, Any] = seen if isinstance(seen, dict) else {}
-    fresh = {spec.name: (entries.get(spec.dir.rsplit("/", 1)[-1]) or {}).get("fp") for spec in project.functions}
-    todo = [spec for spec in project.functions if not fresh[spec.name] or checked.get(spec.name) != fresh[spec.name]]
-    syntax = syntax_problems(root, todo)
+    fresh = {spec.name: (entries.get(spec.dir.rsplit("/", 1)[-1]) or {}).get("fp") for spec in found.functions}
+    todo = [spec for spec in found.functions if not fresh[spec.name] or checked.get(spec.name) != fresh[spec.name]]
+    if early is not None and early.files == code_files(root, [spec.dir for spec in todo]):
+        syntax = early.problems()  # the very check syntax_problems would run: one esbuild over these files
+    else:
+        syntax = syntax_problems(root, todo)
     problems += syntax
     # a function is recorded as checked only by a check that found nothing (esbuild's messages may
     # name a file of another function, or none)
@@ -275,12 +322,12 @@ def validate_result(root: Path) -> tuple[list[Any], int, int]:
     clean = not any(p.severity == "error" for p in problems)
     doc: dict[str, Any] = {"stamp": _digest(stamp), "syntax_ok": ok}
     # only a clean result whose inputs were all settled before this scan began may be replayed
-    if clean and after is not None and after[1] / 1e9 < started - 2.0:
+    if clean and after is not None and not after[2] and after[1] / 1e9 < started - 2.0:
         doc.update(key=_digest(after[0]), problems=[_problem_doc(p) for p in problems],
-                   functions=len(project.functions), migrations=len(project.migrations))
+                   functions=len(found.functions), migrations=len(found.migrations))
     if doc != stored:
         _write_json(cache_path, doc)
-    return problems, len(project.functions), len(project.migrations)
+    return problems, len(found.functions), len(found.migrations)
 
 
 def try_validate(args: list[str]) -> int | None:
@@ -292,15 +339,50 @@ def try_validate(args: list[str]) -> int | None:
     if root is None:
         return None
     json_out, strict = flags
-    problems, n_functions, n_migrations = validate_result(root)
-    return render_validate(problems, n_functions, n_migrations, json_out=json_out, strict=strict)
+    code_stamp = _code_stamp()
+    problems, n_functions, n_migrations = validate_result(root, code_stamp)
+    return render_validate(problems, n_functions, n_migrations, json_out=json_out, strict=strict,
+                           code_stamp=code_stamp)
+
+
+RENDER_CACHE = "validate-render.json"
+_RENDER_KEEP = 64  # distinct outputs kept (oldest dropped first)
+# what rich's Console reads from the environment to decide colors, width and terminal-ness
+_RICH_ENV = ("TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS",
+             "LINES", "JUPYTER_COLUMNS", "JUPYTER_LINES", "DATABRICKS_RUNTIME_VERSION")
+
+
+def _terminal_stamp() -> list[Any]:
+    """Everything besides the text that decides what rich writes: whether stdout is a terminal, its
+    encoding, the sizes of the standard streams' terminals and rich's environment variables."""
+    sizes: list[Any] = []
+    for fd in (0, 1, 2):
+        try:
+            sizes.append(list(os.get_terminal_size(fd)))
+        except (OSError, ValueError):
+            sizes.append(None)
+    isatty = getattr(sys.stdout, "isatty", None)
+    return [bool(isatty and isatty()), getattr(sys.stdout, "encoding", None), sizes,
+            [(k, os.environ.get(k)) for k in _RICH_ENV]]
+
+
+def _rich_text(lines: list[str]) -> str:
+    """What the app's console writes for these markup lines (captured, not written)."""
+    from flux_plan.cli.output import console
+
+    out = console()
+    with out.capture() as captured:
+        for line in lines:
+            out.print(line)
+    return captured.get()
 
 
 def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *, json_out: bool,
-                    strict: bool) -> int:
+                    strict: bool, code_stamp: list[Any] | None = None) -> int:
     """Exactly what the `validate` command prints (tests compare both with FLUX_NO_FAST_PATH=1); the
-    exit code."""
-    from flux_plan.cli.output import console, escape, print_json
+    exit code. The text is rich's, from the render cache when this result was printed before on this
+    terminal (rich's code is in `code_stamp`: an upgrade changes the installed packages' key)."""
+    from flux_plan.cli.output import print_json
 
     if strict:
         for p in problems:
@@ -312,14 +394,29 @@ def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *,
                     "functions": n_functions, "migrations": n_migrations,
                     "problems": [_problem_doc(p) for p in problems]})
         return 1 if errors else 0
-    out = console()
-    for p in problems:
-        color = "red" if p.severity == "error" else "yellow"
-        text = escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1)
-        out.print(text)
-    if errors:
-        out.print(f"[bold red]{len(errors)} error(s)[/], {len(warnings)} warning(s).")
-    else:
-        out.print(f"[green]Valid:[/] {n_functions} function(s), {n_migrations} "
-                  f"migration(s), {len(warnings)} warning(s).")
+    rendered = [[p.render(), p.severity] for p in problems]
+    key = _digest([rendered, len(errors), len(warnings), n_functions, n_migrations, code_stamp or _code_stamp(),
+                   _terminal_stamp()])
+    path = user_cache_dir() / RENDER_CACHE
+    cache = _read_json(path)
+    cache = cache if isinstance(cache, dict) else {}
+    text = cache.get(key)
+    if not isinstance(text, str):
+        from flux_plan.cli.output import escape
+
+        lines = []
+        for p in problems:  # as views.TextView.validation prints them
+            color = "red" if p.severity == "error" else "yellow"
+            lines.append(escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1))
+        if errors:
+            lines.append(f"[bold red]{len(errors)} error(s)[/], {len(warnings)} warning(s).")
+        else:
+            lines.append(f"[green]Valid:[/] {n_functions} function(s), {n_migrations} "
+                         f"migration(s), {len(warnings)} warning(s).")
+        text = _rich_text(lines)
+        cache.pop(key, None)
+        cache[key] = text
+        _write_json(path, dict(list(cache.items())[-_RENDER_KEEP:]))
+    sys.stdout.write(text)
+    sys.stdout.flush()
     return 1 if errors else 0

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,83 @@ def test_validate_checks_syntax_of_changed_functions_only(tmp_path: Path, flux: 
     assert flux("validate", cwd=root, env=env)[0] == 0
     checked = log.read_text()
     assert "functions/b/index.ts" in checked and "functions/a/" not in checked and "functions/c/" not in checked
+
+
+def _edit(root: Path, fn: str, n: int) -> None:
+    """What a user does between two validates: save a function again (a comment more)."""
+    index = root / "functions" / fn / "index.ts"
+    index.write_text(index.read_text() + f"// edit {n}\n")
+
+
+def test_validate_after_an_edit_skips_pydantic_and_rich(tmp_path: Path, flux: FluxRunner, flux_env: dict[str, str],
+                                                       make_project: Callable[..., Path]) -> None:
+    """The miss after an edit scans without pydantic, and prints rich's earlier output for the same result."""
+    root = make_project(tmp_path, functions={"a": None, "b": None, "c": None})
+    _age(root)
+    for _ in range(2):  # fills the caches of this interpreter path (its sys.path[0], the project, changes once)
+        _heavy(["validate"], root, flux_env)
+    for n, age in enumerate((30, 0)):  # an edit settled a while ago (cached after), and one made just now
+        _edit(root, "b", n)
+        if age:
+            _age(root / "functions" / "b", age)
+        rc, heavy = _heavy(["validate"], root, flux_env)
+        assert rc == 0 and heavy == set(), n
+        _edit(root, "b", n + 10)
+        assert flux("validate", cwd=root) == flux("validate", cwd=root, env=SLOW)
+
+
+COLOR = {"NO_COLOR": "", "TERM": "xterm-256color", "FORCE_COLOR": "1", "COLORTERM": "truecolor"}
+
+
+def test_validate_misses_with_errors_print_what_the_app_prints(tmp_path: Path, flux: FluxRunner,
+                                                               make_project: Callable[..., Path]) -> None:
+    """Every kind of problem, on misses after edits, plain and in color: byte for byte the app's output."""
+    functions: dict[str, dict[str, Any] | None] = {
+        "ok": None,
+        "twin": {"flux": {"name": "pa"}},  # duplicate name
+        "clash": {"flux": {"name": "clash", "route": "/ok"}},  # same route as ok
+        "pa": {"flux": {"name": "pa", "route": "/n/{id}", "method": "GET"}},
+        "pb": {"flux": {"name": "pb", "route": "/n/{x}", "method": "GET"}},  # ambiguous with pa
+        "badjson": {"flux": '{"name": "badjson",}'},
+        "keys": {"flux": {"name": "keys", "rout": "/k", "[bold]x:smile:": 1}},  # misspelt key, markup, emoji code
+        "syntax": {"code": 'import { defineFunction } from "@flux/functions";\n'
+                           'export default defineFunction({ name: "syntax", handler: async () => { return [1 }\n'},
+        "envs": {"code": 'import { defineFunction } from "@flux/functions";\n'
+                         'export default defineFunction({ name: "envs", handler: async ({ ctx }) => '
+                         '({ k: ctx.env.API_URL, s: await ctx.secrets.get("TOKEN") }) });\n'},
+        "nofn": {"code": "export const x = 1;\n"},
+    }
+    root = make_project(tmp_path, functions=functions, migrations={"001_a.sql": "CREATE TABLE a (id int);\n",
+                                                                   "002_b.sql": "CREATE TABL b (;\n",
+                                                                   "x.sql": "SELECT 1;\n"},
+                        project={"name": "errs", "stages": {"dev": {"provider": "record"},
+                                                            "prod": {"provider": "nosuch"}}})
+    (root / "functions" / "_shared").mkdir()
+    (root / "functions" / "empty").mkdir()
+    _age(root)
+    for n in range(3):
+        for form in FORMS:
+            _edit(root, ("ok", "syntax", "envs")[n], n)
+            if n == 1:
+                _age(root / "functions", 20)
+            slow = flux(*form, cwd=root, env=SLOW)
+            assert slow[0] == 1 and flux(*form, cwd=root) == slow, (n, form)
+        color_slow = flux("validate", cwd=root, env={**COLOR, **SLOW})
+        assert flux("validate", cwd=root, env=COLOR) == color_slow
+        assert "\x1b[" in color_slow[1] and "\x1b[" not in slow[1]
+    out = flux("validate", cwd=root)[1]
+    for expected in ("duplicate function name 'pa'", "is also served by 'clash'", "is the same route as GET /n/{id}", "invalid JSON",
+                     "did you mean 'route'?", "syntax error", "reads 'API_URL'", "SQL does not parse",
+                     "is not NNN_name.sql", "unknown provider 'nosuch'", "no `export default defineFunction(`",
+                     "no flux.json and no index.ts"):
+        assert expected in out, expected
+
+
+def test_validate_of_a_stage_naming_itself_fails_as_the_app_does(tmp_path: Path, flux: FluxRunner,
+                                                                 make_project: Callable[..., Path]) -> None:
+    root = make_project(tmp_path, project={"name": "p", "stages": {"dev": {"provider": "record", "name": "x"}}})
+    _age(root)
+    slow = flux("validate", cwd=root, env=SLOW)
+    fast = flux("validate", cwd=root)
+    assert fast[0] == slow[0] != 0
+    assert fast[2].splitlines()[-1] == slow[2].splitlines()[-1]

@@ -1,0 +1,4 @@
+"""The default stage and provider, apart from the models so the scan can name them without pydantic."""
+
+DEFAULT_STAGE = "dev"
+DEFAULT_PROVIDER = "local"
