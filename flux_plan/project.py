@@ -372,6 +372,14 @@ def _scan_project_file(root: Path, problems: list[Problem]) -> tuple[str, dict[s
     if found or not isinstance(data, dict):
         return name, {}
     stages_raw = data.get("stages") or {DEFAULT_STAGE: {"provider": DEFAULT_PROVIDER}}
+    named = [s for s, cfg in stages_raw.items() if isinstance(cfg, dict) and "name" in cfg]
+    for s in named:  # the schema lets provider keys through; this one would clash with the stage's own name
+        path = ["stages", s, "name"]
+        problems.append(Problem(PROJECT_FILE, f'stage {s!r} has a "name" key: a stage\'s name is its key in "stages"',
+                                line=locate(text, path), json_path=json_path(path),
+                                hint='remove "name" (or rename the stage key to the name you want)'))
+    if named:
+        return name, {}
     return data.get("name", name), dict(stages_raw)
 
 
