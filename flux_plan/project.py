@@ -374,9 +374,9 @@ def _scan_project_file(root: Path, problems: list[Problem]) -> tuple[str, dict[s
     stages_raw = data.get("stages") or {DEFAULT_STAGE: {"provider": DEFAULT_PROVIDER}}
     named = [s for s, cfg in stages_raw.items() if isinstance(cfg, dict) and "name" in cfg]
     for s in named:  # the schema lets provider keys through; this one would clash with the stage's own name
-        path = ["stages", s, "name"]
+        where = ["stages", s, "name"]
         problems.append(Problem(PROJECT_FILE, f'stage {s!r} has a "name" key: a stage\'s name is its key in "stages"',
-                                line=locate(text, path), json_path=json_path(path),
+                                line=locate(text, where), json_path=json_path(where),
                                 hint='remove "name" (or rename the stage key to the name you want)'))
     if named:
         return name, {}
