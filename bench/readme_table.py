@@ -82,9 +82,10 @@ def section(previous: str = "") -> str:
                 t = tf.get(str(n), {}).get(op)
                 if loc is None and rec is None:
                     continue
-                ratio = f"{t / loc:.1f}x" if t is not None and loc else "-"
-                ratio_rec = f"{t / rec:.1f}x" if t is not None and rec else "-"
-                lines.append(f"| {label} | {n} | {_s(loc)} | {_s(rec)} | {_s(t)} | {ratio} | {ratio_rec} |")
+                gt = "> " if tf.get(str(n), {}).get(op + "_timed_out") else ""  # terraform outlasted the bound
+                ratio = f"{gt}{t / loc:.1f}x" if t is not None and loc else "-"
+                ratio_rec = f"{gt}{t / rec:.1f}x" if t is not None and rec else "-"
+                lines.append(f"| {label} | {n} | {_s(loc)} | {_s(rec)} | {gt}{_s(t)} | {ratio} | {ratio_rec} |")
         for name, what in (("local", "the local provider's"), ("record", "the engine's (record provider)")):
             got = {int(n): v for n, v in res.get(name, {}).items()}
             if len(got) < 2:

@@ -298,8 +298,6 @@ def _validate_miss(root: Path, stamp: list[Any], stored: dict[str, Any], started
 
     cache_path = flux_dir(root) / VALIDATE_CACHE
     found = scan_result(root)
-    if any("name" in cfg for cfg in found.stages.values()):
-        found.project()  # fails as the app's scan does: StageConfig(name=<stage>, **settings)
     problems = found.problems
     problems += stage_provider_problems(found.root, {name: cfg.get("provider", DEFAULT_PROVIDER)
                                                      for name, cfg in found.stages.items()})

@@ -59,11 +59,13 @@ class LocalProvider:
         self.ctx: ProviderContext | None = None
         self._start_lock = threading.Lock()
         self._offline_lock = threading.Lock()
+        self._specs: dict[str, FunctionSpec] = {}
 
     # -- wiring -------------------------------------------------------------------------------------
     def configure(self, ctx: ProviderContext) -> None:
         self.ctx = ctx
         self.client = DaemonClient(ctx.state_dir)
+        self._specs = {spec.name: spec for spec in ctx.project.functions}  # a lookup per function resource
 
     def force_replace(self, resource_type: str) -> frozenset[str]:
         return frozenset()
@@ -96,9 +98,10 @@ class LocalProvider:
         return run_dev(self._ctx.project.root, stage=self._ctx.stage.name, port=port)
 
     def _spec(self, name: str) -> FunctionSpec:
-        for spec in self._ctx.project.functions:
-            if spec.name == name:
-                return spec
+        self._ctx  # noqa: B018 (raises when not configured)
+        spec = self._specs.get(name)
+        if spec is not None:
+            return spec
         raise ProviderError(f"function {name} is not in the project", address=f"function.{name}")
 
     def _db_uri(self) -> str | None:
