@@ -375,6 +375,26 @@ def _rich_text(lines: list[str]) -> str:
     return captured.get()
 
 
+def validation_markup(problems: list[Any], n_functions: int, n_migrations: int) -> list[str]:
+    """The rich markup lines of `flux validate`'s text: one per problem, then the summary (the app's
+    HumanView.validation prints these too, so both paths print the same bytes)."""
+    from flux_plan.cli.output import escape
+
+    lines = []
+    n_errors = 0
+    for p in problems:
+        n_errors += p.severity == "error"
+        color = "red" if p.severity == "error" else "yellow"
+        lines.append(escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1))
+    n_warnings = len(problems) - n_errors
+    if n_errors:
+        lines.append(f"[bold red]{n_errors} error(s)[/], {n_warnings} warning(s).")
+    else:
+        lines.append(f"[green]Valid:[/] {n_functions} function(s), {n_migrations} "
+                     f"migration(s), {n_warnings} warning(s).")
+    return lines
+
+
 def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *, json_out: bool,
                     strict: bool, code_stamp: list[Any] | None = None) -> int:
     """Exactly what the `validate` command prints (tests compare both with FLUX_NO_FAST_PATH=1); the
@@ -400,18 +420,7 @@ def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *,
     cache = cache if isinstance(cache, dict) else {}
     text = cache.get(key)
     if not isinstance(text, str):
-        from flux_plan.cli.output import escape
-
-        lines = []
-        for p in problems:  # as views.TextView.validation prints them
-            color = "red" if p.severity == "error" else "yellow"
-            lines.append(escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1))
-        if errors:
-            lines.append(f"[bold red]{len(errors)} error(s)[/], {len(warnings)} warning(s).")
-        else:
-            lines.append(f"[green]Valid:[/] {n_functions} function(s), {n_migrations} "
-                         f"migration(s), {len(warnings)} warning(s).")
-        text = _rich_text(lines)
+        text = _rich_text(validation_markup(problems, n_functions, n_migrations))
         cache.pop(key, None)
         cache[key] = text
         _write_json(path, dict(list(cache.items())[-_RENDER_KEEP:]))

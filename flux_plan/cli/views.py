@@ -210,16 +210,11 @@ class HumanView:
         err_console().print(f"[bold red]Error:[/] {escape(exc.render())}")
 
     def validation(self, project: Project, problems: Sequence[Problem]) -> None:
-        errors, warnings = _split(problems)
+        from flux_plan.cli.fast import validation_markup
+
         out = console()
-        for p in problems:
-            color = "red" if p.severity == "error" else "yellow"
-            out.print(escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1))
-        if errors:
-            out.print(f"[bold red]{len(errors)} error(s)[/], {len(warnings)} warning(s).")
-        else:
-            out.print(f"[green]Valid:[/] {len(project.functions)} function(s), {len(project.migrations)} "
-                      f"migration(s), {len(warnings)} warning(s).")
+        for line in validation_markup(list(problems), len(project.functions), len(project.migrations)):
+            out.print(line)
 
     def _plan_text(self, plan: Plan) -> None:
         from flux_plan.render import text_lines
