@@ -303,14 +303,14 @@ class Stage:
         return left
 
 
-@pytest.fixture(scope="module")
-def stage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
-    provider: str = request.param
-    # outside pytest's 0700 tmp tree: as root, the embedded PostgreSQL runs as another user
-    base = Path(tempfile.mkdtemp(prefix=f"flux-conf-{provider}-", dir="/tmp"))
+def scratch_project(provider: str, name: str, files: dict[str, str]) -> tuple[Path, Path, dict[str, str]]:
+    """(base, root, env) of a throw-away project `name` with `files`, under /tmp (outside pytest's 0700 tmp tree:
+    as root, the embedded PostgreSQL runs as another user), with its own HOME and the checkout's flux on PATH;
+    the caller removes `base`."""
+    base = Path(tempfile.mkdtemp(prefix=f"flux-{name}-{provider}-", dir="/tmp"))
     base.chmod(0o755)
-    root = base / "conf"
-    for rel, text in FILES.items():
+    root = base / name
+    for rel, text in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
@@ -319,6 +319,13 @@ def stage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home), "NO_COLOR": "1",
            "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"}
     env.pop("DATABASE_URL", None)
+    return base, root, env
+
+
+@pytest.fixture(scope="module")
+def stage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
+    provider: str = request.param
+    base, root, env = scratch_project(provider, "conf", FILES)
     port = free_port()
     extra: dict[str, Any] = {}
     if provider == "docker":

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conformance_lib import FLUX, REPO, fn
+from conformance_lib import FLUX, fn, scratch_project
 from helpers import free_port, stop_daemons
 
 pytestmark = [pytest.mark.conformance, pytest.mark.slow]
@@ -70,17 +68,7 @@ class Proj:
 @pytest.fixture(params=["local", "docker"])
 def proj(request: pytest.FixtureRequest) -> Iterator[Proj]:
     provider: str = request.param
-    base = Path(tempfile.mkdtemp(prefix=f"flux-purge-{provider}-", dir="/tmp"))
-    base.chmod(0o755)  # as root, the embedded PostgreSQL runs as another user
-    root = base / "purge"
-    for rel, text in FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    home = base / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home), "NO_COLOR": "1",
-           "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"}
-    env.pop("DATABASE_URL", None)
+    base, root, env = scratch_project(provider, "purge", FILES)
     port = free_port()
     if provider == "docker":
         env["DOCKER_HOST"] = request.getfixturevalue("docker_host")

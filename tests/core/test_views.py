@@ -83,13 +83,17 @@ def test_saved_plan_json_leaves_out_the_pinned_snapshot(ws: Workspace, capsys: p
     assert "Plan: 6 to add" in capsys.readouterr().out
 
 
-def test_the_same_apply_through_each_view(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
-    plan = make_plan(ws, targets=["function.a"])
-    view = JsonView()
+def _apply_through(view: HumanView | JsonView, ws: Workspace, target: str) -> None:
+    """What `flux apply --target TARGET` does with its view: progress events, then the result."""
+    plan = make_plan(ws, targets=[target])
     sink = view.progress(len(plan.changes))
     result = apply_plan(plan, ws, parallelism=2, on_event=sink, lock_timeout=1)
     sink.close()
     view.apply_result(result, "Apply")
+
+
+def test_the_same_apply_through_each_view(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    _apply_through(JsonView(), ws, "function.a")
     events = _lines(capsys.readouterr().out)
     assert {e["event"] for e in events[:-1]} <= {"started", "finished", "message", "retrying"}
     assert {e["address"] for e in events if e["event"] == "finished"} == {"function.a", "migration.001_init.sql"}
@@ -98,12 +102,7 @@ def test_the_same_apply_through_each_view(ws: Workspace, capsys: pytest.CaptureF
     assert (summary["added"], summary["changed"], summary["destroyed"]) == (2, 0, 0)
     assert set(world_resources(ws.state_dir)) == {"function.a", "migration.001_init.sql"}
 
-    plan = make_plan(ws, targets=["function.b"])
-    human = HumanView()
-    sink = human.progress(len(plan.changes))
-    result = apply_plan(plan, ws, parallelism=2, on_event=sink, lock_timeout=1)
-    sink.close()
-    human.apply_result(result, "Apply")
+    _apply_through(HumanView(), ws, "function.b")
     out = capsys.readouterr().out
     assert re.search(r"^function\.b: created \(\d+\.\ds\)$", out, re.M), out
     assert "Apply complete! Resources: 1 added, 0 changed, 0 destroyed." in out
