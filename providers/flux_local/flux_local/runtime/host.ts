@@ -364,7 +364,7 @@ class DenoWorker extends WorkerHandle {
 
   constructor(pool: Pool) {
     super(pool);
-    const bundleDir = pool.fc.bundle.replace(/\/[^/]*$/, "");
+    const bundleDir = bundleDirOf(pool.fc);
     // The sandbox: only its own bundle is readable; env values arrive in the init message.
     this.w = new Worker(WORKER_URL, {
       type: "module",
@@ -436,6 +436,11 @@ class DenoWorker extends WorkerHandle {
   }
 }
 
+/** The directory of a function's bundle: the only files its sandbox may read besides Flux's runtime. */
+function bundleDirOf(fc: FnConfig): string {
+  return fc.bundle.replace(/\/[^/]*$/, "");
+}
+
 function memoryMb(fc: FnConfig): number {
   return Math.max(16, Math.floor(fc.memory_mb ?? 256));
 }
@@ -454,7 +459,7 @@ class NodeWorker extends WorkerHandle {
 
   constructor(pool: Pool) {
     super(pool);
-    const bundleDir = pool.fc.bundle.replace(/\/[^/]*$/, "");
+    const bundleDir = bundleDirOf(pool.fc);
     const heap = `--max-old-space-size=${memoryMb(pool.fc)}`;
     // Node 20 permission model: fs reads limited to the runtime files + the bundle; no child processes, no
     // worker threads, no addons; environment scrubbed (the function's keys come in the init message).
@@ -883,12 +888,15 @@ const MAX_WARM = Math.max(1, Math.floor(CFG.max_warm_workers ?? 64));
 
 function trimWarm(): void {
   let ready = 0;
-  for (const p of livePools) for (const w of p.workers) if (w.state === "ready") ready++;
-  if (ready <= MAX_WARM) return;
   const idle: WorkerHandle[] = [];
   for (const p of livePools) {
-    for (const w of p.workers) if (w.state === "ready" && w.inflight.size === 0 && w.streams.size === 0) idle.push(w);
+    for (const w of p.workers) {
+      if (w.state !== "ready") continue;
+      ready++;
+      if (w.inflight.size === 0 && w.streams.size === 0) idle.push(w);
+    }
   }
+  if (ready <= MAX_WARM) return;
   idle.sort((a, b) => a.lastUsed - b.lastUsed);
   for (const w of idle) {
     if (ready <= MAX_WARM) break;
@@ -1363,11 +1371,10 @@ const CHECKED_KEEP_MS = 120000;
 /** Checked workers kept at once (the newest): an apply of 1000 functions must not hold 1000 idle processes. */
 const CHECKED_KEEP_MAX = 16;
 
-/** Load check at apply time: start one worker of the function on its own (never in the table, takes no traffic)
- * and report whether the module loaded: a throw on load, a missing defineFunction, or a name differing from
- * flux.json fails the deploy instead of every request (DESIGN §7). A worker that loaded is kept: the config push
- * that brings the same code takes it as the function's first warm worker (no second cold start, see
- * adoptChecked). A plain function: the supervisor's channel (HTTP admin API or stdin) calls it. */
+/** Load check at apply time: report whether the module loaded: a throw on load, a missing defineFunction, or a
+ * name differing from flux.json fails the deploy instead of every request (DESIGN §7). One check is a worker of
+ * its own (checkAlone, kept as the first warm worker); many at once go in batches (batchCheck). Called by the
+ * supervisor's channel ("check"). */
 async function checkFunction(name: string, fc: FnConfig): Promise<{ ok: boolean; error?: string }> {
   const now = Date.now();
   recentChecks.push(now);
@@ -1420,7 +1427,7 @@ function nextBatch(): void {
 async function runBatch(batch: typeof batchQueue): Promise<void> {
   const results = new Map<string, Checked>();
   try {
-    const dirs = new Set(batch.map((b) => b.fc.bundle.replace(/\/[^/]*$/, "")));
+    const dirs = new Set(batch.map((b) => bundleDirOf(b.fc)));
     const heap = Math.max(...batch.map((b) => memoryMb(b.fc)));
     const timeoutMs = Math.max(3 * COLD_START_MS, ...batch.map((b) => b.fc.timeout_ms ?? 30000));
     const child = new Deno.Command(Deno.execPath(), {
