@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.slow]
 
 def containers(box: Box, stage: str = "dev") -> list:
     with contextlib.closing(box.docker()) as d:
-        return d.containers.list(all=True, filters={"label": ["flux.project=box", f"flux.stage={stage}"]})
+        # polled while a deploy replaces containers: one removed between docker's list and inspect is just gone
+        return d.containers.list(all=True, filters={"label": ["flux.project=box", f"flux.stage={stage}"]},
+                                 ignore_removed=True)
 
 
 def test_hardened_containers_from_images_built_without_pulls(box: Box) -> None:

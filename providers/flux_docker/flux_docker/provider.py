@@ -103,7 +103,8 @@ class DockerProvider(LocalProvider):
 
         filters = {"label": [f"{k}={v}" for k, v in self._labels(fn).items()]}
         try:
-            return list(self.docker.containers.list(all=True, filters=filters))
+            # a container removed between the listing and its inspection (a replace in flight) is gone, not an error
+            return list(self.docker.containers.list(all=True, filters=filters, ignore_removed=True))
         except docker.errors.APIError as exc:
             raise ProviderError(f"listing the stage's containers failed: {exc.explanation or exc}") from None
 
