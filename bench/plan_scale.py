@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""How plan/apply cost grows with the number of functions, against Terraform on the same graph, in one run.
+"""How plan/apply cost grows with the number of functions, against Terraform, in one run.
 
 For each N it generates a project of N deno functions and times the real `flux` executable on it:
 `flux validate`, create-apply (`flux apply --auto-approve`), no-op `flux plan` (with refresh), an
 update-one apply (one function's code edited) and `flux destroy`. It does so with the REAL local
 provider (daemon, Deno host, embedded PostgreSQL, real esbuild bundles: what a user gets), and once
 more with the test-only `record` provider, whose "cloud" is a local file: that line measures the engine
-alone. When `terraform` is on PATH it builds the same graph of `terraform_data` resources (per function:
-the function + its route depending on it, plus one API) and times `apply` (create), `plan -refresh=true`
-(no-op), an update-one apply and `destroy`. Above --terraform-max, Terraform's create-apply would take
-many minutes, so its state is synthesized (every resource as `terraform apply` writes it) and only its
-no-op plan is timed. Prints seconds, ratios terraform/flux (> 1: flux faster) and growth factors.
+alone. When `terraform` is on PATH it times `apply` (create), `plan -refresh=true` (no-op), an update-one
+apply and `destroy` of two anchors, each against flux in the same run:
+- `terraform`: DESIGN §9's anchor, one `terraform_data` per function and no references (the targets of
+  issue 15 are set against it), up to --design-max;
+- `terraform_graph`: the same graph as flux's (per function: the function + its route referencing it,
+  plus one API), up to --graph-max. Terraform evaluates `terraform_data.function[count.index]` against the
+  whole list, so this anchor grows quadratically (at 1000: ~10x the DESIGN anchor's plan). Above
+  --terraform-max its state is synthesized (as `terraform apply` writes it) and only its plan is timed.
+Prints seconds, ratios terraform/flux (> 1: flux faster) and growth factors.
 
     .venv/bin/python bench/plan_scale.py --quick             # N = 20, 100
     .venv/bin/python bench/plan_scale.py                     # N = 100, 1000
@@ -71,6 +75,22 @@ resource "terraform_data" "route" {{
             api = terraform_data.api.id }}
 }}
 """
+
+# DESIGN §9's anchor: one `terraform_data` per function, no references (what the issue measured). Terraform's cost
+# grows with references between resources, so the same-graph config above is the slower anchor of the two.
+TF_DESIGN = """terraform {{
+  backend "local" {{ path = "terraform.tfstate" }}
+}}
+variable "edited" {{
+  type    = number
+  default = 0
+}}
+resource "terraform_data" "function" {{
+  count = {n}
+  input = {{ name = "fn${{count.index}}", runtime = "deno", version = count.index == 0 ? var.edited : 0 }}
+}}
+"""
+ANCHORS = {"terraform": TF_DESIGN, "terraform_graph": TF_MAIN}
 
 OPS = ("validate", "create_apply", "noop_plan", "update_one_apply", "destroy")
 
@@ -208,10 +228,10 @@ def tf_template(work: Path, parallelism: int, timeout: float) -> dict[str, Any]:
 
 
 def bench_terraform(n: int, work: Path, parallelism: int, timeout: float, synth: dict[str, Any] | None,
-                    ) -> dict[str, float]:
-    root = work / f"tf-{n}"
+                    anchor: str = "terraform_graph") -> dict[str, float]:
+    root = work / f"{anchor}-{n}"
     root.mkdir()
-    (root / "main.tf").write_text(TF_MAIN.format(n=n))
+    (root / "main.tf").write_text(ANCHORS[anchor].format(n=n))
     env = _tf_env()
     tf = shutil.which("terraform") or "terraform"
     run([tf, "init", "-input=false", "-no-color"], root, env, timeout, ok=(0,))
@@ -280,7 +300,11 @@ def main() -> None:
     ap.add_argument("--providers", default="local,record", help="local (what users get), record (engine alone)")
     ap.add_argument("--no-terraform", action="store_true", help="skip the terraform comparison")
     ap.add_argument("--terraform-max", type=int, default=1000,
-                    help="above this N terraform's state is synthesized and only its no-op plan is timed")
+                    help="above this N the same-graph anchor's state is synthesized and only its no-op plan is timed")
+    ap.add_argument("--graph-max", type=int, default=1000,
+                    help="above this N the same-graph anchor is not run at all (its plan at 5000 outlasts 900 s)")
+    ap.add_argument("--design-max", type=int, default=5000,
+                    help="above this N the DESIGN §9 anchor (one terraform_data per function) is not run")
     ap.add_argument("--parallelism", type=int, default=10, help="for both tools (terraform's default is 10)")
     ap.add_argument("--op-timeout", type=float, default=900, help="bound on each timed command (seconds)")
     ap.add_argument("--keep", action="store_true", help="keep the generated projects")
@@ -304,43 +328,48 @@ def main() -> None:
           f"parallelism {args.parallelism}\n# machine: {info}")
     if not with_tf:
         print("# terraform: skipped: " + ("--no-terraform" if args.no_terraform else "terraform not on PATH"))
-    results: dict[str, dict[int, dict[str, float]]] = {p: {} for p in [*providers, "terraform"]}
+    results: dict[str, dict[int, dict[str, float]]] = {p: {} for p in [*providers, *ANCHORS]}
     try:
-        synth = tf_template(work, args.parallelism, args.op_timeout) if with_tf and max(sizes) > args.terraform_max \
-            else None
+        synth = tf_template(work, args.parallelism, args.op_timeout) \
+            if with_tf and args.terraform_max < max(sizes) <= args.graph_max else None
         for n in sizes:  # flux first: at large N terraform's plan alone may take many minutes
             for provider in providers:
                 fx = bench_flux(n, work, provider, args.parallelism, args.op_timeout)
                 results[provider][n] = fx
                 print(f"N={n:<6} flux/{provider}: " + "  ".join(f"{k}={v:.2f}s" for k, v in fx.items()), flush=True)
-            if with_tf:
+            for anchor, upto in (("terraform", args.design_max), ("terraform_graph", args.graph_max)):
+                if not with_tf or n > upto:
+                    continue
                 tf = bench_terraform(n, work, args.parallelism, args.op_timeout,
-                                     synth if n > args.terraform_max else None)
-                results["terraform"][n] = tf
-                print(f"N={n:<6} terraform: " + "  ".join(f"{k}={'>' if tf.get(k + '_timed_out') else ''}{v:.2f}s"
-                                                      for k, v in tf.items() if not k.endswith("_timed_out")),
-                  flush=True)
+                                     synth if anchor == "terraform_graph" and n > args.terraform_max else None, anchor)
+                results[anchor][n] = tf
+                print(f"N={n:<6} {anchor}: " + "  ".join(f"{k}={'>' if tf.get(k + '_timed_out') else ''}{v:.2f}s"
+                                                       for k, v in tf.items() if not k.endswith("_timed_out")),
+                      flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     header = f"{'N':>6} | " + " | ".join(f"{op[:8]:>8}" for op in OPS)
     labels = {"local": "flux, local provider (what a user gets)", "record": "flux, record provider (engine alone)",
-              "terraform": "terraform " + ("(no-op plan on a synthesized state above N="
-                                           f"{args.terraform_max})" if with_tf else "")}
+              "terraform": "terraform, DESIGN §9 anchor (one terraform_data per function)",
+              "terraform_graph": "terraform, same graph as flux (function + route per function + api, routes "
+                                 "referencing their function" + (f"; no-op plan on a synthesized state above N="
+                                                                  f"{args.terraform_max})" if with_tf else ")")}
     print(f"\nseconds; columns: {', '.join(OPS)}")
     for name, rows in results.items():
         if rows:
             print(f"\n{labels[name]}\n{header}")
             for n, vals in rows.items():
                 print(_fmt_row(n, vals))
-    tf_rows = results["terraform"]
-    for provider in providers:
-        common = [n for n in results[provider] if n in tf_rows]
-        if common:
-            print(f"\nterraform / flux-{provider} (> 1: flux faster)\n{header}")
-            for n in common:
-                fx, tf = results[provider][n], tf_rows[n]
-                print(_fmt_row(n, {op: tf[op] / fx[op] for op in OPS if op in tf and op in fx}, tf))
+    for anchor in ANCHORS:
+        tf_rows = results[anchor]
+        for provider in providers:
+            common = [n for n in results[provider] if n in tf_rows]
+            if common:
+                print(f"\n{anchor} / flux-{provider} (> 1: flux faster)\n{header}")
+                for n in common:
+                    fx, tf = results[provider][n], tf_rows[n]
+                    print(_fmt_row(n, {op: tf[op] / fx[op] for op in OPS if op in tf and op in fx}, tf))
     for name, rows in results.items():
         ns = sorted(rows)
         if len(ns) >= 2:
@@ -353,7 +382,7 @@ def main() -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         doc = {"bench": "plan_scale", "when": when, "machine": info,
-               "parallelism": args.parallelism, "terraform_max": args.terraform_max,
+               "parallelism": args.parallelism, "terraform_max": args.terraform_max, "graph_max": args.graph_max,
                "terraform_version": _tf_version(tf_bin) if with_tf else None,
                "results": {k: {str(n): v for n, v in rows.items()} for k, rows in results.items()},
                "runs": [{"when": when, "machine": info, "sizes": sizes}]}

@@ -40,6 +40,14 @@ def _code_files(root: Path, fn_dir: str) -> list[str]:
     return out
 
 
+def _scratch_parent() -> str | None:
+    """Where the check's throwaway output goes: memory (/dev/shm) when there is one, else the temp dir. esbuild
+    cannot skip writing, and one output dir + file per checked file cost, at 1000 functions on an ext4 disk
+    here, 2.2 s of kernel time (1.7 s wall) against 0.45 s (0.78 s wall) in memory."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 class SyntaxCheck:
     """One esbuild process over `files` (project-relative), started at once and read by `problems()`:
     `flux validate` starts the check of the functions it sees changed before it scans, so the two overlap."""
@@ -50,7 +58,7 @@ class SyntaxCheck:
         self.files = files
         self._done = False
         exe = str(esbuild_bin())
-        self._out = tempfile.mkdtemp(prefix="flux-check-")
+        self._out = tempfile.mkdtemp(prefix="flux-check-", dir=_scratch_parent())
         try:
             self._proc = subprocess.Popen(
                 [exe, *files, f"--outdir={self._out}", "--outbase=.", "--log-level=error", "--color=false",

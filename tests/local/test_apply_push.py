@@ -57,6 +57,7 @@ def test_apply_sends_one_delta_per_edit_and_serves_every_edit(todo: Project) -> 
     assert _pushes(todo) == 1  # the host's start only: no whole-table push per edit (nor per apply)
     first = _sent(todo)
     assert first["load"] == 1 and first["put_function"] == len(names) + 6 and first["put_route"] == len(names) + 6
+    assert first["check"] == len(names) + 6  # checked ahead of the engine, and each verdict taken: once a function
     assert all(_call(todo.port, n) == {"fn": n, "v": 1} for n in names)  # served as apply returned
     for name in names[:12]:
         _write(todo.root, name, 2)
@@ -74,6 +75,32 @@ def test_apply_sends_one_delta_per_edit_and_serves_every_edit(todo: Project) -> 
     assert gone.get("delete_function") == 12 and gone.get("delete_route") == 12 and gone["load"] == 1
     assert _pushes(todo) == 1
     assert all(_call(todo.port, n) is None or _call(todo.port, n) != {"fn": n, "v": 1} for n in names[12:])
+
+
+def test_a_big_apply_checks_ahead_and_a_module_that_fails_to_load_fails_alone(todo: Project) -> None:
+    """More functions than the host checks one by one: the provider checks them all as their bundles appear
+    (full batches), and the engine takes each verdict. A module that throws at load still fails its own deploy
+    with its message, the old version of nothing is replaced, and every other function serves."""
+    names = [f"many{i:02d}" for i in range(20)]
+    for name in names:
+        _write(todo.root, name, 1)
+    broken = todo.root / "functions" / "many07" / "index.ts"
+    broken.write_text('throw new Error("bad config at load");\n' + CODE.format(name="many07", v=1))
+    # parallelism 2: without the provider's checks ahead, at most 2 checks would wait at once
+    out = todo.flux("apply", "--auto-approve", "--parallelism", "2", check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert "functions/many07/index.ts: function many07 failed to load: bad config at load" in text, text
+    assert _sent(todo)["check"] == len(names) + 6
+    logs = todo.flux("logs", "--level", "debug", "--json").stdout
+    batches = [json.loads(line)["data"]["functions"] for line in logs.splitlines()
+               if line.strip() and json.loads(line).get("msg") == "load check batch"]
+    assert batches and max(batches) > 2, batches
+    assert _call(todo.port, "many07") is None
+    assert all(_call(todo.port, n) == {"fn": n, "v": 1} for n in names if n != "many07")
+    broken.write_text(CODE.format(name="many07", v=2))  # fixed: the next apply deploys just that one
+    todo.flux("apply", "--auto-approve")
+    assert _call(todo.port, "many07") == {"fn": "many07", "v": 2}
 
 
 def test_killed_apply_still_gets_its_edits_served(todo: Project) -> None:

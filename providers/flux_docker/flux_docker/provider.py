@@ -72,6 +72,7 @@ def ping(port: int, token: str, timeout: float = 1.0) -> bool:
 
 class DockerProvider(LocalProvider):
     name = "docker"
+    prechecks = False  # a container is health-checked by its own deploy, not load-checked in the host
 
     def __init__(self) -> None:
         super().__init__()

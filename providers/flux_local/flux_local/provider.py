@@ -27,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from flux_local.client import DaemonClient
@@ -34,6 +35,12 @@ from flux_local.procs import ADMIN_REVISION
 from flux_plan.errors import FluxError, ProviderError
 from flux_plan.model import FunctionSpec, ProviderResult, Resource, ResourceState
 from flux_plan.providers import InvokeResult, ProviderContext
+
+# A bigger apply load-checks its functions ahead of the engine (see LocalProvider._start_prechecks): more than the host
+# checks on their own (its CHECKED_KEEP_MAX), PRECHECK_PARALLEL in flight = two of the host's batches (BATCH_MAX 32),
+# one being checked while the next collects.
+PRECHECK_MIN = 16
+PRECHECK_PARALLEL = 64
 
 
 def _q(name: str) -> str:
@@ -54,12 +61,15 @@ def function_config(spec: FunctionSpec, bundle: str) -> dict[str, Any]:
 
 class LocalProvider:
     name = "local"
+    prechecks = True  # its function operations load-check in the host (see _start_prechecks)
 
     def __init__(self) -> None:
         self.ctx: ProviderContext | None = None
         self._start_lock = threading.Lock()
         self._offline_lock = threading.Lock()
         self._specs: dict[str, FunctionSpec] = {}
+        self._prechecks: dict[str, Future[tuple[dict[str, Any], dict[str, Any]] | None]] = {}
+        self._precheck_pool: ThreadPoolExecutor | None = None
 
     # -- wiring -------------------------------------------------------------------------------------
     def configure(self, ctx: ProviderContext) -> None:
@@ -195,6 +205,42 @@ class LocalProvider:
         # every edit below reaches the host as one delta message (O(1)), so an apply needs no hold of the table
         if any(action not in ("noop", "read", "delete") for _, action in changes):
             self.ensure_daemon()
+        names = sorted(addr.split(".", 1)[1] for addr, action in changes
+                       if addr.startswith("function.") and action in ("create", "update", "replace"))
+        if self.prechecks and len(names) > PRECHECK_MIN:
+            self._start_prechecks([self._specs[n] for n in names if n in self._specs])
+
+    def _start_prechecks(self, specs: list[FunctionSpec]) -> None:
+        """Load-check every function of a big apply as soon as its bundle exists, PRECHECK_PARALLEL at a time.
+
+        Each check is the same /admin/check the function's own operation makes (and that operation then takes its
+        verdict, when the config it would send is the same): what changes is how many checks the host sees at
+        once. Under the engine's parallelism (10) at most 10 wait at a time, so the host's batch checker loaded
+        ~10 bundles per `deno run`; here it gets full batches while the engine does the rest."""
+        self._precheck_pool = pool = ThreadPoolExecutor(max_workers=PRECHECK_PARALLEL, thread_name_prefix="flux-check")
+        for spec in specs:
+            self._prechecks[spec.name] = pool.submit(self._precheck, spec)
+
+    def _precheck(self, spec: FunctionSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        try:  # any failure (a bundling error, the daemon gone) is left to the function's own operation to report
+            cfg = function_config(spec, str(self._ctx.artifacts.ensure(spec) / "index.mjs"))
+            return cfg, self.client.ok("POST", f"/admin/check/{_q(spec.name)}", cfg)
+        except Exception:
+            return None
+
+    def _end_prechecks(self) -> None:
+        pool, self._precheck_pool = self._precheck_pool, None
+        if pool is not None:  # an interrupted apply: checks nobody will take are not started
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._prechecks.clear()
+
+    def _checked(self, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The load check's verdict on `cfg`: the precheck's when it checked this very config, else one now."""
+        fut = self._prechecks.pop(name, None)
+        done = fut.result() if fut is not None else None
+        if done is not None and done[0] == cfg:
+            return done[1]
+        return self.client.ok("POST", f"/admin/check/{_q(name)}", cfg)
 
     def create(self, resource: Resource) -> ProviderResult:
         return self._put(resource)
@@ -217,7 +263,7 @@ class LocalProvider:
             bundle = self._ctx.artifacts.ensure(spec) / "index.mjs"
             cfg = function_config(spec, str(bundle))
             # loaded once before the table changes: a broken module fails here and the old version keeps serving
-            check = self.client.ok("POST", f"/admin/check/{_q(name)}", cfg)
+            check = self._checked(name, cfg)
             if not check.get("ok"):
                 raise ProviderError(f"{spec.dir}/index.ts: {check.get('error')} (fix it and deploy again; "
                                     f"the previous version, if any, keeps serving)", address=resource.address)
@@ -287,6 +333,7 @@ class LocalProvider:
         return doc if isinstance(doc, dict) else None
 
     def after_apply(self, resources: dict[str, ResourceState]) -> dict[str, Any]:
+        self._end_prechecks()
         info = self.client.info()
         if info:  # fold the apply's journal lines into runtime.json: one rewrite per apply, not one per resource
             with contextlib.suppress(ProviderError):  # not folded: the journal still holds every change

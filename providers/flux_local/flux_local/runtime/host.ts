@@ -1426,6 +1426,7 @@ function nextBatch(): void {
 
 async function runBatch(batch: typeof batchQueue): Promise<void> {
   const results = new Map<string, Checked>();
+  log("debug", null, null, "load check batch", { functions: batch.length });
   try {
     const dirs = new Set(batch.map((b) => bundleDirOf(b.fc)));
     const heap = Math.max(...batch.map((b) => memoryMb(b.fc)));
