@@ -55,29 +55,7 @@ export default defineFunction({{
   }},
 }});
 """
-TF_MAIN = """terraform {{
-  backend "local" {{ path = "terraform.tfstate" }}
-}}
-variable "edited" {{
-  type    = number
-  default = 0
-}}
-resource "terraform_data" "api" {{
-  input = {{ stage = "dev" }}
-}}
-resource "terraform_data" "function" {{
-  count = {n}
-  input = {{ name = "fn${{count.index}}", runtime = "deno", version = count.index == 0 ? var.edited : 0 }}
-}}
-resource "terraform_data" "route" {{
-  count = {n}
-  input = {{ path = "/fn${{count.index}}", function = terraform_data.function[count.index].id,
-            api = terraform_data.api.id }}
-}}
-"""
-
-# DESIGN §9's anchor: one `terraform_data` per function, no references (what the issue measured). Terraform's cost
-# grows with references between resources, so the same-graph config above is the slower anchor of the two.
+# DESIGN §9's anchor (`terraform`, what the issue measured): one `terraform_data` per function, no references.
 TF_DESIGN = """terraform {{
   backend "local" {{ path = "terraform.tfstate" }}
 }}
@@ -88,6 +66,17 @@ variable "edited" {{
 resource "terraform_data" "function" {{
   count = {n}
   input = {{ name = "fn${{count.index}}", runtime = "deno", version = count.index == 0 ? var.edited : 0 }}
+}}
+"""
+# The same graph as flux's (`terraform_graph`): + one API and a route per function referencing it. Terraform's
+# cost grows with such references, so this is the slower anchor of the two.
+TF_MAIN = TF_DESIGN + """resource "terraform_data" "api" {{
+  input = {{ stage = "dev" }}
+}}
+resource "terraform_data" "route" {{
+  count = {n}
+  input = {{ path = "/fn${{count.index}}", function = terraform_data.function[count.index].id,
+            api = terraform_data.api.id }}
 }}
 """
 ANCHORS = {"terraform": TF_DESIGN, "terraform_graph": TF_MAIN}
@@ -189,14 +178,16 @@ def _tf_env() -> dict[str, str]:
 
 
 def synthesize_tfstate(root: Path, n: int, template: dict[str, Any]) -> None:
-    """terraform.tfstate of N functions + routes + api, shaped like `template` (the state terraform
-    itself wrote for a tiny N): same attributes, fresh ids, routes pointing at their function."""
+    """terraform.tfstate of N functions (+ their routes and the api, when the anchor has them), shaped like
+    `template` (the state terraform itself wrote for a tiny N): same attributes, fresh ids, routes pointing at
+    their function."""
     state = copy.deepcopy(template)
     state["lineage"] = str(uuid.uuid4())
     state["serial"] = 1
     blocks = {r["name"]: r for r in state["resources"]}
-    api_id = blocks["api"]["instances"][0]["attributes"]["id"]
-    fn_tpl, route_tpl = blocks["function"]["instances"][0], blocks["route"]["instances"][0]
+    fn_tpl = blocks["function"]["instances"][0]
+    route_tpl = blocks["route"]["instances"][0] if "route" in blocks else None
+    api_id = blocks["api"]["instances"][0]["attributes"]["id"] if "api" in blocks else None
     fns, routes = [], []
     for i in range(n):
         fid, rid = str(uuid.uuid4()), str(uuid.uuid4())
@@ -206,6 +197,8 @@ def synthesize_tfstate(root: Path, n: int, template: dict[str, Any]) -> None:
         for side in ("input", "output"):
             f["attributes"][side]["value"]["name"] = f"fn{i}"
         fns.append(f)
+        if route_tpl is None:
+            continue
         r = copy.deepcopy(route_tpl)
         r["index_key"] = i
         r["attributes"]["id"] = rid
@@ -213,14 +206,15 @@ def synthesize_tfstate(root: Path, n: int, template: dict[str, Any]) -> None:
             r["attributes"][side]["value"].update({"path": f"/fn{i}", "function": fid, "api": api_id})
         routes.append(r)
     blocks["function"]["instances"] = fns
-    blocks["route"]["instances"] = routes
+    if route_tpl is not None:
+        blocks["route"]["instances"] = routes
     (root / "terraform.tfstate").write_text(json.dumps(state))
 
 
-def tf_template(work: Path, parallelism: int, timeout: float) -> dict[str, Any]:
-    root = work / "tf-template"
+def tf_template(work: Path, parallelism: int, timeout: float, anchor: str) -> dict[str, Any]:
+    root = work / f"{anchor}-template"
     root.mkdir()
-    (root / "main.tf").write_text(TF_MAIN.format(n=2))
+    (root / "main.tf").write_text(ANCHORS[anchor].format(n=2))
     tf = shutil.which("terraform") or "terraform"
     run([tf, "init", "-input=false", "-no-color"], root, _tf_env(), timeout, ok=(0,))
     run([tf, "apply", "-auto-approve", "-input=false", "-no-color"], root, _tf_env(), timeout, ok=(0,))
@@ -239,23 +233,21 @@ def bench_terraform(n: int, work: Path, parallelism: int, timeout: float, synth:
     common = ["-input=false", "-no-color", f"-parallelism={parallelism}"]
     if synth is not None:
         synthesize_tfstate(root, n, synth)
-    else:
-        out["create_apply"] = run([tf, "apply", "-auto-approve", *common], root, env, timeout, ok=(0,))
+    ops: list[tuple[str, list[str]]] = [] if synth is not None else [("create_apply", ["apply", "-auto-approve"])]
     # exit 0 only: a synthesized state that terraform would change is a broken anchor, not a result
-    try:
-        out["noop_plan"] = run([tf, "plan", "-refresh=true", "-detailed-exitcode", *common], root, env, timeout,
-                               ok=(0,))
-    except OpTimedOut:
-        if synth is None:
-            raise
-        # at large N terraform's plan alone may outlast the bound: a lower bound is a result (printed "> T"),
-        # and the flux figures of the whole run are not thrown away with it
-        out["noop_plan"] = timeout
-        out["noop_plan_timed_out"] = 1.0
+    ops.append(("noop_plan", ["plan", "-refresh=true", "-detailed-exitcode"]))
     if synth is None:
-        out["update_one_apply"] = run([tf, "apply", "-auto-approve", "-var", "edited=1", *common], root, env,
-                                      timeout, ok=(0,))
-        out["destroy"] = run([tf, "destroy", "-auto-approve", *common], root, env, timeout, ok=(0,))
+        ops += [("update_one_apply", ["apply", "-auto-approve", "-var", "edited=1"]),
+                ("destroy", ["destroy", "-auto-approve"])]
+    for op, cmd in ops:
+        try:
+            out[op] = run([tf, *cmd, *common], root, env, timeout, ok=(0,))
+        except OpTimedOut:
+            # at large N terraform may outlast the bound: a lower bound is a result (printed "> T"), and the
+            # figures of the whole run are not thrown away with it; what would follow has no known start state
+            out[op] = timeout
+            out[op + "_timed_out"] = 1.0
+            break
     return out
 
 
@@ -305,6 +297,9 @@ def main() -> None:
                     help="above this N the same-graph anchor is not run at all (its plan at 5000 outlasts 900 s)")
     ap.add_argument("--design-max", type=int, default=5000,
                     help="above this N the DESIGN §9 anchor (one terraform_data per function) is not run")
+    ap.add_argument("--design-synth-above", type=int, default=1 << 30,
+                    help="above this N the DESIGN anchor's state is synthesized and only its no-op plan is timed "
+                         "(its create-apply of 5000 outlasted 900 s)")
     ap.add_argument("--parallelism", type=int, default=10, help="for both tools (terraform's default is 10)")
     ap.add_argument("--op-timeout", type=float, default=900, help="bound on each timed command (seconds)")
     ap.add_argument("--keep", action="store_true", help="keep the generated projects")
@@ -324,14 +319,18 @@ def main() -> None:
     compile_bytecode()
     work = Path(tempfile.mkdtemp(prefix="flux-bench-"))
     info = machine()
-    print(f"# plan/apply scaling: flux ({', '.join(providers)}) vs terraform_data; 2 resources per function + 1; "
-          f"parallelism {args.parallelism}\n# machine: {info}")
+    print(f"# plan/apply scaling: flux ({', '.join(providers)}; 2 resources per function + 1) vs terraform_data "
+          f"(DESIGN anchor: 1 per function; same graph: 2 per function + 1); parallelism {args.parallelism}\n"
+          f"# machine: {info}")
     if not with_tf:
         print("# terraform: skipped: " + ("--no-terraform" if args.no_terraform else "terraform not on PATH"))
     results: dict[str, dict[int, dict[str, float]]] = {p: {} for p in [*providers, *ANCHORS]}
     try:
-        synth = tf_template(work, args.parallelism, args.op_timeout) \
-            if with_tf and args.terraform_max < max(sizes) <= args.graph_max else None
+        # above its --*-synth-above N an anchor's state is synthesized and only its plan is timed
+        synth_above = {"terraform": args.design_synth_above, "terraform_graph": args.terraform_max}
+        synth = {a: tf_template(work, args.parallelism, args.op_timeout, a) for a, upto in
+                 (("terraform", args.design_max), ("terraform_graph", args.graph_max))
+                 if with_tf and any(synth_above[a] < n <= upto for n in sizes)}
         for n in sizes:  # flux first: at large N terraform's plan alone may take many minutes
             for provider in providers:
                 fx = bench_flux(n, work, provider, args.parallelism, args.op_timeout)
@@ -341,7 +340,7 @@ def main() -> None:
                 if not with_tf or n > upto:
                     continue
                 tf = bench_terraform(n, work, args.parallelism, args.op_timeout,
-                                     synth if anchor == "terraform_graph" and n > args.terraform_max else None, anchor)
+                                     synth.get(anchor) if n > synth_above[anchor] else None, anchor)
                 results[anchor][n] = tf
                 print(f"N={n:<6} {anchor}: " + "  ".join(f"{k}={'>' if tf.get(k + '_timed_out') else ''}{v:.2f}s"
                                                        for k, v in tf.items() if not k.endswith("_timed_out")),
@@ -351,7 +350,9 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     header = f"{'N':>6} | " + " | ".join(f"{op[:8]:>8}" for op in OPS)
     labels = {"local": "flux, local provider (what a user gets)", "record": "flux, record provider (engine alone)",
-              "terraform": "terraform, DESIGN §9 anchor (one terraform_data per function)",
+              "terraform": "terraform, DESIGN §9 anchor (one terraform_data per function" + (
+                  f"; no-op plan on a synthesized state above N={args.design_synth_above})"
+                  if args.design_synth_above < 1 << 30 else ")"),
               "terraform_graph": "terraform, same graph as flux (function + route per function + api, routes "
                                  "referencing their function" + (f"; no-op plan on a synthesized state above N="
                                                                   f"{args.terraform_max})" if with_tf else ")")}

@@ -97,6 +97,12 @@ class ProviderHooks(Protocol):
         """Batch refresh (one call for the whole state); preferred over `read` when present."""
         ...
 
+    def get_ready(self, changes: list[tuple[str, str]]) -> Callable[[], None] | None:
+        """An auto-approved apply of [(address, action)] follows this plan: start in the background what it will
+        need (e.g. a daemon), so that overlaps the plan's code check and rendering. Must change nothing a plan
+        reads. Returns what undoes it when the apply does not happen (the plan failed its check), or None."""
+        ...
+
     def before_apply(self, changes: list[tuple[str, str]]) -> None:
         """Called once before the first operation with [(address, action)] (e.g. start a daemon)."""
 
@@ -140,7 +146,7 @@ class ProviderHooks(Protocol):
         ...
 
 
-OPTIONAL_HOOKS = ("read_many", "before_apply", "after_apply", "state_backend", "invoke", "logs", "destroy_stage",
+OPTIONAL_HOOKS = ("read_many", "get_ready", "before_apply", "after_apply", "state_backend", "invoke", "logs", "destroy_stage",
                   "dev", "rollback", "applied_migrations")
 
 

@@ -119,7 +119,8 @@ def register(app: typer.Typer) -> None:
 
         ws = _workspace(stage, directory, view)
         result = _plan_and_apply(ws, lambda: make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only,
-                                                       allow_out_of_order=allow_out_of_order), view,
+                                                       allow_out_of_order=allow_out_of_order,
+                                                       get_ready=auto_approve), view,
                                  approve=auto_approve, parallelism=parallelism, lock_timeout=timeout,
                                  verb="Apply", what="apply")
         _exit(result)
@@ -142,8 +143,8 @@ def register(app: typer.Typer) -> None:
         fn_dir = function_dir_of(ws.root)
         if fn_dir is not None:
             view.note(f"Deploying only {fn_dir} and what it needs.")
-        result = _plan_and_apply(ws, lambda: make_plan(ws, function_dir=fn_dir,
-                                                                     allow_out_of_order=allow_out_of_order), view,
+        result = _plan_and_apply(ws, lambda: make_plan(ws, function_dir=fn_dir, allow_out_of_order=allow_out_of_order,
+                                                       get_ready=True), view,
                                  approve=True, parallelism=parallelism, lock_timeout=lock_seconds(lock_timeout),
                                  verb="Deploy", what="deploy")
         _exit(result)

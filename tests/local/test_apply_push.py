@@ -39,6 +39,19 @@ def _call(port: int, name: str) -> dict[str, object] | None:
         return None
 
 
+def _processes_of(root: Path) -> list[str]:
+    """Command lines of live processes that name the project (daemon, host, workers, postgres)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root) in cmd and int(pid) != os.getpid():
+            found.append(cmd)
+    return found
+
+
 def _pushes(todo: Project) -> int:
     """Whole-table loads the host applied (its "config applied" records)."""
     out = todo.flux("logs", "--level", "debug", "--json").stdout
@@ -130,3 +143,22 @@ def test_killed_apply_still_gets_its_edits_served(todo: Project) -> None:
     assert all(_call(todo.port, n) == {"fn": n, "v": 7} for n in served)
     todo.flux("apply", "--auto-approve")  # and the next apply finishes the job
     assert all(_call(todo.port, n) == {"fn": n, "v": 7} for n in names)
+
+
+def test_an_auto_approved_apply_that_fails_its_code_check_leaves_nothing_running(todo: Project) -> None:
+    """An auto-approved apply starts the stage's runtime while the plan's code check runs (get_ready): when that
+    check fails, the apply does not happen, so the runtime it started is stopped again and no state is written."""
+    _write(todo.root, "broken", 1)
+    (todo.root / "functions" / "broken" / "index.ts").write_text(
+        'import { defineFunction } from "@flux/functions";\nexport default defineFunction({ name: "broken", '
+        "handler: async () => ({ ok: * }) });\n")
+    out = todo.flux("apply", "--auto-approve", check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "functions/broken/index.ts:2:" in out.stdout + out.stderr and "syntax error" in out.stdout + out.stderr
+    assert todo.daemon_info() is None
+    assert not (todo.stage_dir / "state.json").exists()
+    assert not (todo.stage_dir / "pg" / "postmaster.pid").exists()  # the database it started was stopped too
+    assert _processes_of(todo.root) == []
+    (todo.root / "functions" / "broken" / "index.ts").write_text(CODE.format(name="broken", v=1))
+    todo.flux("apply", "--auto-approve")  # fixed: it starts the runtime and deploys as ever
+    assert _call(todo.port, "broken") == {"fn": "broken", "v": 1}

@@ -146,3 +146,25 @@ def test_error_in_a_batch_names_its_file_and_the_rest_is_built(project: Path) ->
         store.ensure_many([spec_of(project, "list_todos")])
     src.write_text(src.read_text().replace("\nconst broken = ;\n", "\n"))
     assert store.ensure_many([spec_of(project, "list_todos")])["list_todos"].is_dir()
+
+
+def test_a_batch_keeps_a_bundle_another_apply_installed_and_replaces_a_crashed_leftover(project: Path) -> None:
+    """A batch renames its bundles into place without a lock: a complete bundle of the same digest that another
+    apply installed meanwhile is kept as it is (it is the same code), the remains of a crashed build (no meta.json)
+    are replaced, and nothing of the batch's temp dirs is left."""
+    specs = _specs(project)
+    store = ArtifactStore(project)
+    keep, broken = specs[0], specs[1]
+    theirs = store.path(keep.source_digest)
+    theirs.mkdir(parents=True)
+    (theirs / "index.mjs").write_text("// built by another apply\n")
+    (theirs / "meta.json").write_text("{}\n")
+    leftover = store.path(broken.source_digest)
+    leftover.mkdir()
+    (leftover / "index.mjs").write_text("// half of a crashed build\n")
+    out = store.ensure_many(specs)
+    assert (out[keep.name] / "index.mjs").read_text() == "// built by another apply\n"
+    assert "half of a crashed build" not in (out[broken.name] / "index.mjs").read_text()
+    assert json.loads((out[broken.name] / "meta.json").read_text())["function"] == broken.name
+    assert all(store.has(s.source_digest) for s in specs)
+    assert not list(store.dir.glob(".tmp-*"))

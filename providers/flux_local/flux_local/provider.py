@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -86,7 +86,7 @@ class LocalProvider:
             raise ProviderError("local provider used before configure()")
         return self.ctx
 
-    def ensure_daemon(self) -> dict[str, Any]:
+    def ensure_daemon(self, *, quiet: bool = False) -> dict[str, Any]:
         info = self.client.info()  # the common case (once per resource): no lock, a stat of daemon.json
         if info and info.get("revision") == ADMIN_REVISION:
             return info
@@ -95,11 +95,41 @@ class LocalProvider:
             if info and info.get("revision") == ADMIN_REVISION:
                 return info
             if info:  # a daemon of an older flux: restart it (it restores its table from runtime.json)
-                self._ctx.log("restarting the local runtime (flux was updated) ...")
+                if not quiet:
+                    self._ctx.log("restarting the local runtime (flux was updated) ...")
                 self.client.stop()
             ctx = self._ctx
-            self._ctx.log(f"starting the local runtime of stage {ctx.stage.name} ...")
+            if not quiet:
+                self._ctx.log(f"starting the local runtime of stage {ctx.stage.name} ...")
             return self.client.start(ctx.project.root, ctx.stage.name, ctx.project.name, ctx.stage.settings)
+
+    def get_ready(self, changes: list[tuple[str, str]]) -> Callable[[], None] | None:
+        """Start the stage's runtime in the background while the plan is checked and shown (an auto-approved apply
+        follows): its start (the database's first initdb, the host) then overlaps that instead of coming before the
+        first operation. Starting it changes nothing a plan reads: runtime.json's table is what it serves, as when
+        before_apply starts it. Returns what stops it again when the apply does not happen."""
+        if not any(action not in ("noop", "read", "delete") for _, action in changes):
+            return None
+        info = self.client.info()
+        if info and info.get("revision") == ADMIN_REVISION:
+            return None
+        self._ctx.log(f"starting the local runtime of stage {self._ctx.stage.name} ...")  # here: not mid-plan output
+        started: list[bool] = []
+
+        def start() -> None:
+            with contextlib.suppress(Exception):  # before_apply starts it again, and says why it cannot
+                self.ensure_daemon(quiet=True)
+                started.append(True)
+
+        thread = threading.Thread(target=start, name="flux-get-ready", daemon=True)
+        thread.start()
+
+        def undo() -> None:
+            thread.join()
+            if started:
+                self.client.stop()
+
+        return undo
 
     def dev(self, *, port: int | None = None) -> int:
         """`flux dev`: run the stage in the foreground with file watching (the Provider `dev` hook)."""
