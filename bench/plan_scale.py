@@ -12,7 +12,7 @@ apply and `destroy` of two anchors, each against flux in the same run:
   issue 15 are set against it), up to --design-max;
 - `terraform_graph`: the same graph as flux's (per function: the function + its route referencing it,
   plus one API), up to --graph-max. Terraform evaluates `terraform_data.function[count.index]` against the
-  whole list, so this anchor grows quadratically (at 1000: ~10x the DESIGN anchor's plan). Above
+  whole list, so this anchor grows about quadratically (at 1000: ~5x the DESIGN anchor's plan). Above
   --terraform-max its state is synthesized (as `terraform apply` writes it) and only its plan is timed.
 Prints seconds, ratios terraform/flux (> 1: flux faster) and growth factors.
 
