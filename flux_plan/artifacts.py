@@ -195,6 +195,15 @@ class ArtifactStore:
         d = self.path(digest)
         return (d / BUNDLE_FILE).is_file() and (d / META_FILE).is_file()
 
+    def built(self, spec: FunctionSpec) -> bool:
+        """Whether `spec`'s bundle exists, once the batch building it (if any) is done; never builds."""
+        digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
+        with self._pending_lock:
+            batch = self._pending.get(digest)
+        if batch is not None:
+            batch.result()  # never raises (see _build_batch_quietly)
+        return self.has(digest)
+
     def ensure(self, spec: FunctionSpec) -> Path:
         """The bundle dir of `spec` (built now when missing). Raises FluxError naming the source file."""
         digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
