@@ -226,6 +226,9 @@ class Project:
 @contextlib.contextmanager
 def flux_host(project: Project) -> Iterator[dict[str, Any]]:
     from flux_local.channel import HostChannel
+    from flux_local.logstore import LogStore
+
+    from flux_plan.secrets import Masker
 
     cfg = {"stage": "bench", "gateway_host": "127.0.0.1", "gateway_port": 0, "node_bin": shutil.which("node") or "",
            "max_body_bytes": 6291456}
@@ -236,8 +239,10 @@ def flux_host(project: Project) -> Iterator[dict[str, Any]]:
     try:
         ready = json.loads(proc.stdout.readline())
         # the supervisor channel (stdin/stdout); its reader drains the log stream so the host never blocks on it
-        channel = HostChannel(proc, lambda rec: None, lambda req: {"request_id": req.get("request_id")},
-                              on_raw=lambda line: None)
+        # records go to a real log store, as the daemon keeps them (what the supervisor costs per request)
+        store = LogStore(project.root / ".flux-bench-logs", mask=Masker())
+        channel = HostChannel(proc, store.append, lambda req: {"request_id": req.get("request_id")},
+                              on_raw=lambda line: None, on_log_lines=store.append_lines)
         channel.start()
         yield {"gw": f"http://127.0.0.1:{ready['gateway_port']}", "channel": channel, "pid": proc.pid}
     finally:

@@ -3,6 +3,8 @@ survives a restart) on real files and threads."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 from flux_local.asyncqueue import AsyncQueue
 from flux_local.logstore import LogStore, Masker, query
+from flux_local.runtime import deno_bin
 
 
 def test_logstore_masks_rotates_filters_and_follows(tmp_path: Path) -> None:
@@ -40,6 +43,38 @@ def test_logstore_masks_rotates_filters_and_follows(tmp_path: Path) -> None:
     store.append({"function": "f", "request_id": "later", "msg": "new"})
     t.join(timeout=5)
     assert got and got[0]["msg"] == "new"
+
+
+def test_host_lines_are_stored_as_written_unless_a_secret_may_be_in_them(tmp_path: Path) -> None:
+    """append_lines (the daemon's path for the host's records): lines JSON.stringify wrote (by a real deno) are
+    kept byte for byte when no secret value can be in them, and masked as append masks when one can: verbatim,
+    a short whole-word value next to an escape, or (any value JSON escapes: every line parsed) a quoted one."""
+    msgs = ["plain access", "key long-secret-value-1 leaked", 'quoted pa"ss\\word here', "\nabcd\t", "abcdef"]
+    script = ("for (const [i, m] of JSON.parse(Deno.args[0]).entries()) console.log(JSON.stringify("
+              "{ts: '2026-01-01T00:00:00.000Z', level: 'info', stage: 'dev', function: 'f', request_id: 'r' + i, "
+              "msg: m, data: {path: '/p'}}))")
+    out = subprocess.run([deno_bin(), "eval", script, json.dumps(msgs)], capture_output=True, check=True).stdout
+    lines = out.splitlines()
+    assert len(lines) == len(msgs)
+
+    plain = Masker()
+    plain.set_values(["abcd", "long-secret-value-1"])
+    store = LogStore(tmp_path / "a", mask=plain)
+    store.append_lines(lines)
+    stored = store.current.read_bytes().splitlines()
+    assert stored[0] == lines[0] and stored[2] == lines[2]  # nothing to mask: as the host wrote them
+    assert json.loads(stored[4]) == json.loads(lines[4])  # "abcd" is in the text, not as a word: parsed, unchanged
+    recs = list(query(tmp_path / "a"))
+    assert [r["msg"] for r in recs] == [msgs[0], "key ******** leaked", msgs[2], "\n********\t", "abcdef"]
+    assert [r["request_id"] for r in recs] == [f"r{i}" for i in range(5)] and recs[1]["data"] == {"path": "/p"}
+    assert "long-secret-value-1" not in store.current.read_text()
+
+    quoted = Masker()
+    quoted.set_values(['pa"ss\\word'])
+    store = LogStore(tmp_path / "b", mask=quoted)
+    store.append_lines(lines)
+    assert [r["msg"] for r in query(tmp_path / "b")] == [*msgs[:2], "quoted ******** here", *msgs[3:]]
+    assert 'pa\\"ss' not in store.current.read_text()
 
 
 def test_queue_retries_then_delivers_and_survives_restart(tmp_path: Path) -> None:
