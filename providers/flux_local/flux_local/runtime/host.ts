@@ -513,14 +513,18 @@ class NodeWorker extends WorkerHandle {
   private async readLines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void,
     afterChunk?: () => void): Promise<void> {
     let pending = "";
-    // a plain reader + streaming TextDecoder: no TransformStream stage (and its promise hops) per chunk
-    const reader = stream.getReader();
+    // a plain reader + streaming TextDecoder: no TransformStream stage (and its promise hops) per chunk; BYOB into
+    // one reused buffer: the default reader allocates (and zero-fills) 64 KiB per read (memset was ~4% of the
+    // host's CPU at 1 connection, perf)
+    const reader = stream.getReader({ mode: "byob" });
     const decoder = new TextDecoder();
+    let buf = new Uint8Array(1 << 16);
     try {
       for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
+        const { value, done } = await reader.read(buf);
+        if (done || !value) break;
         pending += decoder.decode(value, { stream: true });
+        buf = new Uint8Array(value.buffer);
         let nl: number;
         while ((nl = pending.indexOf("\n")) >= 0) {
           const line = pending.slice(0, nl);
