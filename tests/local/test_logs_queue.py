@@ -120,3 +120,43 @@ def test_queue_gives_up_after_three_attempts(tmp_path: Path) -> None:
         q.stop()
     assert attempts == [1, 2, 3]
     assert len(list((tmp_path / "dead").glob("*.json"))) == 1 and q.pending_count() == 0
+
+
+def test_channel_hands_log_lines_over_in_order_and_a_long_reply_whole(tmp_path: Path) -> None:
+    """HostChannel with on_log_lines, against a real deno process speaking the host's side: the records written
+    before a reply are stored before the reply is seen, a reply far longer than one read (3 MB) arrives whole, and
+    lines that are not records still reach on_record / the waiter."""
+    from flux_local.channel import HostChannel
+
+    script = """const buf = new Uint8Array(4096); const n = await Deno.stdin.read(buf);
+const req = JSON.parse(new TextDecoder().decode(buf.subarray(0, n)));
+const rec = (i) => JSON.stringify({ts: "2026-01-01T00:00:00.000Z", level: "info", stage: "dev", function: "f",
+  request_id: "r" + i, msg: "access", data: null});
+const out = [rec(1), rec(2), JSON.stringify({reply_to: req.id, ok: true, body: "x".repeat(3 * 1024 * 1024)}),
+  rec(3), "not json"].join("\\n") + "\\n" + rec(4);
+const data = new TextEncoder().encode(out);
+for (let off = 0; off < data.length;) off += Deno.stdout.writeSync(data.subarray(off, off + 1000));"""
+    proc = subprocess.Popen([deno_bin(), "eval", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    store = LogStore(tmp_path, mask=Masker())
+    events: list[Any] = []
+
+    def on_lines(lines: list[bytes]) -> None:
+        events.append([json.loads(x)["request_id"] for x in lines])
+        store.append_lines(lines)
+
+    channel = HostChannel(proc, lambda rec: events.append(rec["msg"]), lambda req: {}, on_log_lines=on_lines)
+    try:
+        channel.start()
+        reply = channel.call("probe", {}, 60)
+        assert reply["body"] == "x" * (3 * 1024 * 1024)
+        assert proc.wait(timeout=30) == 0
+        assert channel.closed.wait(10)
+    finally:
+        proc.kill()
+        proc.wait()
+    # records are handed over (and stored) before the next line that is not one is acted on, in their order
+    flat = [e for ev in events for e in (ev if isinstance(ev, list) else [ev])]
+    assert flat == ["r1", "r2", "r3", "not json", "r4"]
+    # the reply between r2 and r3 split them: r1, r2 were stored before the waiter got its reply
+    assert not any(isinstance(ev, list) and "r2" in ev and "r3" in ev for ev in events)
+    assert [r["request_id"] for r in query(tmp_path)] == ["r1", "r2", "r3", "r4"]

@@ -116,14 +116,19 @@ class HostChannel:
         """The host's stdout as lists of lines, one list per read (all that had arrived)."""
         assert self.proc.stdout is not None
         stream = self.proc.stdout
-        rest = b""
+        partial: list[bytes] = []  # a line longer than one read (an invoke reply's body): joined once, not per read
         while chunk := stream.read1(1 << 16):  # type: ignore[attr-defined]
-            lines = (rest + chunk).split(b"\n")
+            if b"\n" not in chunk:
+                partial.append(chunk)
+                continue
+            if partial:
+                chunk = b"".join([*partial, chunk])
+            lines = chunk.split(b"\n")
             rest = lines.pop()
-            if lines:
-                yield lines
-        if rest:
-            yield [rest]
+            partial = [rest] if rest else []
+            yield lines
+        if partial:
+            yield [b"".join(partial)]
 
     def _read(self) -> None:
         logs: list[bytes] = []

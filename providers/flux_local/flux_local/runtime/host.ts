@@ -26,7 +26,8 @@
 //     the table), "invoke" {function, request_id, input} -> {status, body, headers?} (the async queue), "health" ->
 //     {functions:{name:stats}}, "shutdown" (drain, exit). EOF on stdin (the supervisor died): shutdown.
 //   host -> supervisor (stdout): replies as above; log records {ts, level, stage, function, request_id, msg, data}
-//     (no id/op/reply_to); requests {"id":N,"op":"enqueue",function,request_id,input} (an async route's call), answered
+//     (no id/op/reply_to; every record line starts `{"ts":`, nothing else does: the supervisor stores those lines
+//     unparsed by that prefix, flux_local/channel.py); requests {"id":N,"op":"enqueue",function,request_id,input} (an async route's call), answered
 //     on stdin by {"reply_to":N,"ok":true,"request_id":...}. The ids of the two directions are independent.
 
 import {
