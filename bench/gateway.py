@@ -91,6 +91,22 @@ console.log(JSON.stringify({ p50_us: lat[n >> 1] * 1000 }));
 child.kill("SIGKILL");
 Deno.exit(0);
 """
+# The floor of the whole design at the HTTP level: bare's Deno.serve handing each request to a child deno process
+# over a pipe and answering from its reply (no routing, no runtime, no access record): what a gateway in front of
+# a process per function costs at least, measured like the others.
+HOP_SERVER_TS = """const port = Number(Deno.args[0]);
+const child = new Deno.Command(Deno.execPath(), { args: ["run", "--quiet", Deno.args[1]], stdin: "piped", stdout: "piped" }).spawn();
+const w = child.stdin.getWriter(); const r = child.stdout.getReader();
+const enc = new TextEncoder(); const dec = new TextDecoder();
+let queue = Promise.resolve();
+Deno.serve({ hostname: "127.0.0.1", port, onListen() {} }, async (req) => {
+  const body = await req.text();
+  const turn = queue.then(async () => { await w.write(enc.encode(body.replaceAll("\\n", " ") + "\\n")); return (await r.read()).value; });
+  queue = turn.catch(() => {});
+  const input = JSON.parse(dec.decode(await turn));
+  return new Response(JSON.stringify({ message: `Hello, ${input.name}!` }), { headers: { "content-type": "application/json" } });
+});
+"""
 WRK_LUA = f"""wrk.method = "POST"
 wrk.body = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
@@ -154,10 +170,13 @@ def _wrk_lat(out: str, pct: str) -> float:
 
 
 @contextlib.contextmanager
-def bare_server(work: Path) -> Iterator[dict[str, Any]]:
-    (work / "bare.ts").write_text(BARE_TS)
+def bare_server(work: Path, script: str = BARE_TS) -> Iterator[dict[str, Any]]:
+    name = "bare.ts" if script == BARE_TS else "hop.ts"
+    (work / name).write_text(script)
+    (work / "echo.mjs").write_text(PIPE_ECHO_MJS)
     port = free_port()
-    proc = subprocess.Popen([deno_bin(), "run", "--allow-net=127.0.0.1", str(work / "bare.ts"), str(port)])
+    proc = subprocess.Popen([deno_bin(), "run", "--allow-net=127.0.0.1", "--allow-run", "--allow-read", str(work / name),
+                             str(port), str(work / "echo.mjs")])
     try:
         wait_http(f"http://127.0.0.1:{port}/")
         yield {"url": f"http://127.0.0.1:{port}/", "pid": proc.pid}
@@ -226,6 +245,9 @@ class Project:
 @contextlib.contextmanager
 def flux_host(project: Project) -> Iterator[dict[str, Any]]:
     from flux_local.channel import HostChannel
+    from flux_local.logstore import LogStore
+
+    from flux_plan.secrets import Masker
 
     cfg = {"stage": "bench", "gateway_host": "127.0.0.1", "gateway_port": 0, "node_bin": shutil.which("node") or "",
            "max_body_bytes": 6291456}
@@ -236,8 +258,10 @@ def flux_host(project: Project) -> Iterator[dict[str, Any]]:
     try:
         ready = json.loads(proc.stdout.readline())
         # the supervisor channel (stdin/stdout); its reader drains the log stream so the host never blocks on it
-        channel = HostChannel(proc, lambda rec: None, lambda req: {"request_id": req.get("request_id")},
-                              on_raw=lambda line: None)
+        # records go to a real log store, as the daemon keeps them (what the supervisor costs per request)
+        store = LogStore(project.root / ".flux-bench-logs", mask=Masker())
+        channel = HostChannel(proc, store.append, lambda req: {"request_id": req.get("request_id")},
+                              on_raw=lambda line: None, on_log_lines=store.append_lines)
         channel.start()
         yield {"gw": f"http://127.0.0.1:{ready['gateway_port']}", "channel": channel, "pid": proc.pid}
     finally:
@@ -255,14 +279,14 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
     """Bare Deno.serve and every flux variant measured in interleaved rounds with the same warm-up, the same
     connections and the same durations; ratios are taken within each round (same machine state) and the median
     over rounds is reported (another tenant's burst hits one round, not the result)."""
-    names = ["bare", *variants]
+    names = ["bare", "hop", *variants]
     rounds: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     with flux_host(project) as h:
         # one pool per variant (the same code; the module's name must be the function's), routes /<variant>
         fns = {vname: {**project.function(vname), **extra} for vname, extra in variants.items()}
         put_config(h, fns)
-        with bare_server(work) as bare:
-            targets = {"bare": (bare["url"], bare["pid"])}
+        with bare_server(work) as bare, bare_server(work, HOP_SERVER_TS) as hop:
+            targets = {"bare": (bare["url"], bare["pid"]), "hop": (hop["url"], hop["pid"])}
             targets.update({n: (f"{h['gw']}/{n}", h["pid"]) for n in variants})
             for url, _ in targets.values():
                 wait_http(url)
@@ -292,6 +316,12 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
     print(f"  {'bare Deno.serve':<22} {b['rps']:>8.0f} req/s  p50 {b['p50_us']:>5.0f} us  p99 {b['p99_us']:>6.0f} us"
           f"  cpu {b['cpu_us']:>5.1f} us/req")
     summary: dict[str, Any] = {"bare": b}
+    hop = med["hop"]
+    hop_p50 = statistics.median(f["p50_us"] / br["p50_us"] for br, f in zip(rounds["bare"], rounds["hop"], strict=True))
+    print(f"  {'Deno.serve + pipe hop':<22} p50 {hop['p50_us']:>5.0f} us = {hop_p50:.2f}x bare at 1 connection (the "
+          f"floor of a gateway in front of a process per function; one request at a time on its pipe, so its req/s "
+          f"at {args.connections} connections, {hop['rps']:.0f}, is no floor)")
+    summary["hop"] = {**hop, "p50_ratio": hop_p50}
     for name in variants:
         m = med[name]
         pairs = list(zip(rounds["bare"], rounds[name], strict=True))
@@ -304,6 +334,8 @@ def bench_throughput(args: argparse.Namespace, work: Path, load: Load, project: 
         print(f"    -> throughput {100 * thr_ratio:.0f}% of bare [{_verdict(thr_ratio >= 0.5)} >= 50%]  "
               f"warm p50 {p50_ratio:.2f}x [{_verdict(p50_ratio <= 2)} <= 2x]  p99 {p99_ratio:.2f}x  "
               f"cpu/request {cpu_ratio:.2f}x")
+        hop_ratio = statistics.median(f["p50_us"] / hp["p50_us"] for hp, f in zip(rounds["hop"], rounds[name], strict=True))
+        print(f"       p50 {hop_ratio:.2f}x the Deno.serve + pipe hop floor's")
         thr_rounds = ", ".join(f"{100 * f['rps'] / br['rps']:.0f}%" for br, f in pairs)
         p50_rounds = ", ".join(f"{f['p50_us'] / br['p50_us']:.2f}x" for br, f in pairs)
         print(f"       per round: throughput {thr_rounds}; p50 {p50_rounds}")

@@ -85,6 +85,9 @@ def parse_dotenv(path: Path) -> dict[str, str]:
 MASK = "********"
 
 
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')
+
+
 class Masker:
     """Replaces every known secret value in log records; values are swapped atomically on rotation.
 
@@ -98,13 +101,25 @@ class Masker:
 
     def __init__(self) -> None:
         self._pattern: re.Pattern[str] | None = None
+        # (any value as plain text, without word boundaries; True when a value holds a character JSON escapes)
+        self._anywhere: tuple[re.Pattern[str] | None, bool] = (None, False)
 
     def set_values(self, values: Any) -> None:
         # Longest first so a value containing another is masked whole; values under 4 characters would
         # mask ordinary words and are left alone (they are not secrets anybody can keep anyway).
         vals = sorted({v for v in values if isinstance(v, str) and len(v) >= MIN_MASK_LEN}, key=len, reverse=True)
         parts = [re.escape(v) if len(v) >= self.LONG else rf"(?<!\w){re.escape(v)}(?!\w)" for v in vals]
+        self._anywhere = (re.compile("|".join(map(re.escape, vals))) if vals else None,
+                          any(_JSON_ESCAPED.search(v) for v in vals))
         self._pattern = re.compile("|".join(parts)) if parts else None
+
+    def may_hold(self, json_text: str) -> bool:
+        """False when no value can be in any string of this JSON text (JSON.stringify's output: it escapes only
+        quotes, backslashes, control characters and lone surrogates), so the text needs no masking as it is: a
+        value with none of those characters appears verbatim in the text of a string that contains it. Lets the
+        log store keep the host's access records as they came, without parsing each one."""
+        anywhere, escaped = self._anywhere
+        return escaped or (anywhere is not None and anywhere.search(json_text) is not None)
 
     def __call__(self, text: str) -> str:
         pattern = self._pattern

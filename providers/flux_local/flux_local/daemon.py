@@ -535,7 +535,8 @@ class Daemon:
             code = self.host.poll()
             self._kill_host()
             raise RuntimeError("the Deno host did not start" + (f" (exit code {code})" if code is not None else ""))
-        channel = HostChannel(self.host, self._record, self._host_request, counter=self.channel_sent)
+        channel = HostChannel(self.host, self._record, self._host_request, counter=self.channel_sent,
+                              on_log_lines=self._record_lines)
         channel.start()
         with self.table_lock:
             self._channel = channel
@@ -582,6 +583,18 @@ class Daemon:
         if self.on_log:
             with contextlib.suppress(Exception):
                 self.on_log(rec)
+
+    def _record_lines(self, lines: list[bytes]) -> None:
+        """The host's records of one read, as it wrote them (every field present): stored in one write, parsed
+        only when `flux dev` prints them live."""
+        if self.on_log:
+            for raw in lines:
+                with contextlib.suppress(ValueError):
+                    rec = json.loads(raw)
+                    if isinstance(rec, dict):
+                        self._record(rec)
+            return
+        self.logs.append_lines(lines)
 
     def _invoke_now(self, function: str, request_id: str, payload: Any, attempt: int) -> tuple[int, Any]:
         if not self.host_ready.wait(timeout=30):

@@ -26,7 +26,8 @@
 //     the table), "invoke" {function, request_id, input} -> {status, body, headers?} (the async queue), "health" ->
 //     {functions:{name:stats}}, "shutdown" (drain, exit). EOF on stdin (the supervisor died): shutdown.
 //   host -> supervisor (stdout): replies as above; log records {ts, level, stage, function, request_id, msg, data}
-//     (no id/op/reply_to); requests {"id":N,"op":"enqueue",function,request_id,input} (an async route's call), answered
+//     (no id/op/reply_to; every record line starts `{"ts":`, nothing else does: the supervisor stores those lines
+//     unparsed by that prefix, flux_local/channel.py); requests {"id":N,"op":"enqueue",function,request_id,input} (an async route's call), answered
 //     on stdin by {"reply_to":N,"ok":true,"request_id":...}. The ids of the two directions are independent.
 
 import {
@@ -513,14 +514,18 @@ class NodeWorker extends WorkerHandle {
   private async readLines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void,
     afterChunk?: () => void): Promise<void> {
     let pending = "";
-    // a plain reader + streaming TextDecoder: no TransformStream stage (and its promise hops) per chunk
-    const reader = stream.getReader();
+    // a plain reader + streaming TextDecoder: no TransformStream stage (and its promise hops) per chunk; BYOB into
+    // one reused buffer: the default reader allocates (and zero-fills) 64 KiB per read (memset was ~4% of the
+    // host's CPU at 1 connection, perf)
+    const reader = stream.getReader({ mode: "byob" });
     const decoder = new TextDecoder();
+    let buf = new Uint8Array(1 << 16);
     try {
       for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
+        const { value, done } = await reader.read(buf);
+        if (done || !value) break;
         pending += decoder.decode(value, { stream: true });
+        buf = new Uint8Array(value.buffer);
         let nl: number;
         while ((nl = pending.indexOf("\n")) >= 0) {
           const line = pending.slice(0, nl);

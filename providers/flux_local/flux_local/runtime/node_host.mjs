@@ -20,6 +20,8 @@ const writeOut = DENO
   : process.stdout.write.bind(process.stdout);
 let buf = [];
 let scheduled = false;
+/** resolves the read loop's wait for the answer to the chunk it read (Deno, see the loop at the end) */
+let answeredChunk = null;
 // Deno: the host keeps at most one unanswered batch per deno worker (host.ts NodeWorker, "adaptive batching"), so
 // every chunk read from stdin is answered exactly once, ACK_HOPS microtask turns later: with the results of the
 // handlers that finished by then (most that do no I/O) or a bare "ack" line. Node workers are not batched.
@@ -37,10 +39,12 @@ function flush() {
     if (!ackDue) return;
     buf.push('{"t":"ack"}');
   }
+  const answered = ackDue;
   ackDue = false;
   const text = buf.join("\n") + "\n";
   buf = [];
   writeOut(text);
+  if (answered) answeredChunk?.();
 }
 function schedule(extraHops) {
   hops = Math.max(hops, extraHops);
@@ -109,12 +113,20 @@ function onChunk(chunk) {
 if (DENO) {
   const decoder = new TextDecoder();
   const rbuf = new Uint8Array(1 << 16);
+  // The next read starts once this chunk is answered, not before: the host sends nothing until it reads the answer
+  // (one unanswered batch per worker), and starting a read is not free (Deno reads stdin on a blocking-pool thread:
+  // a dup of fd 0 and a thread wake-up per read). Started first, it sat between a request and its result at 1
+  // connection (strace); now it runs while the host handles the result.
+  const answer = (resolve) => (answeredChunk = resolve);
   for (;;) {
     const n = await DENO.stdin.read(rbuf);
     if (n === null) DENO.exit(0);
     ackDue = true;
+    const answered = new Promise(answer);
     schedule(ACK_HOPS); // before dispatching: the answer must go out even if a message handler throws
     onChunk(decoder.decode(rbuf.subarray(0, n), { stream: true }));
+    await answered;
+    answeredChunk = null;
   }
 } else {
   process.stdin.setEncoding("utf8");
