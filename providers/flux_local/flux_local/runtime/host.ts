@@ -1,14 +1,15 @@
 // Flux local runtime host: the HTTP gateway, the channel to the Python supervisor, and one pool of workers per
-// function (sandboxed Deno Workers in this process; `node` processes for runtime "node").
+// function: each deno function runs in a `deno run` process of its own (NodeWorker: its own V8 heap limit, the
+// sandbox flags of that function), `node` processes for runtime "node"; sandboxed Deno Workers in this process only
+// with host config "deno_threads" (DenoWorker).
 //
-// Python is never on the request path: a request is routed here and handed to a worker over an in-process
-// channel (DESIGN §9). The raw body text is posted to the worker, which parses it: that keeps JSON work off this
-// thread and a string is the cheapest thing to structured-clone (measured: see bench/gateway.py).
-// Performance notes (measured with bench/gateway.py on 2 shared cores, ratios to a bare Deno.serve in one run):
-// the dominant per-request cost is waking the other thread per postMessage, so the Deno worker channel batches
-// adaptively (one unacknowledged batch per worker, see DenoWorker) with invoke/result packed flat; that took
-// throughput from ~36% to ~60% of bare and CPU per request from ~4.5x to ~2x. Routing, the body-size check and
-// AsyncLocalStorage measured below noise; 1-connection p50 (~3x bare) is bound by the two cross-thread wake-ups.
+// Python is never on the request path: a request is routed here and handed to a worker over its pipe (or an
+// in-process channel). The raw body text goes to the worker, which parses it: that keeps JSON work off this thread.
+// Performance notes (bench/gateway.py on 2 shared cores, ratios to a bare Deno.serve in one run; README "Local
+// runtime" has the figures): a worker gets its requests in adaptive batches (one unanswered batch per worker), and
+// the access records leave as one string per 4 ms flush, stored by the supervisor as written. What is left is the
+// process hop itself: bare Deno.serve handing each request to a child deno over a pipe measures ~4x bare's p50 at 1
+// connection, and ~60 us of CPU per request (host + worker) bounds throughput on 2 cores.
 //
 // Supervisor channel (DESIGN §8). The host's only listener is the gateway: the supervisor (daemon.py, flux_local/
 // channel.py) talks to it over the host's stdin/stdout, which it owns anyway, as JSON lines (one object per line);
