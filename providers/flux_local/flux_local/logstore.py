@@ -54,16 +54,7 @@ class LogStore:
         # JSON text and would slip through a mask applied to the line.
         if self.mask is not None:
             record = self.mask.record(record)
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        with self._lock:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            try:
-                if self.current.stat().st_size + len(line) > self.max_bytes:
-                    self._rotate()
-            except FileNotFoundError:
-                pass
-            with open(self.current, "a", encoding="utf-8") as fh:
-                fh.write(line)
+        self._write((json.dumps(record, ensure_ascii=False, default=str) + "\n").encode())
 
     def append_lines(self, lines: list[bytes]) -> None:
         """Records as the host wrote them (JSON lines holding every field), in one write. A line stays as it
@@ -81,7 +72,10 @@ class LogStore:
             out.append(text.encode())
         if not out:
             return
-        data = b"\n".join(out) + b"\n"
+        self._write(b"\n".join(out) + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        """Append whole lines, rotating first when they would take the current file past max_bytes."""
         with self._lock:
             self.dir.mkdir(parents=True, exist_ok=True)
             try:
