@@ -384,6 +384,7 @@ def main() -> None:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         doc = {"bench": "plan_scale", "when": when, "machine": info,
                "parallelism": args.parallelism, "terraform_max": args.terraform_max, "graph_max": args.graph_max,
+               "design_synth_above": args.design_synth_above if args.design_synth_above < 1 << 30 else None,
                "terraform_version": _tf_version(tf_bin) if with_tf else None,
                "results": {k: {str(n): v for n, v in rows.items()} for k, rows in results.items()},
                "runs": [{"when": when, "machine": info, "sizes": sizes}]}

@@ -70,9 +70,13 @@ def section(previous: str = "") -> str:
                          + f" on {r['machine']}" for r in runs)
         graph = f"; above N={scale['terraform_max']} its state is synthesized: plan only" \
             if any(int(n) > scale["terraform_max"] for n in tg) else ""
+        above = scale.get("design_synth_above")
+        design = f" (above N={above} its state is synthesized: plan only)" \
+            if above is not None and any(int(n) > above for n in tf) else ""
         lines += [f"Plan and apply, {when}; terraform {scale.get('terraform_version') or 'not run'}, local backend, "
                   f"parallelism {scale['parallelism']} for both tools, on two anchors: **DESIGN §9's** (one "
-                  "`terraform_data` per function, no references: what the targets are set against) and **the same "
+                  f"`terraform_data` per function, no references: what the targets are set against){design} and "
+                  "**the same "
                   "graph as flux's** (a function and a route referencing it per function, plus one API: "
                   f"2N+1 resources, as flux's state has{graph}). Each ratio compares two tools measured in the "
                   "same run (> 1: flux faster).",
