@@ -225,12 +225,7 @@ class ArtifactStore:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=self.dir))
             try:
                 self._build(spec, digest, tmp)
-                final = self.path(digest)
-                if self.has(digest):  # another apply's batch installed it meanwhile (batches take no lock)
-                    return final
-                if final.exists():  # a leftover without meta.json (crash mid-way before rename is impossible)
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
+                self._replace_into(digest, tmp)  # another apply's batch may have installed it meanwhile
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -364,11 +359,17 @@ class ArtifactStore:
             if self.has(digest):
                 return
         with _file_lock(str(self.dir / f".{digest}.lock")):
-            if self.has(digest):
-                return
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(out, final)
+            self._replace_into(digest, out)
+
+    def _replace_into(self, digest: str, out: Path) -> None:
+        """Under the digest's lock: keep a complete bundle already there (batches install without the lock), else
+        replace what is there (a leftover without meta.json: a crash mid-way before the rename is impossible)."""
+        if self.has(digest):
+            return
+        final = self.path(digest)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(out, final)
 
     def _entry(self, spec: FunctionSpec) -> Path:
         fn_dir = self.root / spec.dir

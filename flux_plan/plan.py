@@ -359,20 +359,23 @@ def make_plan(
         if c.type == "function" and c.action in ("create", "update", "replace")
     }
     undo = _get_ready(ws, plan, specs) if get_ready else None
-    if plan.artifacts:  # code that would fail to bundle at apply time fails the plan, with its position
-        from flux_plan.check import syntax_problems
+    try:
+        if plan.artifacts:  # code that would fail to bundle at apply time fails the plan, with its position
+            from flux_plan.check import syntax_problems
 
-        todo = [specs[n] for n in sorted(plan.artifacts)]
-        if get_ready:
-            # being bundled (_get_ready): the code a built bundle imports has no syntax error, so only functions
-            # whose bundle failed are checked, for the located message (at 1000 functions the check was ~1.4 s of
-            # CPU, a second parse of what the bundler parses anyway)
-            todo = [spec for spec in todo if not ws.artifacts.built(spec)]
-        found = syntax_problems(ws.root, todo)
-        if found:
-            if undo is not None:
-                undo()
-            raise ValidationFailed(problems=found)
+            todo = [specs[n] for n in sorted(plan.artifacts)]
+            if get_ready:
+                # being bundled (_get_ready): the code a built bundle imports has no syntax error, so only functions
+                # whose bundle failed are checked, for the located message (at 1000 functions the check was ~1.4 s
+                # of CPU, a second parse of what the bundler parses anyway)
+                todo = [spec for spec in todo if not ws.artifacts.built(spec)]
+            found = syntax_problems(ws.root, todo)
+            if found:
+                raise ValidationFailed(problems=found)
+    except BaseException:  # no apply follows (a failed check, esbuild missing, Ctrl-C): undo what got ready
+        if undo is not None:
+            undo()
+        raise
     return plan
 
 
@@ -380,9 +383,8 @@ def _get_ready(ws: Workspace, plan: Plan, specs: dict[str, FunctionSpec]) -> Cal
     """The apply follows at once: bundle and let the provider get ready (e.g. start its runtime) in the background
     while the code check runs and the plan is shown, instead of before the first operation. At 1000 functions the
     code check alone takes ~0.8 s and a first start of the local runtime (its database's initdb) ~1.6 s. Returns what
-    stops the provider's part again when the apply does not happen; bundles are a cache and stay."""
-    if not any(c.action in ("create", "update", "replace") for c in plan.changes):
-        return None
+    stops the provider's part again when the apply does not happen; bundles are a cache and stay. The provider decides
+    from the changes whether it needs anything (the local one: not for deletes only)."""
     if plan.artifacts:
         ws.artifacts.prepare(specs[n] for n in plan.artifacts)
     hook = getattr(ws.provider, "get_ready", None)

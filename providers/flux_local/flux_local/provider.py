@@ -28,7 +28,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeGuard
 
 from flux_local.client import DaemonClient
 from flux_local.procs import ADMIN_REVISION
@@ -86,13 +86,22 @@ class LocalProvider:
             raise ProviderError("local provider used before configure()")
         return self.ctx
 
+    @staticmethod
+    def _needs_daemon(changes: list[tuple[str, str]]) -> bool:
+        return any(action not in ("noop", "read", "delete") for _, action in changes)
+
+    @staticmethod
+    def _is_current(info: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+        """A live daemon's daemon.json (client.info()) of this flux's admin revision."""
+        return info is not None and info.get("revision") == ADMIN_REVISION
+
     def ensure_daemon(self, *, quiet: bool = False) -> dict[str, Any]:
         info = self.client.info()  # the common case (once per resource): no lock, a stat of daemon.json
-        if info and info.get("revision") == ADMIN_REVISION:
+        if self._is_current(info):
             return info
         with self._start_lock:
             info = self.client.info()
-            if info and info.get("revision") == ADMIN_REVISION:
+            if self._is_current(info):
                 return info
             if info:  # a daemon of an older flux: restart it (it restores its table from runtime.json)
                 if not quiet:
@@ -108,10 +117,7 @@ class LocalProvider:
         follows): its start (the database's first initdb, the host) then overlaps that instead of coming before the
         first operation. Starting it changes nothing a plan reads: runtime.json's table is what it serves, as when
         before_apply starts it. Returns what stops it again when the apply does not happen."""
-        if not any(action not in ("noop", "read", "delete") for _, action in changes):
-            return None
-        info = self.client.info()
-        if info and info.get("revision") == ADMIN_REVISION:
+        if not self._needs_daemon(changes) or self._is_current(self.client.info()):
             return None
         self._ctx.log(f"starting the local runtime of stage {self._ctx.stage.name} ...")  # here: not mid-plan output
         started: list[bool] = []
@@ -233,7 +239,7 @@ class LocalProvider:
     # -- changes ------------------------------------------------------------------------------------
     def before_apply(self, changes: list[tuple[str, str]]) -> None:
         # every edit below reaches the host as one delta message (O(1)), so an apply needs no hold of the table
-        if any(action not in ("noop", "read", "delete") for _, action in changes):
+        if self._needs_daemon(changes):
             self.ensure_daemon()
         names = sorted(addr.split(".", 1)[1] for addr, action in changes
                        if addr.startswith("function.") and action in ("create", "update", "replace"))
@@ -254,7 +260,7 @@ class LocalProvider:
     def _precheck(self, spec: FunctionSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
         try:  # any failure (a bundling error, the daemon gone) is left to the function's own operation to report
             cfg = function_config(spec, str(self._ctx.artifacts.ensure(spec) / "index.mjs"))
-            return cfg, self.client.ok("POST", f"/admin/check/{_q(spec.name)}", cfg)
+            return cfg, self._check(spec.name, cfg)
         except Exception:
             return None
 
@@ -270,7 +276,11 @@ class LocalProvider:
         done = fut.result() if fut is not None else None
         if done is not None and done[0] == cfg:
             return done[1]
-        return self.client.ok("POST", f"/admin/check/{_q(name)}", cfg)
+        return self._check(name, cfg)
+
+    def _check(self, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The host loads the function once, outside the table: {ok, error?}."""
+        return dict(self.client.ok("POST", f"/admin/check/{_q(name)}", cfg))
 
     def create(self, resource: Resource) -> ProviderResult:
         return self._put(resource)

@@ -438,6 +438,37 @@ class DenoWorker extends WorkerHandle {
   }
 }
 
+/** The lines of a process pipe, handed to `onLine` as they arrive (empty ones skipped, a last unterminated one at
+ * the end); `afterChunk`: called once the lines of each chunk read are handled. Ends quietly when the process goes. */
+async function readLines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void,
+  afterChunk?: () => void): Promise<void> {
+  let pending = "";
+  // a plain reader + streaming TextDecoder: no TransformStream stage (and its promise hops) per chunk; BYOB into
+  // one reused buffer: the default reader allocates (and zero-fills) 64 KiB per read (memset was ~4% of the
+  // host's CPU at 1 connection, perf)
+  const reader = stream.getReader({ mode: "byob" });
+  const decoder = new TextDecoder();
+  let buf = new Uint8Array(1 << 16);
+  try {
+    for (;;) {
+      const { value, done } = await reader.read(buf);
+      if (done || !value) break;
+      pending += decoder.decode(value, { stream: true });
+      buf = new Uint8Array(value.buffer);
+      let nl: number;
+      while ((nl = pending.indexOf("\n")) >= 0) {
+        const line = pending.slice(0, nl);
+        pending = pending.slice(nl + 1);
+        if (line) onLine(line);
+      }
+      afterChunk?.();
+    }
+  } catch {
+    // the process went away: its caller learns why from the process status
+  }
+  if (pending) onLine(pending);
+}
+
 /** The directory of a function's bundle: the only files its sandbox may read besides Flux's runtime. */
 function bundleDirOf(fc: FnConfig): string {
   return fc.bundle.replace(/\/[^/]*$/, "");
@@ -489,7 +520,7 @@ class NodeWorker extends WorkerHandle {
     }).spawn();
     this.writer = this.child.stdin.getWriter();
     this.batched = pool.fc.runtime === "deno";
-    this.readLines(this.child.stdout, (line) => {
+    readLines(this.child.stdout, (line) => {
       let m: Msg;
       try {
         m = JSON.parse(line);
@@ -499,7 +530,7 @@ class NodeWorker extends WorkerHandle {
       }
       this.onMessage(m);
     }, this.batched ? this.acked : undefined);
-    this.readLines(this.child.stderr, (line) => {
+    readLines(this.child.stderr, (line) => {
       this.stderrTail.push(line);
       if (this.stderrTail.length > 20) this.stderrTail.shift();
     });
@@ -509,36 +540,6 @@ class NodeWorker extends WorkerHandle {
         OOM_RE.test(tail));
     });
     this.init();
-  }
-
-  /** `afterChunk`: called once the lines of each chunk read are handled. */
-  private async readLines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void,
-    afterChunk?: () => void): Promise<void> {
-    let pending = "";
-    // a plain reader + streaming TextDecoder: no TransformStream stage (and its promise hops) per chunk; BYOB into
-    // one reused buffer: the default reader allocates (and zero-fills) 64 KiB per read (memset was ~4% of the
-    // host's CPU at 1 connection, perf)
-    const reader = stream.getReader({ mode: "byob" });
-    const decoder = new TextDecoder();
-    let buf = new Uint8Array(1 << 16);
-    try {
-      for (;;) {
-        const { value, done } = await reader.read(buf);
-        if (done || !value) break;
-        pending += decoder.decode(value, { stream: true });
-        buf = new Uint8Array(value.buffer);
-        let nl: number;
-        while ((nl = pending.indexOf("\n")) >= 0) {
-          const line = pending.slice(0, nl);
-          pending = pending.slice(nl + 1);
-          if (line) onLine(line);
-        }
-        afterChunk?.();
-      }
-    } catch {
-      // the process went away; status handler reports it
-    }
-    if (pending) onLine(pending);
   }
 
   send(m: Msg): void {
@@ -1452,19 +1453,12 @@ async function runBatch(batch: typeof batchQueue): Promise<void> {
     }) + "\n"));
     await w.close().catch(() => {});
     const killer = setTimeout(() => child.kill("SIGKILL"), timeoutMs * batch.length + COLD_START_MS);
-    let pending = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      pending += chunk;
-      let nl;
-      while ((nl = pending.indexOf("\n")) >= 0) {
-        const line = pending.slice(0, nl);
-        pending = pending.slice(nl + 1);
-        if (!line.startsWith(nonce)) continue;
-        const r = JSON.parse(line.slice(nonce.length));
-        if (!r.ok) log("error", r.function, null, "function failed to initialize", { error: r.error, stack: projectStack(r.stack) });
-        results.set(r.function, r.ok ? { ok: true } : { ok: false, error: String(r.error) });
-      }
-    }
+    await readLines(child.stdout, (line) => {
+      if (!line.startsWith(nonce)) return;
+      const r = JSON.parse(line.slice(nonce.length));
+      if (!r.ok) log("error", r.function, null, "function failed to initialize", { error: r.error, stack: projectStack(r.stack) });
+      results.set(r.function, r.ok ? { ok: true } : { ok: false, error: String(r.error) });
+    });
     clearTimeout(killer);
     await child.status;
   } catch (err) {
