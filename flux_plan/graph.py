@@ -12,7 +12,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from flux_plan.errors import FluxError
-from flux_plan.model import Address, FunctionSpec, Project, Resource, RouteSpec, StageConfig
+from flux_plan.model import Address, FunctionSpec, Project, Resource, StageConfig, route_key
 
 PROJECT_FILE = "flux.project.json"
 # Stage settings that are about where state lives, not about the deployed API.
@@ -22,10 +22,12 @@ _NON_API_SETTINGS = {"state"}
 _FUNCTION_STAGE_SETTINGS = ("architecture", "tags", "vpc")
 
 
-def _function_settings(spec: FunctionSpec, stage: StageConfig, database_fingerprint: str | None) -> dict[str, Any]:
+def _function_settings(spec: FunctionSpec, stage_settings: dict[str, Any],
+                       database_fingerprint: str | None) -> dict[str, Any]:
     """Attributes present only when set (unchanged projects keep unchanged attributes). The database
-    URL is diffed by its fingerprint, and only for functions whose code calls ctx.db."""
-    out: dict[str, Any] = {k: stage.settings[k] for k in _FUNCTION_STAGE_SETTINGS if k in stage.settings}
+    URL is diffed by its fingerprint, and only for functions whose code calls ctx.db.
+    `stage_settings`: the stage's settings that shape every function (_FUNCTION_STAGE_SETTINGS)."""
+    out: dict[str, Any] = dict(stage_settings)
     if spec.architecture:
         out["architecture"] = spec.architecture
     if spec.env:
@@ -51,7 +53,7 @@ def function_attributes(spec: FunctionSpec) -> dict[str, Any]:
 
 
 def route_address(method: str, path: str) -> str:
-    return Address.of("route", RouteSpec(method=method, path=path, function="").key)
+    return Address.of("route", route_key(method, path))
 
 
 class DesiredGraph:
@@ -145,10 +147,12 @@ def build_graph(project: Project, stage: StageConfig, secret_fingerprints: dict[
     URL (`database_url_env`), when it is set."""
     fingerprints = secret_fingerprints or {}
     res: dict[str, Resource] = {}
+    settings = stage.settings
+    fn_settings = {k: settings[k] for k in _FUNCTION_STAGE_SETTINGS if k in settings}
 
     api = Address.of("api", stage.name)
     api_attrs = {"stage": stage.name}
-    api_attrs.update({k: v for k, v in sorted(stage.settings.items()) if k not in _NON_API_SETTINGS})
+    api_attrs.update({k: v for k, v in sorted(settings.items()) if k not in _NON_API_SETTINGS})
     has_project_file = (project.root / PROJECT_FILE).is_file()
     res[api] = Resource(address=api, type="api", name=stage.name, attributes=api_attrs,
                         source=PROJECT_FILE if has_project_file else None)
@@ -171,16 +175,16 @@ def build_graph(project: Project, stage: StageConfig, secret_fingerprints: dict[
     for spec in project.functions:
         addr = Address.of("function", spec.name)
         secret_deps = [Address.of("secret", k) for k in sorted({*spec.secrets, *spec.env_keys}) if k in fingerprints]
-        attrs = {**function_attributes(spec), **_function_settings(spec, stage, database_fingerprint)}
+        attrs = {**function_attributes(spec), **_function_settings(spec, fn_settings, database_fingerprint)}
         res[addr] = Resource(address=addr, type="function", name=spec.name, attributes=attrs,
                              depends_on=[*secret_deps, *migration_addrs], source=f"{spec.dir}/flux.json")
-        route = RouteSpec(method=spec.method, path=spec.route, function=spec.name)
-        raddr = Address.of("route", route.key)
+        rkey = route_key(spec.method, spec.route)
+        raddr = Address.of("route", rkey)
         if raddr in res:
             other = res[raddr].attributes["function"]
             raise FluxError(f"{spec.dir}/flux.json: route {spec.method} {spec.route} is also served by {other!r}",
                             hint="give one of them another route or method")
-        res[raddr] = Resource(address=raddr, type="route", name=route.key,
+        res[raddr] = Resource(address=raddr, type="route", name=rkey,
                               attributes={"method": spec.method, "path": spec.route, "function": spec.name,
                                           "async": spec.async_},
                               depends_on=[api, addr], source=f"{spec.dir}/flux.json")

@@ -57,6 +57,11 @@ class FunctionSpec(BaseModel):
     source_digest: str = ""  # sha256 over everything the bundle is built from (see artifacts.py)
 
 
+def route_key(method: str, path: str) -> str:
+    """The name of a route resource: `POST_/todos`."""
+    return f"{method}_{path}"
+
+
 class RouteSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -66,7 +71,7 @@ class RouteSpec(BaseModel):
 
     @property
     def key(self) -> str:
-        return f"{self.method}_{self.path}"
+        return route_key(self.method, self.path)
 
 
 class Migration(BaseModel):

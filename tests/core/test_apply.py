@@ -94,6 +94,18 @@ def test_json_stream_and_outputs(tmp_path: Path, flux: FluxRunner, make_project:
     assert rc == 0 and "url = record://proj/dev" in out and "0 added" in out
 
 
+def test_what_becomes_ready_goes_first(tmp_path: Path, flux: FluxRunner, make_project: Callable[..., Path]) -> None:
+    """A function's route is created right after the function, not after every other function: the function
+    serves early, and an apply stopped halfway leaves whole function + route pairs."""
+    names = [f"fn{i}" for i in range(6)]
+    root = make_project(tmp_path, functions=dict.fromkeys(names))
+    rc, out, err = flux("apply", "--auto-approve", "--json", "--parallelism", "1", cwd=root)
+    assert rc == 0, out + err
+    finished = [e["address"] for e in _events(out) if e["event"] == "finished"]
+    pairs = [a for a in finished if a.startswith(("function.", "route."))]
+    assert pairs == [a for n in names for a in (f"function.{n}", f"route.POST_/{n}")], finished
+
+
 def test_no_tty_without_auto_approve_is_refused(tmp_path: Path, flux: FluxRunner,
                                                 make_project: Callable[..., Path]) -> None:
     root = make_project(tmp_path)

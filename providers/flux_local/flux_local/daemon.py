@@ -695,6 +695,8 @@ class Daemon:
         match method, parts:
             case "GET", ["admin", "status"]:
                 return 200, self.status()
+            case "GET", ["admin", "table"]:
+                return 200, self.table_doc()
             case ("PUT" | "DELETE") as verb, ["admin", ("functions" | "routes") as section, name]:
                 self.change(section, name, body if verb == "PUT" else None)
                 return 200, {"ok": True}
@@ -743,6 +745,14 @@ class Daemon:
     def _shutdown_soon(self) -> None:
         time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGTERM)
+
+    def table_doc(self) -> dict[str, Any]:
+        """What a refresh compares state with: the table the host serves, without status()'s round trip to
+        the host for its health (at 5000 functions: 3 MB and ~150 ms against ~1 MB)."""
+        with self.table_lock:
+            return {"gateway_port": self.gateway_port, "functions": dict(self.table["functions"]),
+                    "routes": dict(self.table["routes"]), "secrets": dict(self.table["secrets"]),
+                    "cors": self.table.get("cors")}
 
     def status(self) -> dict[str, Any]:
         health: Any = None

@@ -210,10 +210,11 @@ class LocalProvider:
         return out
 
     def _table(self) -> dict[str, Any]:
-        if self.client.running():
-            try:
-                status = self.client.ok("GET", "/admin/status")
-                return {**status, "running": True}
+        info = self.client.info()
+        if info is not None:
+            try:  # a daemon of an older revision (restarted by the next apply) has only /admin/status
+                table = self.client.ok("GET", "/admin/table" if self._is_current(info) else "/admin/status")
+                return {**table, "running": True}
             except ProviderError:
                 pass
         doc = self._read_runtime_file()
