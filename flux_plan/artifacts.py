@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from flux_plan.digest import source_digest
 from flux_plan.errors import FluxError
+from flux_plan.filelocks import file_lock
 from flux_plan.paths import REPO_DIR, SDK_DIR, artifacts_dir, user_cache_dir
 
 if TYPE_CHECKING:  # `flux validate` finds esbuild here without importing pydantic, filelock or concurrent.futures
     from concurrent.futures import Future, ThreadPoolExecutor
-
-    from filelock import FileLock
 
     from flux_plan.model import FunctionSpec
 
@@ -112,14 +111,6 @@ def _importer_of(root: Path, inputs: dict[str, Any], target: str) -> tuple[str, 
     return target, target
 
 
-def _file_lock(path: str) -> FileLock:
-    """filelock's FileLock, imported on first use (~15 ms that `flux validate`, asking only where esbuild
-    is, does not pay)."""
-    from filelock import FileLock as Lock
-
-    return Lock(path)
-
-
 def cache_dir() -> Path:
     """Flux's per-user cache (tools, npm dependency installs); honours XDG_CACHE_HOME."""
     return user_cache_dir()
@@ -145,7 +136,7 @@ def esbuild_bin() -> Path:
     if exe.exists():
         return exe
     tools.mkdir(parents=True, exist_ok=True)
-    with _file_lock(str(tools / ".install.lock")):
+    with file_lock(str(tools / ".install.lock")):
         if not exe.exists():
             _npm(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(tools),
                   f"esbuild@{ESBUILD_VERSION}"], cwd=tools, what=f"installing esbuild@{ESBUILD_VERSION}")
@@ -219,7 +210,7 @@ class ArtifactStore:
             if self.has(digest):
                 return self.path(digest)
         self.dir.mkdir(parents=True, exist_ok=True)
-        with _file_lock(str(self.dir / f".{digest}.lock")):
+        with file_lock(str(self.dir / f".{digest}.lock")):
             if self.has(digest):
                 return self.path(digest)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=self.dir))
@@ -358,7 +349,7 @@ class ArtifactStore:
         except OSError:
             if self.has(digest):
                 return
-        with _file_lock(str(self.dir / f".{digest}.lock")):
+        with file_lock(str(self.dir / f".{digest}.lock")):
             self._replace_into(digest, out)
 
     def _replace_into(self, digest: str, out: Path) -> None:
@@ -395,7 +386,7 @@ class ArtifactStore:
         if done.exists():
             return target / "node_modules"
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(str(target.parent / f".{key}.lock")):
+        with file_lock(str(target.parent / f".{key}.lock")):
             if not done.exists():
                 if target.exists():
                     shutil.rmtree(target)

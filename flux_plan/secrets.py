@@ -20,10 +20,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from flux_plan.backends.local import atomic_write
 from flux_plan.errors import FluxError
+from flux_plan.filelocks import file_lock
 from flux_plan.paths import stage_dir
 
 KEY_ENV = "FLUX_SECRETS_KEY"
@@ -285,7 +284,7 @@ class SecretStore:
 
     def _modify(self, change: dict[str, str | None]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.dir / "secrets.lock", timeout=30):
+        with file_lock(self.dir / "secrets.lock", timeout=30):
             with self._mu:
                 self._cache = None  # re-read under the lock: another process may have written
             values = dict(self._values())

@@ -17,11 +17,14 @@ import hashlib
 import os
 import time
 from pathlib import Path
-
-from filelock import FileLock
+from typing import TYPE_CHECKING
 
 from flux_plan.backends import LockInfo
 from flux_plan.errors import LockError, StateError
+from flux_plan.filelocks import file_lock
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 STATE_FILE = "state.json"
 BACKUP_FILE = "state.json.backup"
@@ -107,7 +110,7 @@ class LocalFileBackend:
 
     def _guard(self) -> FileLock:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.lock_path, timeout=30)
+        return file_lock(self.lock_path, timeout=30)
 
     def lock_info(self) -> LockInfo | None:
         try:

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from flux_local.procs import DAEMON_FILE, pid_alive, stop_pid
 from flux_plan.errors import ProviderError, TransientProviderError
+from flux_plan.filelocks import file_lock
 
 
 def _is_daemon(pid: int) -> bool:
@@ -147,7 +146,7 @@ class DaemonClient:
               port: int | None = None, timeout: float = 90) -> dict[str, Any]:
         """Start the daemon detached (own session, survives this command) unless it runs already."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.dir / "daemon.start.lock"), timeout=timeout):
+        with file_lock(self.dir / "daemon.start.lock", timeout=timeout):
             info = self.info()
             if info:
                 return info

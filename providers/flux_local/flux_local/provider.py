@@ -23,9 +23,7 @@ import contextlib
 import json
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeGuard
@@ -437,14 +435,17 @@ class LocalProvider:
                                                      for k, v in payload.items()})
         else:
             data = json.dumps(payload if payload is not None else {}).encode()
-        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        from urllib.error import HTTPError, URLError
+        from urllib.request import Request, urlopen
+
+        req = Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
         started = time.perf_counter()
         try:
-            with urllib.request.urlopen(req, timeout=spec.timeout + 30) as resp:
+            with urlopen(req, timeout=spec.timeout + 30) as resp:
                 status, raw, headers = resp.status, resp.read(), dict(resp.headers)
-        except urllib.error.HTTPError as exc:
+        except HTTPError as exc:
             status, raw, headers = exc.code, exc.read(), dict(exc.headers)
-        except urllib.error.URLError as exc:
+        except URLError as exc:
             raise FluxError(f"could not reach the gateway at {url}: {exc.reason}",
                             hint="is the stage running? `flux deploy` starts it") from None
         duration = (time.perf_counter() - started) * 1000
