@@ -662,6 +662,9 @@ class RemoteWorker extends WorkerHandle {
 
 // ---------------------------------------------------------------------------------------------- pools
 const livePools = new Set<Pool>();
+/** Pools the sweeper visits: those with workers or jobs (added on spawn and on every run, dropped once empty). An idle
+ * stage of 5000 functions, sweeping every pool 50 times a second, kept the host at ~3% of a core doing nothing. */
+const sweepable = new Set<Pool>();
 
 /** Workers of one function at one digest: cold start, concurrency cap + bounded queue, timeouts, scale to zero. */
 class Pool {
@@ -704,6 +707,7 @@ class Pool {
 
   /** Runs one invocation; resolves with the HTTP outcome (never rejects). */
   run(rid: string, body: string): Promise<Outcome> {
+    sweepable.add(this);
     return new Promise((resolve) => {
       const job: Job = { id: ++jobSeq, rid, body, deadline: Date.now() + this.timeoutMs, resolve, worker: null, done: false };
       if (this.active < this.concurrency) this.admit(job);
@@ -753,6 +757,7 @@ class Pool {
     const w = this.fc.endpoint ? new RemoteWorker(this)
       : this.fc.runtime === "node" || !THREAD_WORKERS ? new NodeWorker(this) : new DenoWorker(this);
     this.workers.push(w);
+    sweepable.add(this);
     return w;
   }
 
@@ -896,7 +901,8 @@ const MAX_WARM = Math.max(1, Math.floor(CFG.max_warm_workers ?? 64));
 function trimWarm(): void {
   let ready = 0;
   const idle: WorkerHandle[] = [];
-  for (const p of livePools) {
+  for (const p of sweepable) {
+    if (!livePools.has(p)) continue;
     for (const w of p.workers) {
       if (w.state !== "ready") continue;
       ready++;
@@ -915,7 +921,14 @@ function trimWarm(): void {
 
 setInterval(() => {
   const now = Date.now();
-  for (const p of livePools) p.sweep(now);
+  for (const p of sweepable) {
+    if (!livePools.has(p)) {
+      sweepable.delete(p);
+      continue;
+    }
+    p.sweep(now);
+    if (p.workers.length === 0 && p.queue.length === 0 && p.waiting.length === 0) sweepable.delete(p);
+  }
   trimWarm();
   for (const w of retired) {
     for (const job of w.inflight.values()) {
