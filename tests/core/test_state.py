@@ -64,7 +64,8 @@ def test_commit_without_change_keeps_the_serial(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", [b'{"format_version": 1, "lineage": "x", "ser', b'{"format_version": 7, '
-                                     b'"lineage": "x", "serial": 3, "resources": {}}'])
+                                     b'"lineage": "x", "serial": 3, "resources": {}}',
+                                     b'{"format_version": "1", "lineage": "x", "serial": 3, "resources": {}}'])
 def test_damaged_or_unknown_state_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
     sm = _sm(tmp_path)
     with sm.locked("test", 5):
@@ -83,6 +84,7 @@ def test_damaged_or_unknown_state_is_refused_untouched(tmp_path: Path, content: 
         msg = info.value.render()
         assert str(path) in msg and str(tmp_path / "state.json.backup") in msg
         assert ("format_version 7" in msg) == (b'"format_version": 7' in content)
+        assert ("format_version '1'" in msg) == (b'"format_version": "1"' in content)
         assert path.read_bytes() == content  # never overwritten
     assert not (tmp_path / "state.lock.json").exists()  # the lock was released despite the error
 
