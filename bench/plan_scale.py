@@ -328,15 +328,15 @@ def main() -> None:
     try:
         # above its --*-synth-above N an anchor's state is synthesized and only its plan is timed
         synth_above = {"terraform": args.design_synth_above, "terraform_graph": args.terraform_max}
-        synth = {a: tf_template(work, args.parallelism, args.op_timeout, a) for a, upto in
-                 (("terraform", args.design_max), ("terraform_graph", args.graph_max))
+        run_upto = {"terraform": args.design_max, "terraform_graph": args.graph_max}  # not run above
+        synth = {a: tf_template(work, args.parallelism, args.op_timeout, a) for a, upto in run_upto.items()
                  if with_tf and any(synth_above[a] < n <= upto for n in sizes)}
         for n in sizes:  # flux first: at large N terraform's plan alone may take many minutes
             for provider in providers:
                 fx = bench_flux(n, work, provider, args.parallelism, args.op_timeout)
                 results[provider][n] = fx
                 print(f"N={n:<6} flux/{provider}: " + "  ".join(f"{k}={v:.2f}s" for k, v in fx.items()), flush=True)
-            for anchor, upto in (("terraform", args.design_max), ("terraform_graph", args.graph_max)):
+            for anchor, upto in run_upto.items():
                 if not with_tf or n > upto:
                     continue
                 tf = bench_terraform(n, work, args.parallelism, args.op_timeout,

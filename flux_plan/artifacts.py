@@ -186,29 +186,34 @@ class ArtifactStore:
         d = self.path(digest)
         return (d / BUNDLE_FILE).is_file() and (d / META_FILE).is_file()
 
-    def built(self, spec: FunctionSpec) -> bool:
-        """Whether `spec`'s bundle exists, once the batch building it (if any) is done; never builds."""
-        digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
+    def _digest(self, spec: FunctionSpec) -> str:
+        return spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
+
+    def _await_batch(self, digest: str) -> None:
+        """Wait for the batch building `digest`, if one is; it never raises (see _build_batch_quietly): a failed
+        batch leaves the bundle missing, to a single build."""
         with self._pending_lock:
             batch = self._pending.get(digest)
         if batch is not None:
-            batch.result()  # never raises (see _build_batch_quietly)
+            batch.result()
+
+    def built(self, spec: FunctionSpec) -> bool:
+        """Whether `spec`'s bundle exists, once the batch building it (if any) is done; never builds."""
+        digest = self._digest(spec)
+        self._await_batch(digest)
         return self.has(digest)
 
     def ensure(self, spec: FunctionSpec) -> Path:
         """The bundle dir of `spec` (built now when missing). Raises FluxError naming the source file."""
-        digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
+        digest = self._digest(spec)
         if self.has(digest):
             return self.path(digest)
         if self.pinned:
             raise FluxError(f"{spec.dir}: the bundle {digest[:12]}… pinned by the saved plan is missing from "
                             f"{self.dir}", hint="run `flux plan -o FILE` again where you apply it")
-        with self._pending_lock:
-            batch = self._pending.get(digest)
-        if batch is not None:
-            batch.result()  # never raises: a failed batch leaves the bundle to the single build below
-            if self.has(digest):
-                return self.path(digest)
+        self._await_batch(digest)
+        if self.has(digest):
+            return self.path(digest)
         self.dir.mkdir(parents=True, exist_ok=True)
         with file_lock(str(self.dir / f".{digest}.lock")):
             if self.has(digest):
@@ -228,7 +233,7 @@ class ArtifactStore:
             return
         todo: dict[str, FunctionSpec] = {}
         for spec in specs:
-            digest = spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
+            digest = self._digest(spec)
             # functions with their own package.json build alone (NODE_PATH is per process)
             if digest not in todo and not self.has(digest) and not (self.root / spec.dir / "package.json").is_file():
                 todo[digest] = spec

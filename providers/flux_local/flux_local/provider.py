@@ -256,9 +256,13 @@ class LocalProvider:
         for spec in specs:
             self._prechecks[spec.name] = pool.submit(self._precheck, spec)
 
+    def _deploy_config(self, spec: FunctionSpec) -> dict[str, Any]:
+        """The table entry a function's operation sends (its bundle built first): what a precheck must check too."""
+        return function_config(spec, str(self._ctx.artifacts.ensure(spec) / "index.mjs"))
+
     def _precheck(self, spec: FunctionSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
         try:  # any failure (a bundling error, the daemon gone) is left to the function's own operation to report
-            cfg = function_config(spec, str(self._ctx.artifacts.ensure(spec) / "index.mjs"))
+            cfg = self._deploy_config(spec)
             return cfg, self._check(spec.name, cfg)
         except Exception:
             return None
@@ -299,15 +303,14 @@ class LocalProvider:
             return ProviderResult(outputs={"url": f"http://127.0.0.1:{info['gateway_port']}"})
         if kind == "function":
             spec = self._spec(name)
-            bundle = self._ctx.artifacts.ensure(spec) / "index.mjs"
-            cfg = function_config(spec, str(bundle))
+            cfg = self._deploy_config(spec)
             # loaded once before the table changes: a broken module fails here and the old version keeps serving
             check = self._checked(name, cfg)
             if not check.get("ok"):
                 raise ProviderError(f"{spec.dir}/index.ts: {check.get('error')} (fix it and deploy again; "
                                     f"the previous version, if any, keeps serving)", address=resource.address)
             self.client.ok("PUT", f"/admin/functions/{_q(name)}", cfg)
-            return ProviderResult(outputs={"bundle": str(bundle)})
+            return ProviderResult(outputs={"bundle": cfg["bundle"]})
         if kind == "route":
             a = resource.attributes
             self.client.ok("PUT", f"/admin/routes/{_q(name)}",
