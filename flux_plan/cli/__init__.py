@@ -124,10 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from flux_plan.cli import fast
 
-        if fast.enabled():  # help from its cache, validate of an unchanged project: no typer app built
+        if fast.enabled():  # help from its cache, validate of an unchanged project, plan/apply: no typer app built
             code = fast.try_help(args)
             if code is None:
                 code = fast.try_validate(args)
+            if code is None:
+                code = fast.try_command(args)
             if code is not None:
                 if code:
                     sys.exit(code)

@@ -4,21 +4,19 @@ rendering only; the work is in flux_plan.apply, flux_plan.state and flux_plan.se
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from flux_plan.cli.common import DirOption, LockTimeoutOption, StageOption, lock_seconds, open_workspace
+from flux_plan.cli.common import lock_seconds, open_workspace
+from flux_plan.cli.options import DirOption, LockTimeoutOption, StageOption
 from flux_plan.cli.output import err_console, escape, print_json
-from flux_plan.cli.views import View, view_for
+from flux_plan.cli.views import view_for
 from flux_plan.errors import FluxError
 
 if TYPE_CHECKING:
-    from flux_plan.apply import ApplyResult
-    from flux_plan.plan import Plan
-    from flux_plan.workspace import Workspace
+    pass
 
 ParallelismOption = typer.Option(10, "--parallelism", "-p", min=1, max=256, envvar="FLUX_PARALLELISM",
                                  help="At most this many provider operations at once.")
@@ -27,54 +25,9 @@ AllowOutOfOrderOption = typer.Option(False, "--allow-out-of-order",
 JsonOption = typer.Option(False, "--json", help="Stream one JSON object per line (events, then a summary).")
 
 
-def _run(ws: Workspace, plan: Plan, view: View, *, parallelism: int, lock_timeout: float, saved: bool,
-         verb: str) -> ApplyResult:
-    from flux_plan.apply import apply_plan
-
-    progress = view.progress(sum(1 for c in plan.changes if c.action != "noop"))
-    try:
-        result = apply_plan(plan, ws, parallelism=parallelism, on_event=progress, lock_timeout=lock_timeout,
-                            saved=saved)
-    finally:
-        progress.close()
-    view.apply_result(result, verb)
-    return result
-
-
-def _plan_and_apply(ws: Workspace, make: Callable[[], Plan], view: View, *, approve: bool, parallelism: int,
-                    lock_timeout: float, verb: str, what: str) -> ApplyResult:
-    """Under one lock: recover, plan, show, confirm, apply (nobody can move the state in between)."""
-    from flux_plan.session import plan_and_apply
-
-    confirm = view.confirmer(approve, what)  # refuses before the lock when nobody can answer
-    return plan_and_apply(
-        ws, make, operation=verb.lower(), show=view.apply_plan, confirm=confirm, parallelism=parallelism,
-        lock_timeout=lock_timeout,
-        run=lambda p: _run(ws, p, view, parallelism=parallelism, lock_timeout=lock_timeout, saved=False, verb=verb))
-
-
-def _exit(result: ApplyResult) -> None:
-    if result.exit_code:
-        raise typer.Exit(result.exit_code)
-
-
-def _workspace(stage: str | None, directory: Path | None, view: View, *, lenient: bool = False) -> Workspace:
-    return view.bind(open_workspace(stage, directory, lenient=lenient))
-
-
-def _saved_workspace(plan: Plan, stage: str | None, directory: Path | None, view: View,
-                     planfile: Path) -> Workspace:
-    """The plan's own project snapshot, in the project found from the current (or --dir) directory."""
-    from flux_plan.plan import workspace_for
-
-    here = open_workspace(stage or plan.stage, directory, lenient=True)
-    if plan.project != here.project.name:
-        raise FluxError(f"{planfile}: refusing to apply: the plan is for project {plan.project!r}, not "
-                        f"{here.project.name!r}. Nothing was changed.", hint="run it in the plan's project")
-    if stage is not None and stage != plan.stage:
-        raise FluxError(f"{planfile}: refusing to apply: the plan is for stage {plan.stage!r}, not {stage!r}. "
-                        "Nothing was changed.", hint=f"drop --stage or pass --stage {plan.stage}")
-    return view.bind(workspace_for(here.root, plan))
+def _exit(code: int) -> None:
+    if code:
+        raise typer.Exit(code)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -97,33 +50,11 @@ def register(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Reconcile the stage with the project (or apply exactly a saved plan)."""
-        view = view_for(json_out)
-        timeout = lock_seconds(lock_timeout)
-        if planfile is not None:
-            from flux_plan.plan import Plan
+        from flux_plan.cli.apply_run import run_apply
 
-            if target or replace or refresh_only or allow_out_of_order:
-                raise FluxError("--target/--replace/--refresh-only/--allow-out-of-order cannot change a saved plan",
-                                hint="pass them to `flux plan -o FILE` instead")
-            from flux_plan.session import apply_saved
-
-            plan = Plan.load(planfile)  # the seal is verified before anything else
-            ws = _saved_workspace(plan, stage, directory, view, planfile)
-            verb = "Destroy" if plan.destroy else "Apply"
-            _exit(apply_saved(  # every other check also comes before anything is rendered
-                ws, plan, str(planfile), show=view.apply_plan, parallelism=parallelism, lock_timeout=timeout,
-                run=lambda p: _run(ws, p, view, parallelism=parallelism, lock_timeout=timeout, saved=True,
-                                   verb=verb)))
-            return
-        from flux_plan.plan import make_plan
-
-        ws = _workspace(stage, directory, view)
-        result = _plan_and_apply(ws, lambda: make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only,
-                                                       allow_out_of_order=allow_out_of_order,
-                                                       get_ready=auto_approve), view,
-                                 approve=auto_approve, parallelism=parallelism, lock_timeout=timeout,
-                                 verb="Apply", what="apply")
-        _exit(result)
+        _exit(run_apply(planfile=planfile, auto_approve=auto_approve, target=target, replace=replace,
+                        refresh_only=refresh_only, allow_out_of_order=allow_out_of_order, parallelism=parallelism,
+                        stage=stage, lock_timeout=lock_timeout, json_out=json_out, directory=directory))
 
     @app.command()
     def deploy(
@@ -135,19 +66,10 @@ def register(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Plan and apply without asking; inside functions/<fn>/ only that function and what it needs."""
-        from flux_plan.plan import make_plan
-        from flux_plan.workspace import function_dir_of
+        from flux_plan.cli.apply_run import run_deploy
 
-        view = view_for(json_out)
-        ws = _workspace(stage, directory, view)
-        fn_dir = function_dir_of(ws.root)
-        if fn_dir is not None:
-            view.note(f"Deploying only {fn_dir} and what it needs.")
-        result = _plan_and_apply(ws, lambda: make_plan(ws, function_dir=fn_dir, allow_out_of_order=allow_out_of_order,
-                                                       get_ready=True), view,
-                                 approve=True, parallelism=parallelism, lock_timeout=lock_seconds(lock_timeout),
-                                 verb="Deploy", what="deploy")
-        _exit(result)
+        _exit(run_deploy(allow_out_of_order=allow_out_of_order, stage=stage, parallelism=parallelism,
+                         lock_timeout=lock_timeout, json_out=json_out, directory=directory))
 
     @app.command()
     def destroy(
@@ -162,18 +84,10 @@ def register(app: typer.Typer) -> None:
                                    "logs and (docker) labelled volumes. Without it they are kept."),
     ) -> None:
         """Delete every resource of the stage, then stop what the provider runs for it (data kept unless --purge)."""
-        from flux_plan.plan import make_plan
+        from flux_plan.cli.apply_run import run_destroy
 
-        if purge and target:
-            raise FluxError("--purge removes the whole stage's data; it cannot be combined with --target. "
-                            "Nothing was changed.", hint="run `flux destroy --purge` without --target")
-        view = view_for(json_out)
-        ws = _workspace(stage, directory, view, lenient=True)
-        timeout = lock_seconds(lock_timeout)
-        result = _plan_and_apply(ws, lambda: make_plan(ws, destroy=True, targets=target, purge=purge), view,
-                                 approve=auto_approve, parallelism=parallelism, lock_timeout=timeout,
-                                 verb="Destroy", what="destroy")
-        _exit(result)
+        _exit(run_destroy(auto_approve=auto_approve, target=target, parallelism=parallelism, stage=stage,
+                          lock_timeout=lock_timeout, json_out=json_out, directory=directory, purge=purge))
 
     _register_state(app)
     _register_secrets(app)

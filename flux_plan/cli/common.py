@@ -1,12 +1,10 @@
-"""Option helpers shared by every command group, so `--stage` and `--lock-timeout` mean one thing."""
+"""Helpers every command shares (typer-free: the fast paths use them too; the typer options are in `options`)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import typer
 
 from flux_plan.errors import FluxError
 from flux_plan.units import parse_duration
@@ -16,12 +14,6 @@ if TYPE_CHECKING:  # the workspace pulls in pydantic: loaded by the commands tha
 
 __all__ = ["check_single_dash", "lock_seconds", "open_workspace", "parse_duration", "project_root"]
 
-StageOption = typer.Option(None, "--stage", "-s", envvar="FLUX_STAGE",
-                           help="Stage of flux.project.json (default: dev).")
-LockTimeoutOption = typer.Option("30s", "--lock-timeout", envvar="FLUX_LOCK_TIMEOUT",
-                                 help="How long to wait for the stage lock (30s, 2m).")
-DirOption = typer.Option(None, "--dir", "-C", envvar="FLUX_DIR",
-                         help="Project directory (default: found from the current one).")
 # Terraform-style `-out=FILE` would parse as `-o ut=FILE` and silently write a file named `ut=FILE`.
 _SINGLE_DASH_LONG = re.compile(r"^-([A-Za-z][A-Za-z-]+)(=.*)?$")
 

@@ -17,7 +17,11 @@ through pydantic), and `flux validate` would pay pydantic, jsonschema and an esb
   console the app uses) and kept in the user cache: a validate after an edit usually prints what the
   last one printed, and importing rich would cost it ~40 ms.
 
-Anything else (other options, `--dir`, FLUX_* option variables, an unexpected state) returns False and
+- `flux plan | apply | deploy | destroy` with switches only (and `--parallelism N`) run their command
+  bodies (`plan_run`, `apply_run`: the same calls the typer commands make) without building the app.
+  Nothing is replayed there: only the ~60 ms of typer's import and parsing are skipped.
+
+Anything else (other options, `--dir`, FLUX_* option variables, an unexpected state) returns None and
 the typer app handles the command as before. FLUX_NO_FAST_PATH=1 turns this module off (tests compare).
 """
 
@@ -427,3 +431,65 @@ def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *,
     sys.stdout.write(text)
     sys.stdout.flush()
     return 1 if errors else 0
+
+
+# -- plan, apply, deploy, destroy ----------------------------------------------------------------
+
+# The switches each command's fast path passes on; anything else (options taking values other than
+# --parallelism, a saved plan file, global options, FLUX_* option variables) goes through the typer app.
+_SWITCHES: dict[str, frozenset[str]] = {
+    "plan": frozenset({"--json", "--markdown", "--detailed-exitcode", "--refresh-only", "--destroy", "--purge",
+                       "--strict", "--allow-out-of-order"}),
+    "apply": frozenset({"--auto-approve", "--json", "--refresh-only", "--allow-out-of-order"}),
+    "deploy": frozenset({"--json", "--allow-out-of-order"}),
+    "destroy": frozenset({"--auto-approve", "--json", "--purge"}),
+}
+_OPTION_ENV = ("FLUX_DIR", "FLUX_NO_COLOR", "FLUX_INPUT", "FLUX_STAGE", "FLUX_LOCK_TIMEOUT", "FLUX_PARALLELISM")
+_PARALLELISM = re.compile(r"^[1-9][0-9]{0,2}$")
+
+
+def _command_switches(args: list[str]) -> tuple[str, set[str], int] | None:
+    """(command, switches, parallelism) for `plan|apply|deploy|destroy [switches] [--parallelism N]`, or None."""
+    if not args or args[0] not in _SWITCHES or any(k in os.environ for k in _OPTION_ENV):
+        return None
+    command, rest, parallelism = args[0], list(args[1:]), 10
+    for i, a in enumerate(rest):
+        if command != "plan" and a in ("--parallelism", "-p") and i + 1 < len(rest):
+            value = rest[i + 1]
+            if not _PARALLELISM.match(value) or int(value) > 256:
+                return None  # typer says why
+            parallelism = int(value)
+            del rest[i:i + 2]
+            break
+    if len(set(rest)) != len(rest) or not set(rest) <= _SWITCHES[command]:
+        return None
+    return command, set(rest), parallelism
+
+
+def try_command(args: list[str]) -> int | None:
+    """The exit code of `flux plan|apply|deploy|destroy` with only switches, or None: the typer app runs it.
+
+    Nothing is replayed: these are the commands themselves (the bodies in `plan_run` and `apply_run`, the
+    same calls the typer commands make) without building the typer app, which costs each ~60 ms."""
+    parsed = _command_switches(args)
+    if parsed is None:
+        return None
+    command, on, parallelism = parsed
+    if command == "plan":
+        from flux_plan.cli.plan_run import run_plan
+
+        return run_plan(json_out="--json" in on, markdown="--markdown" in on,
+                        detailed_exitcode="--detailed-exitcode" in on, refresh_only="--refresh-only" in on,
+                        destroy="--destroy" in on, purge="--purge" in on, strict="--strict" in on,
+                        allow_out_of_order="--allow-out-of-order" in on)
+    from flux_plan.cli import apply_run
+
+    if command == "apply":
+        return apply_run.run_apply(auto_approve="--auto-approve" in on, refresh_only="--refresh-only" in on,
+                                   allow_out_of_order="--allow-out-of-order" in on, parallelism=parallelism,
+                                   json_out="--json" in on)
+    if command == "deploy":
+        return apply_run.run_deploy(allow_out_of_order="--allow-out-of-order" in on, parallelism=parallelism,
+                                    json_out="--json" in on)
+    return apply_run.run_destroy(auto_approve="--auto-approve" in on, purge="--purge" in on,
+                                 parallelism=parallelism, json_out="--json" in on)

@@ -69,6 +69,18 @@ def is_tty() -> bool:
     return sys.stdout.isatty()
 
 
+def plain_stdout() -> bool:
+    """Whether rich's console would treat stdout as no terminal (rich's own rules: TTY_COMPATIBLE,
+    FORCE_COLOR, then isatty), answered without importing rich (~40 ms of a CI log's `flux plan`)."""
+    compat = os.environ.get("TTY_COMPATIBLE", "")
+    if compat in ("0", "1"):
+        return compat == "0"
+    force = os.environ.get("FORCE_COLOR")
+    if force is not None:
+        return force == ""
+    return not is_tty()
+
+
 def print_json(doc: Any) -> None:
     """Machine output goes straight to stdout, unstyled."""
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")

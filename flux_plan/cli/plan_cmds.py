@@ -6,14 +6,8 @@ from pathlib import Path
 
 import typer
 
-from flux_plan.cli.common import (
-    DirOption,
-    LockTimeoutOption,
-    StageOption,
-    lock_seconds,
-    open_workspace,
-    project_root,
-)
+from flux_plan.cli.common import open_workspace, project_root
+from flux_plan.cli.options import DirOption, LockTimeoutOption, StageOption
 from flux_plan.cli.output import err_console, escape
 from flux_plan.cli.views import view_for
 from flux_plan.errors import FluxError
@@ -62,24 +56,14 @@ def register(app: typer.Typer) -> None:
         directory: Path | None = DirOption,
     ) -> None:
         """Preview what apply would change: scan, refresh, diff."""
-        from flux_plan.plan import make_plan, pin
+        from flux_plan.cli.plan_run import run_plan
 
-        view = view_for(json_out, markdown=markdown)
-        lock_seconds(lock_timeout)  # plan takes no lock; the flag is validated for scripts' sake
-        if out is not None and (out.name in ("", ".", "..") or out.is_dir()):  # refused before any work
-            raise FluxError(f"-o {str(out)!r}: not a file to save the plan to", hint="e.g. flux plan -o plan.json")
-        if purge and (not destroy or target):
-            raise FluxError("--purge goes with --destroy of the whole stage (no --target)",
-                            hint="run `flux plan --destroy --purge`")
-        ws = open_workspace(stage, directory)
-        p = make_plan(ws, targets=target, replace=replace, refresh_only=refresh_only, destroy=destroy,
-                      strict=strict, allow_out_of_order=allow_out_of_order, purge=purge)
-        if out is not None:
-            pin(ws, p)
-            p.save(out)
-        view.plan(p, saved_to=None if out is None else str(out))
-        if detailed_exitcode and p.has_changes():
-            raise typer.Exit(2)
+        code = run_plan(out=out, json_out=json_out, markdown=markdown, detailed_exitcode=detailed_exitcode,
+                        target=target, replace=replace, refresh_only=refresh_only, destroy=destroy, purge=purge,
+                        stage=stage, lock_timeout=lock_timeout, strict=strict,
+                        allow_out_of_order=allow_out_of_order, directory=directory)
+        if code:
+            raise typer.Exit(code)
 
     @app.command()
     def show(

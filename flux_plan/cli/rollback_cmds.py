@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from flux_plan.cli.common import DirOption, LockTimeoutOption, StageOption, lock_seconds, open_workspace
+from flux_plan.cli.common import lock_seconds, open_workspace
+from flux_plan.cli.options import DirOption, LockTimeoutOption, StageOption
 from flux_plan.cli.views import view_for
 from flux_plan.errors import FluxError, ProviderError
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flux_plan.cli.output import console, err_console, escape, is_tty, print_json
+from flux_plan.cli.output import console, err_console, escape, is_tty, plain_stdout, print_json
 from flux_plan.errors import FluxError, Problem
 
 if TYPE_CHECKING:
@@ -219,12 +219,12 @@ class HumanView:
     def _plan_text(self, plan: Plan) -> None:
         from flux_plan.render import text_lines
 
-        con = console()
-        if con.is_terminal:
+        if plain_stdout():  # parsing markup for every line of a large plan would cost seconds in CI logs
+            _out("\n".join(text_lines(plan, markup=False)) + "\n")
+        else:
+            con = console()
             for line in text_lines(plan):
                 con.print(line)
-        else:  # parsing markup for every line of a large plan would cost seconds in CI logs
-            _out("\n".join(text_lines(plan, markup=False)) + "\n")
 
     def plan(self, plan: Plan, saved_to: str | None = None) -> None:
         self._plan_text(plan)

@@ -256,3 +256,55 @@ def test_a_stage_naming_itself_is_a_problem_not_a_traceback(tmp_path: Path, flux
             'key in "stages"') in fast[1]
     plan = flux("plan", cwd=root)  # every command refuses it the same way, before any work
     assert plan[0] == 1 and "stage 'dev' has a \"name\" key" in plan[1] + plan[2] and "Traceback" not in plan[2]
+
+
+# `flux plan|apply|destroy` with switches only run their command bodies without the typer app: the same
+# sequence in two copies of one project, one through the app (FLUX_NO_FAST_PATH=1), must print the same
+# and leave the same state.
+RUNS = [["plan"], ["plan", "--detailed-exitcode"], ["apply"], ["apply", "--auto-approve", "-p", "3"],
+        ["plan", "--detailed-exitcode"], ["plan", "--json"], ["plan", "--refresh-only"],
+        ["plan", "-p", "3"], ["apply", "--auto-approve", "--parallelism", "0"], ["plan", "--purge"],
+        ["plan", "--destroy", "--detailed-exitcode"], ["destroy", "--json"],
+        ["destroy", "--auto-approve", "--json"], ["plan", "--detailed-exitcode", "--markdown"]]
+
+
+def _normal(text: str, root: Path) -> str:
+    """Without what differs between two runs of one command: the root, elapsed times, timestamps, and the
+    order in which parallel operations finished (lines sorted)."""
+    import re
+
+    text = text.replace(str(root), "ROOT")
+    text = re.sub(r"\d+\.\d+s\b", "Ts", text)
+    text = re.sub(r'"(created_at|elapsed|lineage|started_at|finished_at|id|serial)": [^,\n}]+', r'"\1": X', text)
+    text = re.sub(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", "UUID", text)
+    return "\n".join(sorted(text.splitlines()))
+
+
+def test_plan_and_apply_without_typer_match_the_app(tmp_path: Path, flux: FluxRunner, flux_env: dict[str, str],
+                                                     make_project: Callable[..., Path]) -> None:
+    code = ('import { defineFunction } from "@flux/functions";\n'
+            'export default defineFunction({ name: "w", handler: async ({ ctx }) => ({ k: ctx.env.API_URL }) });\n')
+    roots = [make_project(tmp_path / side, functions={"a": None, "b": None, "w": {"code": code}})
+             for side in ("fast", "slow")]
+    seen = []
+    for args in RUNS:
+        fast = flux(*args, cwd=roots[0])
+        slow = flux(*args, cwd=roots[1], env=SLOW)
+        assert [fast[0], *(_normal(s, roots[0]) for s in fast[1:])] == \
+            [slow[0], *(_normal(s, roots[1]) for s in slow[1:])], args
+        states = [_normal((r / ".flux" / "dev" / "state.json").read_text() if (r / ".flux" / "dev" / "state.json")
+                          .exists() else "", r) for r in roots]
+        assert states[0] == states[1], args
+        seen.append(fast)
+    # what each step did, so the comparisons above compared something
+    codes = [rc for rc, _, _ in seen]
+    assert codes == [0, 2, 1, 0, 0, 0, 0, 2, 2, 1, 2, 1, 0, 2]
+    assert "refusing to apply without confirmation" in seen[2][2]
+    assert "Apply complete!" in seen[3][1] and "7 added" in seen[3][1]
+    assert "No such option: -p" in seen[7][2] and "greater than or equal to 1" in seen[8][2]
+    assert "--purge goes with --destroy" in seen[9][2]
+    assert json.loads(seen[12][1].splitlines()[-1])["destroyed"] == 7
+    rc, heavy = _heavy(["plan", "--detailed-exitcode"], roots[0], flux_env)
+    assert rc == 2 and "typer" not in heavy and "rich" not in heavy
+    rc, heavy = _heavy(["plan", "--purge"], roots[0], flux_env)  # refused by the command itself
+    assert rc == 1 and "typer" not in heavy
