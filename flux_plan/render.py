@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flux_plan.diff import ResourceChange
@@ -34,7 +35,7 @@ def _value(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _styler(markup: bool):
+def styler(markup: bool) -> Callable[[str, str], str]:
     """`st(style, text)`: rich markup on a terminal; plain text in CI logs, where parsing markup for
     every line of a large plan would cost seconds."""
     if markup:
@@ -45,7 +46,7 @@ def _styler(markup: bool):
 
 
 def _change_lines(c: ResourceChange, markup: bool = True) -> list[str]:
-    st = _styler(markup)
+    st = styler(markup)
     lines = [f"  {st(STYLE.get(c.action, ''), SYMBOL[c.action] + ' ' + c.address)} {st('dim', 'will be ' + VERB[c.action])}"]
     for reason in c.reasons:
         lines.append(f"      {st('dim', '# ' + reason)}")
@@ -61,7 +62,7 @@ def _change_lines(c: ResourceChange, markup: bool = True) -> list[str]:
 
 def text_lines(plan: Plan, markup: bool = True) -> list[str]:
     """The human plan: rich-markup lines for a terminal, or plain lines (`markup=False`)."""
-    st = _styler(markup)
+    st = styler(markup)
     out: list[str] = []
     for w in plan.warnings:
         out.append(f"{st('bold yellow', 'Warning:')} {st('', w)}")

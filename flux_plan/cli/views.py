@@ -248,10 +248,14 @@ class HumanView:
         return HumanProgress(total)
 
     def apply_result(self, result: ApplyResult, verb: str) -> None:
+        from flux_plan.render import styler
+
         counts = result.counts()
         added, changed, destroyed = _totals(result)
-        out = console()
         bad = [r for r in result.results if r.status != "applied"]
+        plain = plain_stdout()  # a CI log: plain lines, without importing rich (~40 ms)
+        st = styler(not plain)
+        lines: list[str] = []
         if bad:
             if is_tty():
                 from rich.table import Table
@@ -259,25 +263,30 @@ class HumanView:
                 table = Table("address", "action", "status", "elapsed", "error", title="Not applied")
                 for r in bad:
                     table.add_row(escape(r.address), r.action, r.status, f"{r.elapsed:.1f}s", escape(r.error or ""))
-                out.print(table)
+                console().print(table)
             else:
-                out.print("Not applied:")
-                for r in bad:
-                    out.print(f"  {escape(r.address)}  {r.action}  {r.status}  {r.elapsed:.1f}s  "
-                              f"{escape(r.error or '')}")
+                lines.append("Not applied:")
+                lines += [f"  {st('', r.address)}  {r.action}  {r.status}  {r.elapsed:.1f}s  {st('', r.error or '')}"
+                          for r in bad]
         totals = f"{added} added, {changed} changed, {destroyed} destroyed"
         if result.interrupted:
-            out.print(f"[bold yellow]{verb} interrupted.[/] State saved. Resources: {totals}; "
-                      f"{counts['cancelled']} not started.")
+            lines.append(f"{st('bold yellow', verb + ' interrupted.')} State saved. Resources: {totals}; "
+                         f"{counts['cancelled']} not started.")
         elif bad:
-            out.print(f"[bold red]{verb} failed.[/] Resources: {totals}; {counts['failed']} failed, "
-                      f"{counts['skipped']} skipped. What succeeded is in the state; fix the error and re-run.")
+            lines.append(f"{st('bold red', verb + ' failed.')} Resources: {totals}; {counts['failed']} failed, "
+                         f"{counts['skipped']} skipped. What succeeded is in the state; fix the error and re-run.")
         else:
-            out.print(f"[bold green]{verb} complete![/] Resources: {totals}.")
+            lines.append(f"{st('bold green', verb + ' complete!')} Resources: {totals}.")
         if result.outputs:
-            out.print("\nOutputs:\n")
-            for k, v in result.outputs.items():
-                out.print(f"{escape(k)} = {escape(json.dumps(v) if not isinstance(v, str) else v)}")
+            lines.append("\nOutputs:\n")
+            lines += [f"{st('', k)} = {st('', json.dumps(v) if not isinstance(v, str) else v)}"
+                      for k, v in result.outputs.items()]
+        if plain:
+            _out("".join(line + "\n" for line in lines))
+        else:
+            out = console()
+            for line in lines:
+                out.print(line)
 
     def state_list(self, state: State) -> None:
         lines = [addr + ("  (outcome unknown: refreshed on next apply)" if addr in state.pending else "")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from flux_plan.diff import attr_diffs, diff
+from flux_plan.diff import attr_diffs, deep_attr_diffs, diff
 from flux_plan.errors import FluxError
 from flux_plan.graph import DesiredGraph, build_graph
 from flux_plan.model import Resource, ResourceState
@@ -188,6 +189,20 @@ def test_attr_diff_paths() -> None:
     got = [(d.path, d.before, d.after) for d in attr_diffs(before, after)]
     assert got == [("env_keys[1]", "B", "C"), ("env_keys[2]", None, "D"), ("method", "POST", "GET")]
     assert attr_diffs(before, before) == []
+
+
+@pytest.mark.parametrize("before, after", [
+    ({"digest": "a" * 64, "memory": 256}, {"digest": "b" * 64, "memory": 256}),  # an edit: no deepdiff
+    ({"a": 1, "b": None}, {"a": 1}),  # a key holding None vs no key
+    ({"a": 1}, {"a": 1, "b": {"x": [1]}}),  # a new key holding an object
+    ({"a": True, "b": 1}, {"a": 1, "b": 2}),  # bool vs int is a change (next to another one)
+    ({"a": 1, "b": 1}, {"a": 1.0, "b": 2}),
+    ({"cors": {"origins": ["x"]}, "n": 1}, {"cors": {"origins": ["y"]}, "n": 2}),  # nested: deepdiff
+    ({"k": [1, 2]}, {"k": "12"}),
+])
+def test_attr_diffs_match_deepdiff(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """The scalar shortcut reports exactly what deepdiff reports."""
+    assert attr_diffs(before, after) == deep_attr_diffs(before, after)
 
 
 def test_graph_rejects_unknown_dependency() -> None:
