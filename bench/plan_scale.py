@@ -34,6 +34,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,9 @@ resource "terraform_data" "route" {{
 ANCHORS = {"terraform": TF_DESIGN, "terraform_graph": TF_MAIN}
 
 OPS = ("validate", "create_apply", "noop_plan", "update_one_apply", "destroy")
+# A no-op plan changes nothing, so it can run again: its figure is the median of this many runs, for both tools
+# (one run of a sub-second command is mostly this machine's noise: 0.46-0.72 s for six runs in a row).
+NOOP_RUNS = 3
 
 
 class OpFailed(SystemExit):
@@ -148,7 +152,8 @@ def bench_flux(n: int, work: Path, provider: str, parallelism: int, timeout: flo
     try:
         out["validate"] = run([str(FLUX), "validate"], root, env, timeout, ok=(0,))
         out["create_apply"] = run(apply, root, env, timeout, ok=(0,))
-        out["noop_plan"] = run([str(FLUX), "plan", "--detailed-exitcode"], root, env, timeout, ok=(0,))
+        out["noop_plan"] = statistics.median(run([str(FLUX), "plan", "--detailed-exitcode"], root, env, timeout, ok=(0,))
+                                             for _ in range(NOOP_RUNS))
         write_function(root, 0, version=1)
         out["update_one_apply"] = run(apply, root, env, timeout, ok=(0,))
         state = json.loads((root / ".flux" / "dev" / "state.json").read_text())
@@ -241,7 +246,8 @@ def bench_terraform(n: int, work: Path, parallelism: int, timeout: float, synth:
                 ("destroy", ["destroy", "-auto-approve"])]
     for op, cmd in ops:
         try:
-            out[op] = run([tf, *cmd, *common], root, env, timeout, ok=(0,))
+            runs = NOOP_RUNS if op == "noop_plan" else 1
+            out[op] = statistics.median(run([tf, *cmd, *common], root, env, timeout, ok=(0,)) for _ in range(runs))
         except OpTimedOut:
             # at large N terraform may outlast the bound: a lower bound is a result (printed "> T"), and the
             # figures of the whole run are not thrown away with it; what would follow has no known start state
@@ -383,7 +389,8 @@ def main() -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         doc = {"bench": "plan_scale", "when": when, "machine": info,
-               "parallelism": args.parallelism, "terraform_max": args.terraform_max, "graph_max": args.graph_max,
+               "parallelism": args.parallelism, "noop_runs": NOOP_RUNS, "terraform_max": args.terraform_max,
+               "graph_max": args.graph_max,
                "design_synth_above": args.design_synth_above if args.design_synth_above < 1 << 30 else None,
                "terraform_version": _tf_version(tf_bin) if with_tf else None,
                "results": {k: {str(n): v for n, v in rows.items()} for k, rows in results.items()},

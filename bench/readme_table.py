@@ -79,7 +79,8 @@ def section(previous: str = "") -> str:
                   "**the same "
                   "graph as flux's** (a function and a route referencing it per function, plus one API: "
                   f"2N+1 resources, as flux's state has{graph}). Each ratio compares two tools measured in the "
-                  "same run (> 1: flux faster).",
+                  "same run (> 1: flux faster). A no-op plan is the median of "
+                  f"{scale.get('noop_runs', 1)} runs for both tools; every other figure is one run.",
                   "", "| work | N | flux, local provider | flux, record provider (engine alone) | terraform, DESIGN "
                   "anchor | DESIGN anchor / flux-local | terraform, same graph | same graph / flux-local |",
                   "|---|---|---|---|---|---|---|---|"]
