@@ -1,5 +1,5 @@
 """The bodies of `flux apply | deploy | destroy`, typer-free: the typer commands and the fast path
-(`fast.try_apply`) both run them, so an apply started either way is the same apply."""
+(`fast.try_command`) both run them, so an apply started either way is the same apply."""
 
 from __future__ import annotations
 

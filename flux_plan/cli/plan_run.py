@@ -1,4 +1,4 @@
-"""The body of `flux plan`, typer-free: the typer command and the fast path (`fast.try_plan`) both run it,
+"""The body of `flux plan`, typer-free: the typer command and the fast path (`fast.try_command`) both run it,
 so a plan printed either way is the same plan."""
 
 from __future__ import annotations
