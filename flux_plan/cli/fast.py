@@ -379,26 +379,6 @@ def _rich_text(lines: list[str]) -> str:
     return captured.get()
 
 
-def validation_markup(problems: list[Any], n_functions: int, n_migrations: int) -> list[str]:
-    """The rich markup lines of `flux validate`'s text: one per problem, then the summary (the app's
-    HumanView.validation prints these too, so both paths print the same bytes)."""
-    from flux_plan.cli.output import escape
-
-    lines = []
-    n_errors = 0
-    for p in problems:
-        n_errors += p.severity == "error"
-        color = "red" if p.severity == "error" else "yellow"
-        lines.append(escape(p.render()).replace(f": {p.severity}:", f": [{color}]{p.severity}[/]:", 1))
-    n_warnings = len(problems) - n_errors
-    if n_errors:
-        lines.append(f"[bold red]{n_errors} error(s)[/], {n_warnings} warning(s).")
-    else:
-        lines.append(f"[green]Valid:[/] {n_functions} function(s), {n_migrations} "
-                     f"migration(s), {n_warnings} warning(s).")
-    return lines
-
-
 def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *, json_out: bool,
                     strict: bool, code_stamp: list[Any] | None = None) -> int:
     """Exactly what the `validate` command prints (tests compare both with FLUX_NO_FAST_PATH=1); the
@@ -424,6 +404,8 @@ def render_validate(problems: list[Any], n_functions: int, n_migrations: int, *,
     cache = cache if isinstance(cache, dict) else {}
     text = cache.get(key)
     if not isinstance(text, str):
+        from flux_plan.cli.validate_text import validation_markup
+
         text = _rich_text(validation_markup(problems, n_functions, n_migrations))
         cache.pop(key, None)
         cache[key] = text

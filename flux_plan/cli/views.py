@@ -210,7 +210,7 @@ class HumanView:
         err_console().print(f"[bold red]Error:[/] {escape(exc.render())}")
 
     def validation(self, project: Project, problems: Sequence[Problem]) -> None:
-        from flux_plan.cli.fast import validation_markup
+        from flux_plan.cli.validate_text import validation_markup
 
         out = console()
         for line in validation_markup(list(problems), len(project.functions), len(project.migrations)):
