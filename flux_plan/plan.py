@@ -388,7 +388,14 @@ def _get_ready(ws: Workspace, plan: Plan, specs: dict[str, FunctionSpec]) -> Cal
     if plan.artifacts:
         ws.artifacts.prepare(specs[n] for n in plan.artifacts)
     hook = getattr(ws.provider, "get_ready", None)
-    return hook([(c.address, c.action) for c in plan.changes]) if hook is not None else None
+    if hook is None:
+        return None
+    try:  # a provider may refuse here what its before_apply would refuse, before it starts anything
+        undo: Callable[[], None] | None = hook([(c.address, c.action) for c in plan.changes])
+    except ProviderError as exc:
+        raise FluxError(f"provider {ws.provider.name!r} could not prepare the apply: "
+                        f"{ws.secrets.mask(str(exc))}") from exc
+    return undo
 
 
 def pin(ws: Workspace, plan: Plan) -> None:

@@ -104,6 +104,10 @@ def test_bad_limit_setting_is_refused_naming_the_file(box: Box) -> None:
     assert proc.returncode != 0 and "flux.project.json (stages.dev.cpus): must be a positive number" in err, err
     assert "Traceback" not in err
     assert box.state()["resources"] == {} and containers(box) == []
+    # refused before the stage's runtime started in the background: nothing of it is left running
+    time.sleep(3)
+    assert not (box.root / ".flux" / "dev" / "daemon.json").exists()
+    assert not (box.root / ".flux" / "dev" / "pg").exists()
 
 
 def test_sigkilled_deploy_leaves_no_duplicate_containers(box: Box) -> None:

@@ -27,6 +27,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -232,12 +233,20 @@ class DockerProvider(LocalProvider):
             tmp.replace(path)
 
     # -- resources ----------------------------------------------------------------------------------
-    def before_apply(self, changes: list[tuple[str, str]]) -> None:
+    def _check_ready(self, changes: list[tuple[str, str]]) -> None:
+        """Fail before anything changes or starts: an unreachable engine or a bad limit setting."""
         if any(a.startswith("function.") and action not in ("noop", "read") for a, action in changes):
-            # fail before anything changes: an unreachable engine or a bad limit setting
             self._setting("cpus", DEFAULT_CPUS, float)
             self._setting("pids", DEFAULT_PIDS, int)
             _ = self.docker
+
+    def get_ready(self, changes: list[tuple[str, str]]) -> Callable[[], None] | None:
+        # before the local runtime starts in the background: a refused deploy must not leave it running
+        self._check_ready(changes)
+        return super().get_ready(changes)
+
+    def before_apply(self, changes: list[tuple[str, str]]) -> None:
+        self._check_ready(changes)
         super().before_apply(changes)
 
     def _put(self, resource: Resource) -> ProviderResult:
