@@ -28,7 +28,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from flux_plan.errors import FluxError, ProviderError, TransientProviderError
 from flux_plan.model import ResourceState
-from flux_plan.plan import Plan, ResourceChange, check_fresh, check_saved
+from flux_plan.plan import Plan, ResourceChange, check_fresh, check_saved, not_prepared
 
 if TYPE_CHECKING:
     from flux_plan.journal import Journal
@@ -346,8 +346,7 @@ def apply_plan(
             try:
                 ws.provider.before_apply([(c.address, c.action) for c in changes])
             except ProviderError as exc:
-                raise FluxError(f"provider {ws.provider.name!r} could not prepare the apply: "
-                                f"{ws.secrets.mask(str(exc))}") from exc
+                raise not_prepared(ws, exc) from exc
         journal = ws.state.journal(state)
         engine = _Engine(ws, state, journal, parallelism, on_event)
         restore = _install_sigint(engine)

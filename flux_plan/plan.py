@@ -393,9 +393,13 @@ def _get_ready(ws: Workspace, plan: Plan, specs: dict[str, FunctionSpec]) -> Cal
     try:  # a provider may refuse here what its before_apply would refuse, before it starts anything
         undo: Callable[[], None] | None = hook([(c.address, c.action) for c in plan.changes])
     except ProviderError as exc:
-        raise FluxError(f"provider {ws.provider.name!r} could not prepare the apply: "
-                        f"{ws.secrets.mask(str(exc))}") from exc
+        raise not_prepared(ws, exc) from exc
     return undo
+
+
+def not_prepared(ws: Workspace, exc: ProviderError) -> FluxError:
+    """A provider's refusal to get ready or to prepare the apply (get_ready, before_apply), masked."""
+    return FluxError(f"provider {ws.provider.name!r} could not prepare the apply: {ws.secrets.mask(str(exc))}")
 
 
 def pin(ws: Workspace, plan: Plan) -> None:
