@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Static checks beyond ruff: mypy over the core (flux_plan), `deno check` + `deno lint` over the TypeScript
+# Static checks beyond ruff: mypy over the core (flux_plan) and the providers, `deno check` + `deno lint` over the TypeScript
 # and JavaScript runtime (the SDK, the local host and workers, the shared runtime). Run by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-.venv/bin/mypy  # [tool.mypy] in pyproject.toml: files = flux_plan
+.venv/bin/mypy  # [tool.mypy] in pyproject.toml: files = flux_plan and the three providers
 
 # The repository's package.json is for the bundler toolchain, not for these files: deno must not read it.
 export DENO_NO_PACKAGE_JSON=1 NO_COLOR=1 DENO_DIR="${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flux/deno}"

@@ -84,7 +84,7 @@ def ensure_api(gw: Any, name: str, tags: dict[str, str], cors: dict[str, Any] | 
     api = find_api(gw, name, tags)
     want = cors_configuration(cors)
     if api is None:
-        extra = {"CorsConfiguration": want} if want else {}
+        extra: dict[str, Any] = {"CorsConfiguration": want} if want else {}
         api = aws_call(gw.create_api, Name=name, ProtocolType="HTTP", Tags=tags, **extra,
                        adopt=lambda: find_api(gw, name, tags))
     else:

@@ -195,7 +195,7 @@ def rollback(lam: Any, name: str, to_version: str | None = None) -> tuple[str, s
 
 
 def set_async_config(lam: Any, name: str, failure_queue_arn: str, retries: int, max_age: int) -> None:
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "FunctionName": name,
         "Qualifier": ALIAS,
         "MaximumRetryAttempts": retries,

@@ -44,7 +44,8 @@ class AwsProvider:
         self._layer_lock = threading.Lock()
         self._layer_arns: dict[str, str] = {}
         self._db_lock = threading.Lock()
-        self._db_secret: str | bool | None = False  # False: not looked at yet in this command
+        self._db_secret: str | None = None
+        self._db_secret_known = False  # looked at yet in this command
 
     # ----------------------------------------------------------------------------- wiring
     def configure(self, ctx: ProviderContext) -> None:
@@ -202,7 +203,7 @@ class AwsProvider:
         """Name of the stage's database-URL secret for ctx.db: written from the variable named by
         `database_url_env` when it is set here, else reused when an earlier deploy wrote it."""
         with self._db_lock:
-            if self._db_secret is False:
+            if not self._db_secret_known:
                 name = self.names.database_secret
                 url = self._db_url("function", required=False)
                 sm = self._c("secretsmanager")
@@ -211,7 +212,8 @@ class AwsProvider:
                     self._db_secret = name
                 else:
                     self._db_secret = name if secrets.describe(sm, name) else None
-            return self._db_secret or None
+                self._db_secret_known = True
+            return self._db_secret
 
     def expected_policy(self, fn: str, secret_keys: list[str], is_async: bool,
                         db_secret: str | None = None, vpc: bool = False) -> dict[str, Any]:

@@ -555,7 +555,8 @@ class Daemon:
         if not self.db_uri:
             return None, None
         u = urllib.parse.urlsplit(self.db_uri)
-        socket_dir = (urllib.parse.parse_qs(u.query).get("host") or [None])[0]
+        hosts = urllib.parse.parse_qs(u.query).get("host")
+        socket_dir = hosts[0] if hosts else None
         if socket_dir is not None and not socket_dir.startswith("/"):
             socket_dir = None  # ?host=<name>: TCP
         if self.pg is None:

@@ -127,7 +127,7 @@ def query(directory: Path, *, function: str | None = None, since_s: float | None
     """Records matching the filters, oldest first; with `follow`, then every new one (handles rotation)."""
     since_ts = time.time() - since_s if since_s else None
     store = LogStore(directory)
-    flt = {"function": function, "since_ts": since_ts, "request_id": request_id, "level": level}
+    flt: dict[str, Any] = {"function": function, "since_ts": since_ts, "request_id": request_id, "level": level}
     files = store.files()
     for path in files[:-1]:
         yield from (r for r in _records(path) if matches(r, **flt))

@@ -67,9 +67,9 @@ class EmbeddedPostgres:
         self.pid = server.get_pid()
         trust_uri = server.get_uri()  # postgresql://postgres:@/postgres?host=<socket dir>
         auth = self._auth()
-        self.admin_uri = _with_password(trust_uri, "postgres", auth["superuser"])
+        self.admin_uri = admin_uri = _with_password(trust_uri, "postgres", auth["superuser"])
         self.uri = _with_password(trust_uri, OWNER_ROLE, auth["owner"])
-        self._harden(trust_uri, auth)
+        self._harden(trust_uri, admin_uri, auth)
         with psycopg.connect(self.uri, autocommit=True) as conn:
             conn.execute("SELECT 1")
         return self.uri
@@ -90,13 +90,13 @@ class EmbeddedPostgres:
         os.replace(tmp, self.auth_file)
         return doc
 
-    def _harden(self, trust_uri: str, auth: dict[str, str]) -> None:
+    def _harden(self, trust_uri: str, admin_uri: str, auth: dict[str, str]) -> None:
         """Roles, grants and pg_hba.conf as the module docstring says. A fresh data dir (initdb's trust), or
         one whose passwords were lost, is reached through a short trust window on the socket, before the host
         (and so any function) runs."""
         hba = self.pgdata / "pg_hba.conf"
         try:
-            conn = psycopg.connect(self.admin_uri, autocommit=True, connect_timeout=10)
+            conn = psycopg.connect(admin_uri, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError:
             self._write_hba(hba, "local all postgres trust\n")
             conn = _connect_retrying(trust_uri)
