@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import FaultyMotoServer, make_project
+from aws_lib import FaultyMotoServer, make_project
 
 CORS = {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET", "POST"],
         "allow_headers": ["content-type", "x-api-key"], "expose_headers": ["x-note"], "max_age": 600,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REGION, STATE_BUCKET, AwsProject
+from aws_lib import REGION, STATE_BUCKET, AwsProject
 
 ACCOUNT = "123456789012"
 P = "flux-todo-prod"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aws_faults import Rule
-from conftest import FLUX, STATE_BUCKET, FaultyMotoServer, make_project
+from aws_lib import FLUX, STATE_BUCKET, FaultyMotoServer, make_project
 from test_deploy import assert_deployed, assert_nothing_left
 
 SERVICES = ("lambda", "iam", "apigatewayv2", "secretsmanager", "logs", "sqs", "s3", "sts")

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import FLUX, REPO, AwsProject
+from aws_lib import FLUX, REPO, AwsProject
 
 pytestmark = [pytest.mark.slow]
 SCRIPT = REPO / "examples" / "gitops" / "ci" / "flux-ci.sh"

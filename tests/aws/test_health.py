@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from aws_faults import Rule
-from conftest import FaultyMotoServer, make_project
+from aws_lib import FaultyMotoServer, make_project
 
 
 def test_a_version_failing_its_health_invocation_never_takes_traffic(moto: FaultyMotoServer, tmp_path: Path,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FaultyMotoServer
+from aws_lib import FaultyMotoServer
 from flux_aws import packaging
 from test_runtime import Runner, _secrets, deno_layer, spawn
 

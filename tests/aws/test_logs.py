@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import FaultyMotoServer, make_project
+from aws_lib import FaultyMotoServer, make_project
 
 UUID = "8f6c2a8e-1d2b-4c3d-9e4f-5a6b7c8d9e0f"
 

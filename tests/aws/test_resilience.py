@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from aws_faults import Rule
-from conftest import REGION, FaultyMotoServer
+from aws_lib import REGION, FaultyMotoServer
 from flux_aws import iam, packaging
 from flux_aws.clients import AwsClients
 from flux_aws.retry import aws_call, is_transient

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 import pytest
 from aws_faults import Rule
-from conftest import REGION, FaultyMotoServer
+from aws_lib import REGION, FaultyMotoServer
 from flux_aws import layer, packaging
 from lambda_runtime_api import RuntimeApi, UnixForwarder
 

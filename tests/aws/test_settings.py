@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from aws_faults import Rule
-from conftest import REGION, AwsProject, FaultyMotoServer, make_project
+from aws_lib import REGION, AwsProject, FaultyMotoServer, make_project
 from flux_aws import layer, packaging
 from test_deploy import ACCOUNT, FUNCTIONS, USES_DB, P, assert_nothing_left
 

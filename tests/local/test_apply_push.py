@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FLUX, Project
 from flux_local.client import DaemonClient
+from local_lib import FLUX, Project
 
 pytestmark = [pytest.mark.slow]
 

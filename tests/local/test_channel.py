@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project
 from flux_local import tablefile
 from flux_local.client import DaemonClient
+from local_lib import Project
 from test_host import _listening_ports
 from test_provider_e2e import add_function, deploy_with_secrets, http, logs
 

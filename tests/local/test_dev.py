@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import FLUX, Project, pid_alive, process_tree
+from local_lib import FLUX, Project, pid_alive, process_tree
 from test_provider_e2e import add_function, http, wait_for
 
 pytestmark = [pytest.mark.slow]

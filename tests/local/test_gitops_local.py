@@ -9,7 +9,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO, Project
+from local_lib import REPO, Project
 from test_provider_e2e import http
 
 pytestmark = [pytest.mark.slow]

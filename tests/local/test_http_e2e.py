@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project
+from local_lib import Project
 from test_provider_e2e import add_function, http, logs, wait_for
 
 pytestmark = [pytest.mark.slow]

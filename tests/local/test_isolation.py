@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Project, _stop_everything, new_todo
+from local_lib import Project, _stop_everything, new_todo
 from test_provider_e2e import add_function, http, logs, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("local-isolation")]

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Project, _stop_everything, new_todo, pid_alive, process_tree
+from local_lib import Project, _stop_everything, new_todo, pid_alive, process_tree
 
 pytestmark = [pytest.mark.slow]
 # The tests on the `shared` deployment run on one xdist worker under `--dist loadgroup`; the others

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Project, pid_alive, process_tree
+from local_lib import Project, pid_alive, process_tree
 from test_provider_e2e import deploy_with_secrets, http, wait_for
 
 pytestmark = [pytest.mark.slow]

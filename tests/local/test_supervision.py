@@ -10,7 +10,7 @@ import signal
 from typing import Any
 
 import pytest
-from conftest import Project, pid_alive
+from local_lib import Project, pid_alive
 from test_provider_e2e import deploy_with_secrets, http, logs, wait_for
 
 pytestmark = [pytest.mark.slow]
