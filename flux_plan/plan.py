@@ -243,6 +243,10 @@ def _secret_warnings(ws: Workspace, fingerprints: dict[str, str], strict: bool) 
                        f".env.example (set it with `flux secrets set {key}=...` and add `{key}=` to .env.example)")
     if strict and out:
         raise FluxError("\n".join(out), hint="--strict treats keys that nobody set as errors")
+    for f in ws.project.functions:  # a stage's secret wins over the flux.json value: said, not silent
+        out += [f"{f.dir}/flux.json ($.env.{key}): stage {ws.stage.name!r} has a secret {key!r} too, and ctx.env "
+                f"gets the secret's value (to use the plain value, `flux secrets unset {key}`)"
+                for key, _ in f.env if key in fingerprints and key in f.env_keys]
     return out
 
 

@@ -523,6 +523,14 @@ def _scan_function_files(root: Path, d: Path,
                     hint=f"flux.json's name is used; rename one so they match ({name!r})")
         )
     runtime = data.get("runtime", "deno")
+    for key in sorted(set(data.get("env", {})) & set(data.get("secrets", []))):
+        at = ["env", key]
+        problems.append(
+            Problem(cfg_rel, f"{key!r} is both a plain value in \"env\" and listed in \"secrets\"", line=locate(text, at),
+                    json_path=json_path(at),
+                    hint=f"keep it in one place: a plain, committed value in \"env\", or a secret "
+                         f"(`flux secrets set {key}=...`) listed in \"secrets\"")
+        )
     secrets = sorted(set(data.get("secrets", [])) | set(code.secrets))
     digest, deps = source_digest_deps(root, rel_dir, runtime)
     # a valid flux.json (the schema above) gives each field its model's type: FunctionSpec takes this as is
@@ -645,8 +653,9 @@ def scan_result(root: Path) -> ScanResult:
     documented = set(env_keys)
     for spec in functions:
         code = codes[spec.name]
+        plain = {k for k, _ in spec.doc["env"]}
         for env_key, (file, line) in sorted({**code.env_keys, **code.secrets}.items()):
-            if env_key not in documented:
+            if env_key not in documented and (env_key not in plain or env_key in code.secrets):
                 problems.append(
                     Problem(file, f"reads {env_key!r} but {ENV_EXAMPLE_WARNING}", line=line, severity="warning",
                             hint=f"add {env_key}= to .env.example and set it with `flux secrets set {env_key}=...`")
@@ -681,9 +690,11 @@ def scan_warnings(project: Project) -> list[Problem]:
 
 
 def read_keys(project: Project) -> dict[str, list[str]]:
-    """KEY -> functions that read it (as ctx.env or ctx.secrets), for plan-time warnings."""
+    """KEY -> functions that read it as a secret (ctx.secrets, or ctx.env without a flux.json `env` value), for
+    plan-time warnings."""
     out: dict[str, list[str]] = {}
     for spec in project.functions:
-        for key in sorted({*spec.secrets, *spec.env_keys}):
+        plain = {k for k, _ in spec.env}
+        for key in sorted({*spec.secrets, *(k for k in spec.env_keys if k not in plain)}):
             out.setdefault(key, []).append(spec.name)
     return out

@@ -64,6 +64,7 @@ def hello_code(version: str) -> str:
         '    console.warn("a warning from hello");\n'
         '    console.error("an error line from hello");\n'
         f'    return {{ message: "hello {version}", who: input.name ?? null, app: ctx.env.APP_NAME ?? null,\n'
+        '             style: ctx.env.GREETING_STYLE ?? null,\n'
         '             request_id: ctx.requestId };\n  },\n});\n'
     )
 
@@ -71,7 +72,7 @@ def hello_code(version: str) -> str:
 FILES: dict[str, str] = {
     ".env.example": "APP_NAME=conformance\n",
     "schema/001_items.sql": "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL);\n",
-    **fn("hello", hello_code("v1"), route="/hello", method="POST"),
+    **fn("hello", hello_code("v1"), route="/hello", method="POST", env={"GREETING_STYLE": "warm"}),  # a plain value
     **fn("secret_hash", (
         'export default defineFunction({\n  name: "secret_hash",\n  handler: async ({ ctx }) => {\n'
         '    const token = await ctx.secrets.get("API_TOKEN");\n'

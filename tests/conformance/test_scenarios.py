@@ -57,7 +57,7 @@ def scenario_deploy(stage: Stage) -> None:
     if stage.executes:
         status, doc, _ = stage.http("POST", "/hello", {"name": "ann"})
         assert status == 200, doc
-        assert (doc["message"], doc["who"], doc["app"]) == ("hello v1", "ann", "conformance-app")
+        assert (doc["message"], doc["who"], doc["app"], doc["style"]) == ("hello v1", "ann", "conformance-app", "warm")
     out_all = out + json.dumps(state)
     assert TOKEN_V1 not in out_all  # no secret value in state or output
 

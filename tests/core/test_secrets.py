@@ -144,3 +144,37 @@ def test_store_api_keys_and_masking(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / "cfg" / "flux" / "keys" / "demo.key").unlink()
     with pytest.raises(FluxError, match="key is missing"):
         SecretStore(tmp_path / "p", "demo", "dev").keys()
+
+
+PLAIN_CODE = """import { defineFunction } from "@flux/functions";
+export default defineFunction({ name: "hello", handler: async ({ ctx }) => ({ g: ctx.env.GREETING, m: ctx.env.MODE }) });
+"""
+
+
+def test_plain_env_and_a_secret_of_the_same_name(tmp_path: Path, flux: FluxRunner, make_project: Callable[..., Path]) -> None:
+    """flux.json `env` is plain configuration: a key it gives is not "unset" (no warning), a key both in `env` and
+    in `secrets` is refused at validate with its line, and a stage secret of the same name is said to win."""
+    root = make_project(tmp_path, {"hello": {"flux": {"name": "hello", "env": {"GREETING": "hi", "MODE": "m"}},
+                                             "code": PLAIN_CODE}}, env_example="MODE=\n")
+    rc, out, err = flux("validate", cwd=root)
+    assert rc == 0 and "0 warning(s)" in out, out + err
+    rc, out, err = flux("plan", cwd=root)
+    assert rc == 0 and "Warning" not in out + err, out + err
+
+    assert flux("secrets", "set", f"MODE={VALUE_A}", cwd=root)[0] == 0
+    rc, out, err = flux("plan", cwd=root)
+    assert rc == 0, out + err
+    assert ("functions/hello/flux.json ($.env.MODE): stage 'dev' has a secret 'MODE' too, and ctx.env gets the "
+            "secret's value (to use the plain value, `flux secrets unset MODE`)") in out + err
+    assert "$.env.GREETING" not in out + err  # no secret of that name: nothing to say
+    assert VALUE_A not in out + err
+
+    cfg = root / "functions" / "hello" / "flux.json"
+    cfg.write_text(json.dumps({"name": "hello", "env": {"GREETING": "hi", "MODE": "m"}, "secrets": ["MODE"]}, indent=2))
+    for cmd in (["validate"], ["plan"], ["apply", "--auto-approve"]):
+        rc, out, err = flux(*cmd, cwd=root)
+        assert rc == 1, (cmd, out, err)
+        assert ("functions/hello/flux.json:5 ($.env.MODE): error: 'MODE' is both a plain value in \"env\" and listed "
+                "in \"secrets\"") in out + err, (cmd, out, err)
+        assert "Traceback" not in out + err
+    assert not (root / ".flux" / "dev" / "state.json").exists()  # nothing was applied

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flux_local.provider import LocalProvider, _q, function_config
+from flux_local.provider import LocalProvider, _q
+from flux_local.table_entry import function_config
 
 from flux_docker import engine, image
 from flux_plan.errors import ProviderError

@@ -302,6 +302,12 @@ class Daemon:
                 env[key] = value
         return env
 
+    @staticmethod
+    def plain_env(fn: dict[str, Any]) -> dict[str, str]:
+        """Its flux.json `env`: plain values in ctx.env (not answered by ctx.secrets.get, as on AWS). A key that is
+        also a set secret is refused by the plan; the secret wins in ctx.env (a secret set after the deploy)."""
+        return {str(k): str(v) for k, v in (fn.get("plain_env") or {}).items()}
+
     def _value(self, key: str) -> str | None:
         return self.dotenv[key] if key in self.dotenv else self.secret_values.get(key)
 
@@ -309,7 +315,7 @@ class Daemon:
         """A table entry as the host's FnConfig (with the values of the keys it is granted)."""
         return {
             "runtime": fn["runtime"], "bundle": fn["bundle"], "digest": fn["digest"],
-            "env": self.env_for(fn), "timeout_ms": fn.get("timeout_ms", 30000),
+            "env": self.env_for(fn), "plain_env": self.plain_env(fn), "timeout_ms": fn.get("timeout_ms", 30000),
             "concurrency": fn.get("concurrency", 10), "queue_limit": fn.get("queue_limit", 100),
             "idle_ms": fn.get("idle_ms", 300000), "async": bool(fn.get("async")),
             "memory_mb": int(fn.get("memory", 256)),
@@ -719,7 +725,8 @@ class Daemon:
                 return 200, {"ok": True}
             case "POST", ["admin", "check", name]:  # load the function once before it takes traffic
                 cfg = {"runtime": body.get("runtime"), "bundle": body.get("bundle"), "digest": body.get("digest"),
-                       "env": self.env_for(body), "timeout_ms": body.get("timeout_ms", 30000), "async": False,
+                       "env": self.env_for(body), "plain_env": self.plain_env(body),
+                       "timeout_ms": body.get("timeout_ms", 30000), "async": False,
                        "memory_mb": int(body.get("memory", 256))}  # the host keeps this worker for the put
                 try:
                     res = self._call("check", {"function": name, "config": cfg}, 120)

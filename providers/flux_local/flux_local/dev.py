@@ -19,7 +19,7 @@ from typing import Any
 from rich.markup import escape
 
 from flux_local.daemon import Daemon, port_free
-from flux_local.provider import function_config
+from flux_local.table_entry import function_config
 from flux_plan.errors import FluxError, ProviderError
 from flux_plan.logfmt import console, err_console, format_record
 from flux_plan.paths import stage_dir

@@ -11,8 +11,9 @@ DAEMON_FILE = "daemon.json"  # what a running daemon writes: here so clients nee
 # Bumped when the daemon's admin API changes: a provider finding a daemon of another revision restarts it
 # (the table survives in runtime.json), instead of talking to endpoints it does not have.
 # 3: admin hold (one push per apply); 4: PUT /admin/cors, POST /admin/check/<fn>; 5: host channel over stdin/stdout
-# with deltas (no hold, POST /admin/save, runtime.journal); 6: GET /admin/table
-ADMIN_REVISION = 6
+# with deltas (no hold, POST /admin/save, runtime.journal); 6: GET /admin/table; 7: a table entry's `plain_env`
+# (flux.json `env`), which an older daemon would drop
+ADMIN_REVISION = 7
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -30,6 +30,7 @@ from typing import Any, TypeGuard
 
 from flux_local.client import DaemonClient
 from flux_local.procs import ADMIN_REVISION
+from flux_local.table_entry import function_config
 from flux_plan.errors import FluxError, ProviderError
 from flux_plan.model import FunctionSpec, ProviderResult, Resource, ResourceState
 from flux_plan.providers import InvokeResult, ProviderContext
@@ -44,17 +45,6 @@ PRECHECK_PARALLEL = 64
 def _q(name: str) -> str:
     """A resource name as one URL path segment (route names like `POST_/todos/x` contain slashes)."""
     return urllib.parse.quote(name, safe="")
-
-
-def function_config(spec: FunctionSpec, bundle: str) -> dict[str, Any]:
-    """The daemon's runtime-table entry of a function (no secret values: only key names it is granted)."""
-    keys = sorted({*spec.env_keys, *spec.secrets})
-    return {
-        "runtime": spec.runtime, "bundle": bundle, "digest": spec.source_digest, "env_keys": keys,
-        "uses_db": spec.uses_db, "memory": spec.memory,
-        "timeout_ms": spec.timeout * 1000, "concurrency": spec.concurrency, "queue_limit": 100,
-        "idle_ms": 300_000, "async": spec.async_, "route": spec.route, "method": spec.method,
-    }
 
 
 class LocalProvider:

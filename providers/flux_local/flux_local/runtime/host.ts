@@ -55,7 +55,8 @@ interface FnConfig {
   runtime: Runtime;
   bundle: string; // absolute path of the bundle's index.mjs
   digest: string;
-  env: Record<string, string>;
+  env: Record<string, string>; // the values of the secret keys it is granted (what ctx.secrets.get answers)
+  plain_env?: Record<string, string>; // its flux.json `env`: plain values, in ctx.env only
   timeout_ms?: number;
   concurrency?: number;
   queue_limit?: number;
@@ -66,6 +67,11 @@ interface FnConfig {
   max_workers?: number; // workers of one function (default: min(concurrency, cores - 1), at least 1)
   per_worker?: number; // in-flight invocations on every worker before another worker is started
   endpoint?: { port: number; token: string }; // docker provider: the function's container on 127.0.0.1
+}
+
+/** ctx.env of a function: its flux.json `env`, then its granted secrets (a key in both is refused by the plan). */
+function ctxEnv(fc: FnConfig): Record<string, string> {
+  return fc.plain_env ? { ...fc.plain_env, ...(fc.env ?? {}) } : fc.env ?? {};
 }
 
 interface RouteConfig {
@@ -241,7 +247,7 @@ abstract class WorkerHandle {
 
   protected init(): void {
     this.send({
-      t: "init", function: this.pool.name, env: this.pool.fc.env ?? {}, stage: STAGE, bundle: this.pool.fc.bundle,
+      t: "init", function: this.pool.name, env: ctxEnv(this.pool.fc), stage: STAGE, bundle: this.pool.fc.bundle,
     });
   }
 
@@ -864,9 +870,9 @@ class Pool {
 
   /** New limits / env from a config push for the same digest: env goes to the running workers. */
   update(fc: FnConfig): void {
-    const envChanged = JSON.stringify(fc.env ?? {}) !== JSON.stringify(this.fc.env ?? {});
+    const envChanged = JSON.stringify(ctxEnv(fc)) !== JSON.stringify(ctxEnv(this.fc));
     this.fc = fc;
-    if (envChanged) for (const w of this.workers) w.send({ t: "env", env: fc.env ?? {} });
+    if (envChanged) for (const w of this.workers) w.send({ t: "env", env: ctxEnv(fc) });
     while (this.active < this.concurrency && this.queue.length > 0) this.admit(this.queue.shift()!);
   }
 
