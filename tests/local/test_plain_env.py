@@ -53,3 +53,22 @@ def test_plain_env_reaches_ctx_env_and_a_secret_of_the_same_name_wins(todo: Proj
     todo.flux("deploy")
     assert http(todo.port, "POST", "/plain", {})[1]["app"] == "from-flux-json"
     assert todo.flux("plan", "--detailed-exitcode", check=False).returncode == 0
+
+
+def test_a_table_entry_without_the_plain_env_is_drift_that_apply_repairs(todo: Project) -> None:
+    """What an earlier flux wrote (entries without plain_env) serves no flux.json `env`: the refresh sees it."""
+    from flux_local.client import DaemonClient
+
+    add_function(todo, "plain", PLAIN.replace("__FN__", "plain"), env={"GREETING": "hello there"})
+    todo.flux("deploy")
+    DaemonClient(todo.stage_dir).stop()
+    runtime = todo.stage_dir / "runtime.json"
+    doc = json.loads(runtime.read_text())
+    assert doc["functions"]["plain"].pop("plain_env") == {"GREETING": "hello there"}
+    runtime.write_text(json.dumps(doc))
+    plan = todo.flux("plan", "--detailed-exitcode", check=False)
+    assert plan.returncode == 2, plan.stdout + plan.stderr
+    assert "function.plain will be updated in place" in plan.stdout and "env" in plan.stdout, plan.stdout
+    todo.flux("deploy")
+    assert http(todo.port, "POST", "/plain", {})[1]["greeting"] == "hello there"
+    assert todo.flux("plan", "--detailed-exitcode", check=False).returncode == 0

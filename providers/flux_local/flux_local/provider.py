@@ -166,6 +166,10 @@ class LocalProvider:
                     continue
                 attrs.update({"runtime": fn["runtime"], "digest": fn["digest"], "async": fn["async"],
                               "timeout": fn["timeout_ms"] // 1000, "concurrency": fn["concurrency"]})
+                # the plain env it serves (an entry written before flux carried flux.json `env` has none: an update)
+                attrs.pop("env", None)
+                if fn.get("plain_env"):
+                    attrs["env"] = dict(fn["plain_env"])
                 out[addr] = attrs
             elif kind == "route":
                 r = table["routes"].get(name)
