@@ -37,9 +37,11 @@ CREATE TABLE greetings (
 );
 """
 
+# GREETING is plain configuration, so it lives in flux.json `env` (a fresh project plans without warnings); this
+# file lists the secrets a project expects, none yet.
 ENV_EXAMPLE = """\
-# Configuration keys this project expects. Set values with: flux secrets set KEY=VALUE
-GREETING=Hello
+# Secrets this project expects, one KEY= per line. Set values with: flux secrets set KEY=VALUE
+# (plain, non-secret values go in a function's flux.json "env")
 """
 
 GITIGNORE = """\
@@ -67,7 +69,8 @@ def starter_files(directory: Path) -> dict[str, str]:
         SDK_COPY: header + SDK_ENTRY.read_text(encoding="utf-8"),
         "functions/hello/index.ts": HELLO_TS,
         "functions/hello/flux.json": json.dumps(
-            {"name": "hello", "runtime": "deno", "route": "/hello", "method": "POST"}, indent=2) + "\n",
+            {"name": "hello", "runtime": "deno", "route": "/hello", "method": "POST", "env": {"GREETING": "Hello"}},
+            indent=2) + "\n",
         "schema/001_init.sql": INIT_SQL,
         ".env.example": ENV_EXAMPLE,
         "flux.project.json": json.dumps(

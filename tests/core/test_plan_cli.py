@@ -262,6 +262,9 @@ def test_init_writes_a_working_project(tmp_path: Path, flux: FluxRunner) -> None
     rc, out, _ = flux("plan", "--json", cwd=root)
     assert rc == 0
     assert set(actions(json.loads(out))) == {"api.dev", "migration.001_init.sql", "function.hello", "route.POST_/hello"}
+    # its GREETING is a plain flux.json `env` value: a fresh project plans without warnings, even --strict
+    rc, out, err = flux("plan", "--strict", cwd=root)
+    assert rc == 0 and "Warning" not in out + err, out + err
     # The editor config resolves the SDK: deno type-checks the handler against it.
     deno = subprocess.run([sys.executable, "-c", "import deno; print(deno.find_deno_bin())"],
                           capture_output=True, text=True, check=True).stdout.strip()
