@@ -653,9 +653,9 @@ def scan_result(root: Path) -> ScanResult:
     documented = set(env_keys)
     for spec in functions:
         code = codes[spec.name]
-        plain = {k for k, _ in spec.doc["env"]}
+        read = secret_reads(code.env_keys, code.secrets, (k for k, _ in spec.doc["env"]))
         for env_key, (file, line) in sorted({**code.env_keys, **code.secrets}.items()):
-            if env_key not in documented and (env_key not in plain or env_key in code.secrets):
+            if env_key not in documented and env_key in read:
                 problems.append(
                     Problem(file, f"reads {env_key!r} but {ENV_EXAMPLE_WARNING}", line=line, severity="warning",
                             hint=f"add {env_key}= to .env.example and set it with `flux secrets set {env_key}=...`")
@@ -689,12 +689,17 @@ def scan_warnings(project: Project) -> list[Problem]:
     return list(_WARNINGS.get(project.root, []))
 
 
+def secret_reads(env_keys: Iterable[str], secrets: Iterable[str], plain: Iterable[str]) -> set[str]:
+    """The keys a function reads as secrets: those of ctx.secrets.get (and flux.json `secrets`), and those of ctx.env
+    that its flux.json `env` does not give. The one rule behind validate's and plan's "not set" warnings."""
+    given = set(plain)
+    return {*secrets, *(k for k in env_keys if k not in given)}
+
+
 def read_keys(project: Project) -> dict[str, list[str]]:
-    """KEY -> functions that read it as a secret (ctx.secrets, or ctx.env without a flux.json `env` value), for
-    plan-time warnings."""
+    """KEY -> functions that read it as a secret (secret_reads), for plan-time warnings."""
     out: dict[str, list[str]] = {}
     for spec in project.functions:
-        plain = {k for k, _ in spec.env}
-        for key in sorted({*spec.secrets, *(k for k in spec.env_keys if k not in plain)}):
+        for key in sorted(secret_reads(spec.env_keys, spec.secrets, (k for k, _ in spec.env))):
             out.setdefault(key, []).append(spec.name)
     return out

@@ -305,7 +305,7 @@ class Daemon:
     @staticmethod
     def plain_env(fn: dict[str, Any]) -> dict[str, str]:
         """Its flux.json `env`: plain values in ctx.env (not answered by ctx.secrets.get, as on AWS). A key that is
-        also a set secret is refused by the plan; the secret wins in ctx.env (a secret set after the deploy)."""
+        also a set secret takes the secret's value in ctx.env (the host's ctxEnv), and `flux plan` warns of it."""
         return {str(k): str(v) for k, v in (fn.get("plain_env") or {}).items()}
 
     def _value(self, key: str) -> str | None:

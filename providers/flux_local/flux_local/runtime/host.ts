@@ -69,7 +69,8 @@ interface FnConfig {
   endpoint?: { port: number; token: string }; // docker provider: the function's container on 127.0.0.1
 }
 
-/** ctx.env of a function: its flux.json `env`, then its granted secrets (a key in both is refused by the plan). */
+/** ctx.env of a function: its flux.json `env`, then its granted secrets (a key in both takes the secret's value, as
+ * on AWS; `flux plan` warns of it). */
 function ctxEnv(fc: FnConfig): Record<string, string> {
   return fc.plain_env ? { ...fc.plain_env, ...(fc.env ?? {}) } : fc.env ?? {};
 }
