@@ -2,8 +2,11 @@
 
 Same digest <=> same bundle (see digest.py), so a bundle is built once and reused by every plan, apply
 and provider. A bundle dir holds `index.mjs` (ESM, default export = the defineFunction result, the SDK
-and npm dependencies inlined) and `meta.json`. It is built in a temp dir and renamed into place under a
-per-digest file lock, so concurrent applies never see a half-written bundle.
+and npm dependencies inlined) and its source map `index.mjs.map`, nothing else: every file is a new inode,
+and on a filesystem without a journal (ext4 here) each costs a scan of recently deleted inodes, so a third
+file per function (a meta.json) was ~1 CPU-s of a 1000-function apply. It is built in a temp dir and renamed
+into place (under a per-digest file lock when one is there), so concurrent applies never see a half-written
+bundle: a bundle dir under its final name is complete.
 
 `prepare(specs)` bundles many functions in the background with one esbuild process per batch (esbuild
 takes many entry points and uses every core): an apply starts it before its first operation, and
@@ -38,7 +41,7 @@ if TYPE_CHECKING:  # `flux validate` finds esbuild here without importing pydant
 
 ESBUILD_VERSION = "0.28.2"
 BUNDLE_FILE = "index.mjs"
-META_FILE = "meta.json"
+MAP_FILE = "index.mjs.map"  # written by the same esbuild run: a dir holding both is a finished build
 _ENTRY_NAMES = ("index.ts", "index.tsx", "index.js", "index.mjs")
 _SDK_ENTRY = SDK_DIR / "functions" / "index.ts"
 # CommonJS dependencies bundled into ESM still call require() for node built-ins: give them one.
@@ -159,7 +162,7 @@ def _npm(args: list[str], *, cwd: Path, what: str, source: str | None = None) ->
 
 
 class ArtifactStore:
-    """`.flux/artifacts/<digest>/{index.mjs, meta.json}` of one project."""
+    """`.flux/artifacts/<digest>/{index.mjs, index.mjs.map}` of one project."""
 
     def __init__(self, project_root: Path, *, pinned: bool = False) -> None:
         self.root = Path(project_root).resolve()
@@ -172,7 +175,7 @@ class ArtifactStore:
 
     @staticmethod
     def bundle_sha256(bundle_dir: Path) -> str:
-        """sha256 of a bundle's code file: what a saved plan pins (meta.json differs per build)."""
+        """sha256 of a bundle's code file: what a saved plan pins."""
         h = hashlib.sha256()
         with open(Path(bundle_dir) / BUNDLE_FILE, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -184,7 +187,7 @@ class ArtifactStore:
 
     def has(self, digest: str) -> bool:
         d = self.path(digest)
-        return (d / BUNDLE_FILE).is_file() and (d / META_FILE).is_file()
+        return (d / BUNDLE_FILE).is_file() and (d / MAP_FILE).is_file()
 
     def _digest(self, spec: FunctionSpec) -> str:
         return spec.source_digest or source_digest(self.root, spec.dir, spec.runtime)
@@ -279,12 +282,6 @@ class ArtifactStore:
                      "--conditions=deno,worker,browser", "--external:node:*"]
         return args
 
-    def _write_meta(self, spec: FunctionSpec, digest: str, out: Path) -> None:
-        size = (out / BUNDLE_FILE).stat().st_size
-        meta = {"digest": digest, "runtime": spec.runtime, "function": spec.name,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bytes": size}
-        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
     def _build_batch_quietly(self, items: list[tuple[str, FunctionSpec]]) -> None:
         try:
             self._build_batch(items)
@@ -335,7 +332,6 @@ class ArtifactStore:
                     _check_inputs(self.root, spec, own, None, resolve)
                 except FluxError:
                     continue  # not installed: `ensure` builds it alone and reports the import
-                self._write_meta(spec, digest, out)
                 self._install(digest, out)
         finally:
             metafile.unlink(missing_ok=True)
@@ -359,7 +355,8 @@ class ArtifactStore:
 
     def _replace_into(self, digest: str, out: Path) -> None:
         """Under the digest's lock: keep a complete bundle already there (batches install without the lock), else
-        replace what is there (a leftover without meta.json: a crash mid-way before the rename is impossible)."""
+        replace what is there (the remains of an older flux's build: a crash mid-way before the rename leaves only a
+        temp dir)."""
         if self.has(digest):
             return
         final = self.path(digest)
@@ -416,7 +413,6 @@ class ArtifactStore:
         if proc.returncode != 0:
             raise self._bundle_error(spec, entry, proc.stderr or proc.stdout)
         check_bundle_inputs(self.root, spec, out / _INPUTS_FILE, deps)
-        self._write_meta(spec, digest, out)
 
     def _bundle_error(self, spec: FunctionSpec, entry: Path, output: str) -> FluxError:
         m = _ESBUILD_ERR.search(output)

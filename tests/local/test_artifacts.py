@@ -39,9 +39,9 @@ def test_bundles_every_example_function(project: Path) -> None:
         out = store.ensure(spec)
         assert out == project / ".flux" / "artifacts" / spec.source_digest
         assert store.has(spec.source_digest)
-        meta = json.loads((out / "meta.json").read_text())
-        assert meta["digest"] == spec.source_digest and meta["function"] == spec.name
-        assert meta["runtime"] == spec.runtime and meta["bytes"] == (out / "index.mjs").stat().st_size
+        # the code and its source map, nothing else (each extra file is an inode per function and apply)
+        assert sorted(p.name for p in out.iterdir()) == ["index.mjs", "index.mjs.map"]
+        assert json.loads((out / "index.mjs.map").read_text())["sources"]
         text = (out / "index.mjs").read_text()
         assert "@flux/functions" not in text.replace("// ", "")  # the SDK is inlined, not imported
         assert 'Symbol.for("flux.function")' in text
@@ -119,8 +119,8 @@ def test_batch_bundles_equal_single_bundles(project: Path, tmp_path: Path) -> No
     for name, out in batch.items():
         assert out.name == single[name].name  # the same digest (the source trees are identical)
         assert (out / "index.mjs").read_bytes() == (single[name] / "index.mjs").read_bytes(), name
-        meta, meta1 = json.loads((out / "meta.json").read_text()), json.loads((single[name] / "meta.json").read_text())
-        assert {k: v for k, v in meta.items() if k != "built_at"} == {k: v for k, v in meta1.items() if k != "built_at"}
+        assert (out / "index.mjs.map").read_bytes() == (single[name] / "index.mjs.map").read_bytes(), name
+        assert sorted(p.name for p in out.iterdir()) == ["index.mjs", "index.mjs.map"]
     assert not list((twin / ".flux" / "artifacts").glob(".tmp-*"))
 
 
@@ -151,21 +151,21 @@ def test_error_in_a_batch_names_its_file_and_the_rest_is_built(project: Path) ->
 
 def test_a_batch_keeps_a_bundle_another_apply_installed_and_replaces_a_crashed_leftover(project: Path) -> None:
     """A batch renames its bundles into place without a lock: a complete bundle of the same digest that another
-    apply installed meanwhile is kept as it is (it is the same code), the remains of a crashed build (no meta.json)
-    are replaced, and nothing of the batch's temp dirs is left."""
+    apply installed meanwhile is kept as it is (it is the same code), the remains of an unfinished build (code
+    without its source map) are replaced, and nothing of the batch's temp dirs is left."""
     specs = _specs(project)
     store = ArtifactStore(project)
     keep, broken = specs[0], specs[1]
     theirs = store.path(keep.source_digest)
     theirs.mkdir(parents=True)
     (theirs / "index.mjs").write_text("// built by another apply\n")
-    (theirs / "meta.json").write_text("{}\n")
+    (theirs / "index.mjs.map").write_text("{}\n")
     leftover = store.path(broken.source_digest)
     leftover.mkdir()
     (leftover / "index.mjs").write_text("// half of a crashed build\n")
     out = store.ensure_many(specs)
     assert (out[keep.name] / "index.mjs").read_text() == "// built by another apply\n"
     assert "half of a crashed build" not in (out[broken.name] / "index.mjs").read_text()
-    assert json.loads((out[broken.name] / "meta.json").read_text())["function"] == broken.name
+    assert (out[broken.name] / "index.mjs.map").is_file()
     assert all(store.has(s.source_digest) for s in specs)
     assert not list(store.dir.glob(".tmp-*"))

@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from flux_local import pg_template
 from flux_local.procs import stop_pid
 
 DATABASE_URL_ENV = "DATABASE_URL"
@@ -62,6 +63,7 @@ class EmbeddedPostgres:
         PostgresServer._instances.pop(self.pgdata.expanduser().resolve(), None)
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        pg_template.seed(self.pgdata)  # a new stage: a copy of a cached initdb instead of initdb (~0.6 s)
         # cleanup_mode=None: we stop it ourselves (stop()), never from an atexit hook of some process.
         server = get_server(self.pgdata, cleanup_mode=None)
         self.pid = server.get_pid()
