@@ -36,10 +36,10 @@ from flux_plan.model import FunctionSpec, ProviderResult, Resource, ResourceStat
 from flux_plan.providers import InvokeResult, ProviderContext
 
 # A bigger apply load-checks its functions ahead of the engine (see LocalProvider._start_prechecks): more than the host
-# checks on their own (its CHECKED_KEEP_MAX), PRECHECK_PARALLEL in flight = two of the host's batches (BATCH_MAX 32),
-# one being checked while the next collects.
+# checks on their own (its CHECKED_KEEP_MAX), PRECHECK_PARALLEL in flight = two of the host's batches (BATCH_MAX 128),
+# one being checked while the next collects (each a thread here and a request thread in the supervisor, idle meanwhile).
 PRECHECK_MIN = 16
-PRECHECK_PARALLEL = 64
+PRECHECK_PARALLEL = 256
 
 
 def _q(name: str) -> str:
