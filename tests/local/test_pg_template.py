@@ -21,6 +21,7 @@ def test_stages_seeded_from_the_template_are_separate_and_hardened(tmp_path: Pat
         templates = list((tmp_path / "cache" / "flux" / "pg-template").glob("[0-9a-f]*"))
         assert len(templates) == 1 and (templates[0] / "PG_VERSION").is_file()
         assert not (templates[0] / "postmaster.pid").exists()  # a template is never a running server
+        before = _snapshot(templates[0])
         with psycopg.connect(uri_a, autocommit=True) as conn:
             conn.execute("CREATE TABLE only_in_a (id int)")
         uri_b = b.start()
@@ -33,11 +34,16 @@ def test_stages_seeded_from_the_template_are_separate_and_hardened(tmp_path: Pat
             trust = server.uri.replace(f":{auth['owner']}@", ":@")  # type: ignore[union-attr]
             with pytest.raises(psycopg.OperationalError):
                 psycopg.connect(trust, connect_timeout=5).close()
-        assert "only_in_a" not in "".join(p.name for p in templates[0].rglob("*"))
+        assert _snapshot(templates[0]) == before  # stage A's writes and B's seeding left the template as it was
         assert json.loads(a.auth_file.read_text()) != json.loads(b.auth_file.read_text())
     finally:
         a.stop()
         b.stop()
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
 
 
 def test_an_existing_data_dir_is_never_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
