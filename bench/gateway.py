@@ -55,15 +55,18 @@ Deno.serve({ hostname: "127.0.0.1", port, onListen() {} }, async (req) => {
 });
 """
 # Fallback load generator when wrk is missing: N keep-alive loops for D seconds; prints {"rps", "p50_us", "p99_us"}.
+# A body argument makes the requests POSTs of it, none makes them GETs; a non-2xx answer stops the run (exit 1).
 LOADGEN_TS = """const [url, conns, secs, body] = [Deno.args[0], Number(Deno.args[1]), Number(Deno.args[2]), Deno.args[3]];
+const init = body === undefined ? { method: "GET" } : { method: "POST", body, headers: { "content-type": "application/json" } };
 const lat: number[] = [];
 const end = performance.now() + secs * 1000;
 let n = 0;
 async function loop() {
   while (performance.now() < end) {
     const t = performance.now();
-    const r = await fetch(url, { method: "POST", body, headers: { "content-type": "application/json" } });
+    const r = await fetch(url, init);
     await r.arrayBuffer();
+    if (!r.ok) { console.error(`${url}: HTTP ${r.status} under load`); Deno.exit(1); }
     lat.push(performance.now() - t);
     n++;
   }

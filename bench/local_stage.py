@@ -3,14 +3,15 @@
 Two parts (DESIGN §9), ratios measured side by side in interleaved rounds on this machine:
 
 - db: GET /get_item?id=N (ctx.db.query select by primary key) vs a bare `Deno.serve` + postgres.js doing the
-  same query on the SAME embedded PostgreSQL (the stage's own): throughput with wrk -c50, p50 with wrk -c1.
+  same query on the SAME embedded PostgreSQL (the stage's own): throughput at 50 connections, p50 at 1 connection.
   Targets: >= 50% of bare throughput, p50 <= 2x.
 - memory: 100 warm deno functions; RSS and PSS (/proc/<pid>/smaps_rollup) of the stage's whole process tree
   (daemon, PostgreSQL, host, workers) / 100, what a worker process is made of (anonymous vs file-backed, V8
   heap from Deno.memoryUsage() inside the function) next to a bare idle `deno run`, and cold start (first
   request of each function after deploy -> 200) vs bare `deno run` spawn -> first 200.
 
-wrk is required for the db part (`apt-get install -y wrk`); without it that part prints "skipped".
+The db part uses wrk when it is on PATH (`apt-get install -y wrk`), else the bounded Deno load generator of
+bench/gateway.py (it saturates before a bare server does, so its ratios are optimistic: install wrk for figures).
 Load is bounded: --rounds x (--duration + --lat-duration) seconds per target; 127.0.0.1 only.
 
     .venv/bin/python bench/local_stage.py [--only db,memory] [--rounds 3] [--duration 3] [--functions 100]
@@ -37,7 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from gateway import cpu_seconds, free_port  # noqa: E402
+from gateway import LOADGEN_TS, cpu_seconds, free_port  # noqa: E402
 
 FLUX = str(Path(sys.executable).parent / "flux")
 
@@ -152,23 +153,39 @@ def own_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-# -------------------------------------------------------------------------------------------- wrk
-def wrk(url: str, conns: int, secs: int) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t1" if conns < 4 else "-t2", f"-c{conns}", f"-d{secs}s", "--latency", url],
-                         capture_output=True, text=True, check=True, timeout=secs + 30).stdout
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+# -------------------------------------------------------------------------------------------- load
+def run_load(url: str, conns: int, secs: int) -> dict[str, float]:
+    """GET load on `url`: wrk when on PATH, else gateway.py's Deno load generator (what the project installs)."""
+    if not shutil.which("wrk"):
+        from flux_local.runtime import deno_bin
+
+        loadgen = Path(tempfile.gettempdir()) / f"flux-bench-loadgen-{os.getpid()}.ts"
+        loadgen.write_text(LOADGEN_TS)
+        try:
+            out = subprocess.run([deno_bin(), "run", "--allow-net=127.0.0.1", str(loadgen), url, str(conns), str(secs)],
+                                 capture_output=True, text=True, timeout=secs + 60)
+        finally:
+            loadgen.unlink(missing_ok=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"load generator failed: {out.stderr.strip()[-500:]}")
+        doc = json.loads(out.stdout.strip().splitlines()[-1])
+        return {"rps": float(doc["rps"]), "p50_us": float(doc["p50_us"])}
+    out_text = subprocess.run(["wrk", "-t1" if conns < 4 else "-t2", f"-c{conns}", f"-d{secs}s", "--latency", url],
+                              capture_output=True, text=True, check=True, timeout=secs + 30).stdout
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out_text)
     if non2xx:
         raise RuntimeError(f"{url}: {non2xx.group(1)} non-2xx responses under load")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    m = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out_text).group(1))  # type: ignore[union-attr]
+    m = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out_text, re.M)
     p50 = float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1_000_000}[m.group(2)] if m else float("nan")
     return {"rps": rps, "p50_us": p50}
 
 
+def load_name() -> str:
+    return "wrk" if shutil.which("wrk") else "the shipped Deno load generator (optimistic ratios: install wrk)"
+
+
 def bench_db(args: argparse.Namespace, work: Path) -> None:
-    if not shutil.which("wrk"):
-        print("db: skipped: wrk not installed (apt-get install -y wrk)")
-        return
     root = work / "db"
     write_project(root, {"get_item": (GET_ITEM_TS, {"route": "/get_item", "method": "GET"})},
                   {"001_items.sql": ITEMS_SQL}, free_port())
@@ -208,7 +225,7 @@ def bench_db(args: argparse.Namespace, work: Path) -> None:
                     if time.time() > deadline:
                         raise RuntimeError(f"{name} at {url} did not answer the row (last: {last!r})")
                     time.sleep(0.05)
-                wrk(url, args.connections, 2)  # JIT, pools, prepared statements
+                run_load(url, args.connections, 2)  # JIT, pools, prepared statements
             # CPU of the serving side: the bare process vs the host and its worker processes (PostgreSQL does the
             # same work for both); steadier than req/s when other tenants share the cores
             pids = {"bare": bare.pid, "flux": info["host_pid"]}
@@ -216,9 +233,9 @@ def bench_db(args: argparse.Namespace, work: Path) -> None:
             for _ in range(args.rounds):
                 for name, url in targets.items():
                     c0, s0 = cpu_seconds(pids[name]), own_cpu_seconds(info["pid"])
-                    thr = wrk(url, args.connections, args.duration)
+                    thr = run_load(url, args.connections, args.duration)
                     c1, s1 = cpu_seconds(pids[name]), own_cpu_seconds(info["pid"])
-                    lat = wrk(url, 1, args.lat_duration)
+                    lat = run_load(url, 1, args.lat_duration)
                     n = thr["rps"] * args.duration
                     cpu = (c1 - c0) / n * 1e6 if c0 is not None and c1 is not None and n > 0 else float("nan")
                     # the supervisor (it stores the host's access record of every request): flux only
@@ -233,7 +250,7 @@ def bench_db(args: argparse.Namespace, work: Path) -> None:
     cpu_r = statistics.median(f["cpu_us"] / b["cpu_us"] for b, f in pairs)
     med = {n: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50_us", "cpu_us", "sup_us")}
            for n, rs in rounds.items()}
-    print(f"db: GET by primary key, wrk -c{args.connections} x {args.duration}s and -c1 x {args.lat_duration}s, "
+    print(f"db: GET by primary key, {load_name()}: {args.connections} connections x {args.duration}s and 1 x {args.lat_duration}s, "
           f"{args.rounds} interleaved rounds (medians); load average {load_avg()}")
     for label, n in (("bare Deno.serve + postgres.js", "bare"), ("flux GET /get_item (ctx.db)", "flux")):
         print(f"  {label:<30} {med[n]['rps']:>7.0f} req/s  p50 {med[n]['p50_us']:>6.0f} us  "
@@ -386,8 +403,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the db part (medians)")
-    ap.add_argument("--duration", type=int, default=3, help="seconds of each wrk -c50 run")
-    ap.add_argument("--lat-duration", type=int, default=2, help="seconds of each wrk -c1 run")
+    ap.add_argument("--duration", type=int, default=3, help="seconds of each run at --connections")
+    ap.add_argument("--lat-duration", type=int, default=2, help="seconds of each 1-connection run")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--functions", type=int, default=100, help="warm functions of the memory part")
     args = ap.parse_args()

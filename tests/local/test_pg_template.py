@@ -4,6 +4,7 @@ and nothing of one stage (tables, passwords) reaches the template or the next st
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import psycopg
@@ -18,7 +19,7 @@ def test_stages_seeded_from_the_template_are_separate_and_hardened(tmp_path: Pat
     a, b = EmbeddedPostgres(tmp_path / "a" / "pg"), EmbeddedPostgres(tmp_path / "b" / "pg")
     try:
         uri_a = a.start()
-        templates = list((tmp_path / "cache" / "flux" / "pg-template").glob("[0-9a-f]*"))
+        templates = list((tmp_path / "cache" / "flux" / "pg-template").glob("[0-9a-f]" * 16))
         assert len(templates) == 1 and (templates[0] / "PG_VERSION").is_file()
         assert not (templates[0] / "postmaster.pid").exists()  # a template is never a running server
         before = _snapshot(templates[0])
@@ -54,3 +55,33 @@ def test_an_existing_data_dir_is_never_replaced(tmp_path: Path, monkeypatch: pyt
     assert pg_template.seed(pgdata) is False
     assert [p.name for p in pgdata.iterdir()] == ["mine"]
     assert not (tmp_path / "cache").exists()  # nothing built for it either
+
+
+def test_a_damaged_template_is_never_a_stage_s_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache cleaner deleted files of the template but left PG_VERSION: the next stage gets its own initdb and
+    starts; the template is built again, whole, for the stage after it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert pg_template.seed(tmp_path / "first" / "pg") is True
+    (template,) = (tmp_path / "cache" / "flux" / "pg-template").glob("[0-9a-f]" * 16)
+    manifest = template.with_name(f"{template.name}.manifest")
+    assert manifest.is_file()
+    for victim in ("global/pg_control", "base/1/PG_VERSION"):
+        (template / victim).unlink()
+    assert (template / "PG_VERSION").is_file()
+
+    server = EmbeddedPostgres(tmp_path / "stage" / "pg")
+    try:
+        with psycopg.connect(server.start(), autocommit=True, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert (server.pgdata / "global" / "pg_control").is_file()  # its own initdb, not the damaged copy
+    finally:
+        server.stop()
+    assert not template.exists() and not manifest.exists()  # the damaged one is gone
+    assert not (tmp_path / "stage" / ".pg.seed").exists()  # and so is the rejected copy
+
+    assert pg_template.seed(tmp_path / "next" / "pg") is True  # built again, whole
+    assert manifest.is_file() and (template / "global" / "pg_control").is_file()
+    assert (tmp_path / "next" / "pg" / "global" / "pg_control").is_file()
+
+    shutil.rmtree(template)  # the whole dir pruned, its manifest left behind: built again too
+    assert pg_template.seed(tmp_path / "third" / "pg") is True and manifest.is_file()

