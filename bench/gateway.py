@@ -169,8 +169,10 @@ class Load:
         return "wrk" if self.wrk else ("shipped deno loadgen (it saturates before a bare server does, so the "
                                        "ratios are optimistic; install wrk for real figures)")
 
-    def run(self, url: str, conns: int, secs: float) -> dict[str, float]:
+    def run(self, url: str, conns: int, secs: float, body: str | None = BODY) -> dict[str, float]:
+        """POSTs of `body`; with body=None (the Deno generator only) GETs."""
         if self.wrk:
+            assert body == BODY, "the wrk script posts BODY"
             out = subprocess.run([self.wrk, "-t1", f"-c{conns}", f"-d{max(1, round(secs))}s", "--latency", "-s",
                                   str(self.work / "post.lua"), url], capture_output=True, text=True,
                                  check=True).stdout
@@ -178,7 +180,8 @@ class Load:
             return {"rps": rps, "p50_us": _wrk_lat(out, "50%"), "p99_us": _wrk_lat(out, "99%"),
                     "secs": float(max(1, round(secs)))}
         out = subprocess.run([deno_bin(), "run", "--allow-net=127.0.0.1", str(self.work / "loadgen.ts"), url,
-                              str(conns), str(secs), BODY], capture_output=True, text=True, check=True).stdout
+                              str(conns), str(secs), *([] if body is None else [body])],
+                             capture_output=True, text=True, check=True).stdout
         return {**json.loads(out.strip().splitlines()[-1]), "secs": secs}
 
 

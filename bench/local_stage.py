@@ -38,7 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from gateway import LOADGEN_TS, cpu_seconds, free_port  # noqa: E402
+from gateway import Load, cpu_seconds, free_port  # noqa: E402
 
 FLUX = str(Path(sys.executable).parent / "flux")
 
@@ -154,22 +154,10 @@ def own_cpu_seconds(pid: int) -> float:
 
 
 # -------------------------------------------------------------------------------------------- load
-def run_load(url: str, conns: int, secs: int) -> dict[str, float]:
+def run_load(url: str, conns: int, secs: int, fallback: Load | None) -> dict[str, float]:
     """GET load on `url`: wrk when on PATH, else gateway.py's Deno load generator (what the project installs)."""
-    if not shutil.which("wrk"):
-        from flux_local.runtime import deno_bin
-
-        loadgen = Path(tempfile.gettempdir()) / f"flux-bench-loadgen-{os.getpid()}.ts"
-        loadgen.write_text(LOADGEN_TS)
-        try:
-            out = subprocess.run([deno_bin(), "run", "--allow-net=127.0.0.1", str(loadgen), url, str(conns), str(secs)],
-                                 capture_output=True, text=True, timeout=secs + 60)
-        finally:
-            loadgen.unlink(missing_ok=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"load generator failed: {out.stderr.strip()[-500:]}")
-        doc = json.loads(out.stdout.strip().splitlines()[-1])
-        return {"rps": float(doc["rps"]), "p50_us": float(doc["p50_us"])}
+    if fallback is not None:
+        return fallback.run(url, conns, secs, body=None)
     out_text = subprocess.run(["wrk", "-t1" if conns < 4 else "-t2", f"-c{conns}", f"-d{secs}s", "--latency", url],
                               capture_output=True, text=True, check=True, timeout=secs + 30).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out_text)
@@ -186,6 +174,7 @@ def load_name() -> str:
 
 
 def bench_db(args: argparse.Namespace, work: Path) -> None:
+    fallback = None if shutil.which("wrk") else Load(work, "deno")
     root = work / "db"
     write_project(root, {"get_item": (GET_ITEM_TS, {"route": "/get_item", "method": "GET"})},
                   {"001_items.sql": ITEMS_SQL}, free_port())
@@ -225,7 +214,7 @@ def bench_db(args: argparse.Namespace, work: Path) -> None:
                     if time.time() > deadline:
                         raise RuntimeError(f"{name} at {url} did not answer the row (last: {last!r})")
                     time.sleep(0.05)
-                run_load(url, args.connections, 2)  # JIT, pools, prepared statements
+                run_load(url, args.connections, 2, fallback)  # JIT, pools, prepared statements
             # CPU of the serving side: the bare process vs the host and its worker processes (PostgreSQL does the
             # same work for both); steadier than req/s when other tenants share the cores
             pids = {"bare": bare.pid, "flux": info["host_pid"]}
@@ -233,9 +222,9 @@ def bench_db(args: argparse.Namespace, work: Path) -> None:
             for _ in range(args.rounds):
                 for name, url in targets.items():
                     c0, s0 = cpu_seconds(pids[name]), own_cpu_seconds(info["pid"])
-                    thr = run_load(url, args.connections, args.duration)
+                    thr = run_load(url, args.connections, args.duration, fallback)
                     c1, s1 = cpu_seconds(pids[name]), own_cpu_seconds(info["pid"])
-                    lat = run_load(url, 1, args.lat_duration)
+                    lat = run_load(url, 1, args.lat_duration, fallback)
                     n = thr["rps"] * args.duration
                     cpu = (c1 - c0) / n * 1e6 if c0 is not None and c1 is not None and n > 0 else float("nan")
                     # the supervisor (it stores the host's access record of every request): flux only

